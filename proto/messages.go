@@ -1,0 +1,381 @@
+package proto
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Protocol versions this build speaks. A peer picks the highest version in the
+// intersection of both ranges (see Negotiate).
+const (
+	MinVersion uint16 = 1
+	MaxVersion uint16 = 1
+)
+
+// Bounds on strings and lists so that a decoded message stays small.
+const (
+	MaxStringLen   = 256  // identities, versions, names
+	MaxErrorLen    = 1024 // error texts in Ack and Welcome
+	MaxCPUErrors   = 64   // per-CPU failures in one Ack
+	MaxInterval    = time.Hour
+	MinInterval    = 100 * time.Millisecond
+	maxLoad        = 1e6  // a load average past this is not a real guest
+	maxRatePerSec  = 1e9  // pages per second
+	fractionSlack  = 0.05 // rounding in /proc/stat deltas
+	maxMemoryBytes = 1 << 50
+)
+
+// ErrInvalid wraps every semantic validation failure.
+var ErrInvalid = errors.New("invalid message")
+
+// MsgType identifies the message carried in a frame.
+type MsgType uint8
+
+// Message types. Values are part of the wire format: never renumber.
+const (
+	TypeHello   MsgType = 1 // agent → actuator, first frame on a connection
+	TypeWelcome MsgType = 2 // actuator → agent, answer to Hello
+	TypeReport  MsgType = 3 // agent → actuator, every sampling interval
+	TypeCommand MsgType = 4 // actuator → agent
+	TypeAck     MsgType = 5 // agent → actuator, answer to Command
+)
+
+func (t MsgType) String() string {
+	switch t {
+	case TypeHello:
+		return "Hello"
+	case TypeWelcome:
+		return "Welcome"
+	case TypeReport:
+		return "Report"
+	case TypeCommand:
+		return "Command"
+	case TypeAck:
+		return "Ack"
+	}
+	return fmt.Sprintf("MsgType(%d)", uint8(t))
+}
+
+// Message is implemented by every message.
+type Message interface {
+	Type() MsgType
+	// Validate rejects values an honest peer cannot send.
+	Validate() error
+}
+
+// CPUTopology ties a Linux CPU number to its APIC id, which is how the
+// actuator finds the hypervisor's CPU device for a guest CPU.
+type CPUTopology struct {
+	CPU    uint16 `msgpack:"cpu"`
+	APICID uint32 `msgpack:"apic"`
+}
+
+// Hello opens a connection from the agent.
+type Hello struct {
+	MinVersion   uint16 `msgpack:"minv"`
+	MaxVersion   uint16 `msgpack:"maxv"`
+	AgentVersion string `msgpack:"agent"`
+	// MachineID is /etc/machine-id; ProductUUID is the DMI product UUID
+	// (/sys/class/dmi/id/product_uuid) when the guest exposes it. Both are
+	// claims by the guest, never proof of identity: the channel decides which
+	// VM a connection belongs to.
+	MachineID   string        `msgpack:"mid,omitempty"`
+	ProductUUID string        `msgpack:"uuid,omitempty"`
+	Hostname    string        `msgpack:"host,omitempty"`
+	Possible    CPUSet        `msgpack:"possible"`
+	Present     CPUSet        `msgpack:"present"`
+	Online      CPUSet        `msgpack:"online"`
+	Topology    []CPUTopology `msgpack:"topo,omitempty"`
+	// IntervalNanos is the agent's sampling interval.
+	IntervalNanos int64 `msgpack:"ivl"`
+}
+
+// Type implements Message.
+func (*Hello) Type() MsgType { return TypeHello }
+
+// Validate implements Message.
+func (h *Hello) Validate() error {
+	if h.MinVersion == 0 || h.MaxVersion < h.MinVersion {
+		return fmt.Errorf("%w: hello: version range %d..%d", ErrInvalid, h.MinVersion, h.MaxVersion)
+	}
+	for name, s := range map[string]string{"agent": h.AgentVersion, "machine-id": h.MachineID, "uuid": h.ProductUUID, "hostname": h.Hostname} {
+		if len(s) > MaxStringLen {
+			return fmt.Errorf("%w: hello: %s is %d bytes, limit %d", ErrInvalid, name, len(s), MaxStringLen)
+		}
+	}
+	if err := checkCPUSets("hello", h.Possible, h.Present, h.Online); err != nil {
+		return err
+	}
+	if err := checkTopology("hello", h.Topology); err != nil {
+		return err
+	}
+	return checkInterval("hello", h.IntervalNanos)
+}
+
+// Negotiate returns the highest version both this build and the Hello speak.
+func Negotiate(h *Hello) (uint16, error) {
+	lo, hi := max(h.MinVersion, MinVersion), min(h.MaxVersion, MaxVersion)
+	if lo > hi {
+		return 0, fmt.Errorf("no common protocol version: agent speaks %d..%d, this build %d..%d",
+			h.MinVersion, h.MaxVersion, MinVersion, MaxVersion)
+	}
+	return hi, nil
+}
+
+// Welcome answers a Hello. A non-empty Error means the actuator refuses the
+// connection (and closes it after sending).
+type Welcome struct {
+	Version uint16 `msgpack:"v"`
+	VM      string `msgpack:"vm,omitempty"`
+	Error   string `msgpack:"err,omitempty"`
+	// IntervalNanos, when non-zero, asks the agent to sample at this interval.
+	IntervalNanos int64 `msgpack:"ivl,omitempty"`
+}
+
+// Type implements Message.
+func (*Welcome) Type() MsgType { return TypeWelcome }
+
+// Validate implements Message.
+func (w *Welcome) Validate() error {
+	if len(w.VM) > MaxStringLen || len(w.Error) > MaxErrorLen {
+		return fmt.Errorf("%w: welcome: string too long", ErrInvalid)
+	}
+	if w.Error == "" && w.Version == 0 {
+		return fmt.Errorf("%w: welcome: neither version nor error", ErrInvalid)
+	}
+	if w.IntervalNanos != 0 {
+		return checkInterval("welcome", w.IntervalNanos)
+	}
+	return nil
+}
+
+// CPUStat is one CPU's share of the interval, from /proc/stat deltas.
+// Busy counts user, nice, system, irq and softirq time (guest time is already
+// inside user and nice).
+type CPUStat struct {
+	CPU    uint16  `msgpack:"cpu"`
+	Busy   float32 `msgpack:"busy"`
+	Idle   float32 `msgpack:"idle"`
+	IOWait float32 `msgpack:"iow"`
+	Steal  float32 `msgpack:"steal"`
+}
+
+// RunDelay is one CPU's /proc/schedstat delta over the interval: time tasks
+// spent runnable but waiting for this CPU, and the number of timeslices run.
+type RunDelay struct {
+	CPU        uint16 `msgpack:"cpu"`
+	WaitNanos  uint64 `msgpack:"wait"`
+	Timeslices uint64 `msgpack:"slices"`
+}
+
+// PSI is the CPU pressure line "some" of /proc/pressure/cpu.
+type PSI struct {
+	SomeAvg10       float64 `msgpack:"avg10"` // percent, as the kernel prints it
+	SomeTotalMicros uint64  `msgpack:"total"` // cumulative stall time
+}
+
+// Report is one sampling interval's measurements.
+type Report struct {
+	Seq uint64 `msgpack:"seq"`
+	// MonotonicNanos is CLOCK_MONOTONIC at the end of the interval; the
+	// actuator uses it to order reports across wall-clock jumps.
+	MonotonicNanos int64 `msgpack:"mono"`
+	WallUnixNanos  int64 `msgpack:"wall"`
+	IntervalNanos  int64 `msgpack:"ivl"`
+
+	CPUs    []CPUStat `msgpack:"cpus"`
+	Online  CPUSet    `msgpack:"online"`
+	Present CPUSet    `msgpack:"present"`
+
+	Load1    float64 `msgpack:"load1"`
+	Load5    float64 `msgpack:"load5"`
+	Load15   float64 `msgpack:"load15"`
+	Runnable uint32  `msgpack:"running"` // procs_running in /proc/stat
+	Blocked  uint32  `msgpack:"blocked"` // procs_blocked
+
+	PSI      *PSI       `msgpack:"psi,omitempty"`
+	RunDelay []RunDelay `msgpack:"rundelay,omitempty"`
+
+	MemTotalBytes     uint64  `msgpack:"memtotal"`
+	MemAvailableBytes uint64  `msgpack:"memavail"`
+	SwapInPerSec      float64 `msgpack:"swapin"`  // pages/s
+	SwapOutPerSec     float64 `msgpack:"swapout"` // pages/s
+
+	// Dropped counts reports the agent discarded (queue full while the
+	// actuator was unreachable) since the previous report it sent.
+	Dropped uint64 `msgpack:"dropped,omitempty"`
+}
+
+// Type implements Message.
+func (*Report) Type() MsgType { return TypeReport }
+
+// Validate implements Message.
+func (r *Report) Validate() error {
+	if r.Seq == 0 {
+		return fmt.Errorf("%w: report: sequence number 0", ErrInvalid)
+	}
+	if r.MonotonicNanos < 0 || r.WallUnixNanos < 0 {
+		return fmt.Errorf("%w: report %d: negative timestamp", ErrInvalid, r.Seq)
+	}
+	if err := checkInterval(fmt.Sprintf("report %d", r.Seq), r.IntervalNanos); err != nil {
+		return err
+	}
+	if len(r.CPUs) > MaxCPUs || len(r.RunDelay) > MaxCPUs {
+		return fmt.Errorf("%w: report %d: more than %d per-CPU entries", ErrInvalid, r.Seq, MaxCPUs)
+	}
+	if err := checkCPUSets(fmt.Sprintf("report %d", r.Seq), r.Present, r.Present, r.Online); err != nil {
+		return err
+	}
+	var seen CPUSet
+	for _, c := range r.CPUs {
+		if int(c.CPU) >= MaxCPUs || seen.Has(int(c.CPU)) {
+			return fmt.Errorf("%w: report %d: cpu %d repeated or out of range", ErrInvalid, r.Seq, c.CPU)
+		}
+		seen.Add(int(c.CPU))
+		sum := float64(0)
+		for _, f := range []float32{c.Busy, c.Idle, c.IOWait, c.Steal} {
+			v := float64(f)
+			if math.IsNaN(v) || v < 0 || v > 1+fractionSlack {
+				return fmt.Errorf("%w: report %d: cpu %d: fraction %v outside [0,1]", ErrInvalid, r.Seq, c.CPU, f)
+			}
+			sum += v
+		}
+		if sum > 1+fractionSlack {
+			return fmt.Errorf("%w: report %d: cpu %d: fractions sum to %.3f", ErrInvalid, r.Seq, c.CPU, sum)
+		}
+	}
+	seen = CPUSet{}
+	for _, d := range r.RunDelay {
+		if int(d.CPU) >= MaxCPUs || seen.Has(int(d.CPU)) {
+			return fmt.Errorf("%w: report %d: run delay for cpu %d repeated or out of range", ErrInvalid, r.Seq, d.CPU)
+		}
+		seen.Add(int(d.CPU))
+		// Tasks can wait at most (tasks × interval); a million waiting tasks
+		// per CPU is past anything real and keeps the float maths finite.
+		if d.WaitNanos > uint64(r.IntervalNanos)*1_000_000 {
+			return fmt.Errorf("%w: report %d: cpu %d run delay %d ns in a %d ns interval", ErrInvalid, r.Seq, d.CPU, d.WaitNanos, r.IntervalNanos)
+		}
+	}
+	for name, v := range map[string]float64{"load1": r.Load1, "load5": r.Load5, "load15": r.Load15} {
+		if !finiteIn(v, 0, maxLoad) {
+			return fmt.Errorf("%w: report %d: %s = %v", ErrInvalid, r.Seq, name, v)
+		}
+	}
+	if r.PSI != nil && !finiteIn(r.PSI.SomeAvg10, 0, 100+100*fractionSlack) {
+		return fmt.Errorf("%w: report %d: psi avg10 = %v", ErrInvalid, r.Seq, r.PSI.SomeAvg10)
+	}
+	if r.MemTotalBytes > maxMemoryBytes || r.MemAvailableBytes > r.MemTotalBytes {
+		return fmt.Errorf("%w: report %d: memory available %d of total %d", ErrInvalid, r.Seq, r.MemAvailableBytes, r.MemTotalBytes)
+	}
+	if !finiteIn(r.SwapInPerSec, 0, maxRatePerSec) || !finiteIn(r.SwapOutPerSec, 0, maxRatePerSec) {
+		return fmt.Errorf("%w: report %d: swap rate in=%v out=%v", ErrInvalid, r.Seq, r.SwapInPerSec, r.SwapOutPerSec)
+	}
+	return nil
+}
+
+// Command asks the agent to change CPU state or its sampling interval.
+type Command struct {
+	ID      uint64 `msgpack:"id"`
+	Online  CPUSet `msgpack:"online,omitempty"`
+	Offline CPUSet `msgpack:"offline,omitempty"`
+	// IntervalNanos, when non-zero, sets the sampling interval.
+	IntervalNanos int64 `msgpack:"ivl,omitempty"`
+}
+
+// Type implements Message.
+func (*Command) Type() MsgType { return TypeCommand }
+
+// Validate implements Message.
+func (c *Command) Validate() error {
+	if c.ID == 0 {
+		return fmt.Errorf("%w: command: id 0", ErrInvalid)
+	}
+	if c.Online.Len() > 0 && c.Offline.Len() > 0 && c.Online.Difference(c.Offline).Len() != c.Online.Len() {
+		return fmt.Errorf("%w: command %d: cpus both onlined and offlined", ErrInvalid, c.ID)
+	}
+	if c.IntervalNanos != 0 {
+		return checkInterval(fmt.Sprintf("command %d", c.ID), c.IntervalNanos)
+	}
+	return nil
+}
+
+// CPUError is one CPU the agent could not change.
+type CPUError struct {
+	CPU   uint16 `msgpack:"cpu"`
+	Error string `msgpack:"err"`
+}
+
+// Ack answers a Command. OK is true only when every requested change took
+// effect; Failed says which CPUs did not and why. Online and Present are the
+// guest's sets after the command.
+type Ack struct {
+	ID      uint64     `msgpack:"id"`
+	OK      bool       `msgpack:"ok"`
+	Error   string     `msgpack:"err,omitempty"`
+	Failed  []CPUError `msgpack:"failed,omitempty"`
+	Online  CPUSet     `msgpack:"online"`
+	Present CPUSet     `msgpack:"present"`
+	// Topology gives the APIC ids of the CPUs the command touched, read
+	// while they were online, so the actuator can unplug the right device.
+	Topology []CPUTopology `msgpack:"topo,omitempty"`
+}
+
+// Type implements Message.
+func (*Ack) Type() MsgType { return TypeAck }
+
+// Validate implements Message.
+func (a *Ack) Validate() error {
+	if a.ID == 0 {
+		return fmt.Errorf("%w: ack: id 0", ErrInvalid)
+	}
+	if len(a.Error) > MaxErrorLen || len(a.Failed) > MaxCPUErrors {
+		return fmt.Errorf("%w: ack %d: error text or list too long", ErrInvalid, a.ID)
+	}
+	for _, f := range a.Failed {
+		if int(f.CPU) >= MaxCPUs || len(f.Error) > MaxErrorLen {
+			return fmt.Errorf("%w: ack %d: bad failure entry for cpu %d", ErrInvalid, a.ID, f.CPU)
+		}
+	}
+	if a.OK && (a.Error != "" || len(a.Failed) > 0) {
+		return fmt.Errorf("%w: ack %d: ok with errors", ErrInvalid, a.ID)
+	}
+	if err := checkCPUSets(fmt.Sprintf("ack %d", a.ID), a.Present, a.Present, a.Online); err != nil {
+		return err
+	}
+	return checkTopology(fmt.Sprintf("ack %d", a.ID), a.Topology)
+}
+
+func checkCPUSets(what string, possible, present, online CPUSet) error {
+	if !present.SubsetOf(possible) {
+		return fmt.Errorf("%w: %s: present cpus %s not within possible %s", ErrInvalid, what, present, possible)
+	}
+	if !online.SubsetOf(present) {
+		return fmt.Errorf("%w: %s: online cpus %s not within present %s", ErrInvalid, what, online, present)
+	}
+	return nil
+}
+
+func checkTopology(what string, topo []CPUTopology) error {
+	if len(topo) > MaxCPUs {
+		return fmt.Errorf("%w: %s: %d topology entries", ErrInvalid, what, len(topo))
+	}
+	for _, t := range topo {
+		if int(t.CPU) >= MaxCPUs {
+			return fmt.Errorf("%w: %s: topology for cpu %d", ErrInvalid, what, t.CPU)
+		}
+	}
+	return nil
+}
+
+func checkInterval(what string, nanos int64) error {
+	if d := time.Duration(nanos); d < MinInterval || d > MaxInterval {
+		return fmt.Errorf("%w: %s: interval %v outside [%v, %v]", ErrInvalid, what, d, MinInterval, MaxInterval)
+	}
+	return nil
+}
+
+func finiteIn(v, lo, hi float64) bool {
+	return !math.IsNaN(v) && v >= lo && v <= hi
+}
