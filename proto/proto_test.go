@@ -18,11 +18,11 @@ func sampleReport() *Report {
 	return &Report{
 		Seq: 7, MonotonicNanos: 123456789, WallUnixNanos: time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC).UnixNano(),
 		IntervalNanos: int64(time.Second),
-		CPUs: []CPUStat{{CPU: 0, Busy: 0.5, Idle: 0.4, IOWait: 0.05, Steal: 0.05}, {CPU: 1, Busy: 1}},
-		Online: NewCPUSet(0, 1), Present: NewCPUSet(0, 1, 2),
+		CPUs:          []CPUStat{{CPU: 0, Busy: 0.5, Idle: 0.4, IOWait: 0.05, Steal: 0.05}, {CPU: 1, Busy: 1}},
+		Online:        NewCPUSet(0, 1), Present: NewCPUSet(0, 1, 2),
 		Load1: 1.5, Load5: 1, Load15: 0.5, Runnable: 3, Blocked: 1,
-		PSI:      &PSI{SomeAvg10: 12.5, SomeTotalMicros: 99},
-		RunDelay: []RunDelay{{CPU: 0, WaitNanos: 5e8, Timeslices: 10}},
+		PSI:           &PSI{SomeAvg10: 12.5, SomeTotalMicros: 99},
+		RunDelay:      []RunDelay{{CPU: 0, WaitNanos: 5e8, Timeslices: 10}},
 		MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, SwapInPerSec: 1, SwapOutPerSec: 2,
 	}
 }
