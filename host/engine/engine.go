@@ -1,0 +1,316 @@
+// Package engine decides how many vCPUs a VM should have.
+//
+// It is pure: samples and a clock go in, decisions come out. It performs no
+// I/O, starts no goroutines and never reads the wall clock, so the live
+// actuator and the trace simulator run the very same code and a recorded
+// trace replays to the same decisions.
+//
+// Detection follows Sandpiper's black-box mode (Wood et al., NSDI'07): a
+// hotspot needs k of the last n observations above the upper threshold and
+// the AR(1) forecast of the next one above it too; the size of the remedy
+// comes from a high percentile of recent demand.
+package engine
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Sample is one interval's measurement of a VM.
+type Sample struct {
+	Time time.Time
+	// Online is the number of vCPUs online in the guest during the interval.
+	Online int
+	// Busy is the number of CPUs' worth of work done (sum of per-CPU busy
+	// fractions).
+	Busy float64
+	// Waiting is the mean number of runnable tasks that were waiting for a
+	// CPU: the run-delay accrued over the interval divided by its length
+	// (Little's law). It lets demand exceed the vCPUs online, which busy
+	// time alone never can. Zero when the guest cannot measure it.
+	Waiting float64
+}
+
+// Demand is the CPUs' worth of work the VM wanted during the interval.
+func (s Sample) Demand() float64 { return s.Busy + s.Waiting }
+
+// Action is what a Decision asks for.
+type Action int
+
+// Actions.
+const (
+	Hold Action = iota
+	ScaleUp
+	ScaleDown
+)
+
+func (a Action) String() string {
+	switch a {
+	case ScaleUp:
+		return "scale_up"
+	case ScaleDown:
+		return "scale_down"
+	}
+	return "hold"
+}
+
+// MarshalText makes actions read as words in JSON.
+func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+// Rules a decision can come from.
+const (
+	RuleBelowMin     = "below-min"      // fewer vCPUs than the policy minimum
+	RuleAboveMax     = "above-max"      // more than the policy or host allows
+	RuleHotspot      = "hotspot"        // k of n above upper, forecast above upper
+	RuleSustainedLow = "sustained-low"  // demand fits in one vCPU fewer
+	RuleNoData       = "no-fresh-data"  // nothing recent to decide on
+	RuleCooldown     = "cooldown"       // would act, but too soon after the last action
+	RuleAtLimit      = "at-limit"       // would act, but the limit is reached
+	RuleSteady       = "steady"         // nothing to do
+	RuleNotEnough    = "warming-up"     // fewer than n samples so far
+	RuleBudget       = "budget-limited" // scale-up cut short by the host budget
+)
+
+// Input is what the engine needs besides its samples.
+type Input struct {
+	Now time.Time
+	// Current is the number of vCPUs the VM has now, as the hypervisor says.
+	Current int
+	// Allowed is the most vCPUs the VM may have: the smaller of the
+	// hypervisor's slot count and what the host-wide budget leaves. Zero or
+	// negative means no limit beyond the policy.
+	Allowed int
+}
+
+// Evidence is what a decision was based on, for the event log and the API.
+type Evidence struct {
+	// Utilisation of the current allocation for the last n samples, oldest
+	// first: demand ÷ current vCPUs.
+	Utilisation []float64 `json:"utilisation,omitempty"`
+	Above       int       `json:"above,omitempty"`
+	K           int       `json:"k,omitempty"`
+	N           int       `json:"n,omitempty"`
+	// Forecast is the AR(1) prediction of the next sample's utilisation.
+	Forecast float64 `json:"forecast,omitempty"`
+	// PeakDemand is the Percentile of demand over the window, in CPUs.
+	PeakDemand float64 `json:"peak_demand,omitempty"`
+	Percentile float64 `json:"percentile,omitempty"`
+	Samples    int     `json:"samples"`
+}
+
+// Decision is the engine's answer.
+type Decision struct {
+	Action Action `json:"action"`
+	From   int    `json:"from"`
+	To     int    `json:"to"`
+	Rule   string `json:"rule"`
+	// Reason says in one sentence why, with numbers.
+	Reason   string   `json:"reason"`
+	Evidence Evidence `json:"evidence"`
+}
+
+// Engine holds one VM's recent samples and the time of its last action.
+// It is not safe for concurrent use.
+type Engine struct {
+	policy     Policy
+	samples    []Sample // ring buffer of the last Window samples
+	next       int      // index the next sample goes to
+	count      int
+	lastAction time.Time
+}
+
+// New returns an engine for a valid policy.
+func New(p Policy) (*Engine, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return &Engine{policy: p, samples: make([]Sample, p.Window)}, nil
+}
+
+// Policy returns the policy in force.
+func (e *Engine) Policy() Policy { return e.policy }
+
+// SetPolicy replaces the policy, keeping as many recent samples as the new
+// window holds.
+func (e *Engine) SetPolicy(p Policy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	recent := e.recent(e.count)
+	e.policy = p
+	e.samples = make([]Sample, p.Window)
+	e.next, e.count = 0, 0
+	if len(recent) > p.Window {
+		recent = recent[len(recent)-p.Window:]
+	}
+	for _, s := range recent {
+		e.Observe(s)
+	}
+	return nil
+}
+
+// Observe adds a sample. Samples must arrive in time order; an older one
+// than the newest is ignored. Negative, NaN or infinite measurements are
+// treated as zero: the engine never trusts a number to be sane.
+func (e *Engine) Observe(s Sample) {
+	if e.count > 0 && !s.Time.After(e.samples[(e.next+len(e.samples)-1)%len(e.samples)].Time) {
+		return
+	}
+	s.Busy = sane(s.Busy)
+	s.Waiting = sane(s.Waiting)
+	e.samples[e.next] = s
+	e.next = (e.next + 1) % len(e.samples)
+	if e.count < len(e.samples) {
+		e.count++
+	}
+}
+
+// Reset forgets all samples (after the guest restarted, say).
+func (e *Engine) Reset() { e.next, e.count = 0, 0 }
+
+// Acted records that a scaling action finished (or was attempted) at t;
+// cooldowns count from here.
+func (e *Engine) Acted(t time.Time) { e.lastAction = t }
+
+// LastAction is the time given to the last Acted call.
+func (e *Engine) LastAction() time.Time { return e.lastAction }
+
+// recent returns the last n samples, oldest first.
+func (e *Engine) recent(n int) []Sample {
+	if n > e.count {
+		n = e.count
+	}
+	out := make([]Sample, n)
+	for i := 0; i < n; i++ {
+		out[i] = e.samples[(e.next-n+i+2*len(e.samples))%len(e.samples)]
+	}
+	return out
+}
+
+// Decide returns what to do now.
+func (e *Engine) Decide(in Input) Decision {
+	p := e.policy
+	hi := p.MaxVCPUs
+	if in.Allowed > 0 && in.Allowed < hi {
+		hi = in.Allowed
+	}
+	lo := min(p.MinVCPUs, hi)
+	d := Decision{From: in.Current, To: in.Current, Evidence: Evidence{Samples: e.count}}
+
+	// Limits first: they hold whatever the samples say.
+	if in.Current < lo {
+		d.Action, d.To, d.Rule = ScaleUp, lo, RuleBelowMin
+		d.Reason = fmt.Sprintf("%d vCPUs is below the policy minimum of %d", in.Current, lo)
+		return d
+	}
+	if in.Current > hi {
+		d.Action, d.To, d.Rule = ScaleDown, hi, RuleAboveMax
+		d.Reason = fmt.Sprintf("%d vCPUs is above the limit of %d (policy max %d, host allows %d)", in.Current, hi, p.MaxVCPUs, in.Allowed)
+		return d
+	}
+
+	window := e.recent(e.count)
+	if len(window) == 0 || in.Now.Sub(window[len(window)-1].Time) > 3*p.Interval.D() {
+		d.Rule, d.Reason = RuleNoData, "no sample in the last three intervals"
+		return d
+	}
+	if len(window) < p.N {
+		d.Rule, d.Reason = RuleNotEnough, fmt.Sprintf("%d of %d samples needed to judge", len(window), p.N)
+		return d
+	}
+	current := max(in.Current, 1)
+	demand := make([]float64, len(window))
+	for i, s := range window {
+		demand[i] = s.Demand()
+	}
+	last := demand[len(demand)-min(p.N, len(demand)):]
+	util := make([]float64, len(last))
+	above := 0
+	for i, v := range last {
+		util[i] = v / float64(current)
+		if util[i] > p.Upper {
+			above++
+		}
+	}
+	forecast := ar1Forecast(demand) / float64(current)
+	peak := percentile(demand, p.Percentile)
+	d.Evidence = Evidence{Utilisation: util, Above: above, K: p.K, N: p.N, Forecast: forecast,
+		PeakDemand: peak, Percentile: p.Percentile, Samples: len(window)}
+
+	if above >= p.K && forecast > p.Upper {
+		// Ceil before converting: a guest claiming absurd demand must
+		// not overflow the int (the clamp below does the rest).
+		want := int(min(math.Ceil(peak/p.Target), 1<<20))
+		want = max(want, in.Current+1)
+		to := min(want, hi)
+		switch {
+		case to <= in.Current:
+			d.Rule = RuleAtLimit
+			d.Reason = fmt.Sprintf("hotspot (%d of %d samples above %s, forecast %s) but already at the limit of %d vCPUs",
+				above, p.N, pct(p.Upper), pct(forecast), hi)
+			return d
+		case in.Now.Sub(e.lastAction) < p.CooldownUp.D():
+			d.Rule = RuleCooldown
+			d.Reason = fmt.Sprintf("hotspot, but the last action was %v ago (cooldown %v)", in.Now.Sub(e.lastAction).Round(time.Second), p.CooldownUp)
+			return d
+		}
+		d.Action, d.To, d.Rule = ScaleUp, to, RuleHotspot
+		d.Reason = fmt.Sprintf("%d of last %d samples above %s utilisation and AR(1) forecast %s; p%.0f demand %s CPUs needs %d vCPUs at %s",
+			above, p.N, pct(p.Upper), pct(forecast), 100*p.Percentile, num(peak), want, pct(p.Target))
+		switch {
+		case to < want && hi < p.MaxVCPUs:
+			d.Rule = RuleBudget
+			d.Reason += fmt.Sprintf(", limited to %d by the host budget", to)
+		case to < want:
+			d.Reason += fmt.Sprintf(", limited to the policy max of %d", to)
+		}
+		return d
+	}
+
+	if in.Current > lo {
+		low := demand[len(demand)-min(p.DownSamples, len(demand)):]
+		worst := 0.0
+		for _, v := range low {
+			worst = max(worst, v)
+		}
+		fewer := float64(in.Current - 1)
+		if len(low) == p.DownSamples && worst/fewer < p.Lower && window[len(window)-len(low)].Time.After(e.lastAction) {
+			if in.Now.Sub(e.lastAction) < p.CooldownDown.D() {
+				d.Rule = RuleCooldown
+				d.Reason = fmt.Sprintf("demand fits in %d vCPUs, but the last action was %v ago (cooldown %v)",
+					in.Current-1, in.Now.Sub(e.lastAction).Round(time.Second), p.CooldownDown)
+				return d
+			}
+			d.Action, d.To, d.Rule = ScaleDown, in.Current-1, RuleSustainedLow
+			d.Reason = fmt.Sprintf("demand at most %s CPUs over the last %d samples: %d vCPUs would run below %s",
+				num(worst), len(low), in.Current-1, pct(p.Lower))
+			return d
+		}
+	}
+	d.Rule = RuleSteady
+	d.Reason = fmt.Sprintf("%d of last %d samples above %s, forecast %s", above, p.N, pct(p.Upper), pct(forecast))
+	return d
+}
+
+// pct and num keep reasons short even when a guest reports absurd numbers.
+func pct(v float64) string {
+	if v > 99.99 {
+		return ">9999%"
+	}
+	return fmt.Sprintf("%.0f%%", 100*v)
+}
+
+func num(v float64) string {
+	if v > 1e6 {
+		return fmt.Sprintf("%.3g", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func sane(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+		return 0
+	}
+	return v
+}

@@ -1,0 +1,129 @@
+package engine
+
+import (
+	"fmt"
+	"time"
+)
+
+// Policy is one VM's scaling policy. The zero value is not valid; start from
+// DefaultPolicy.
+type Policy struct {
+	// MinVCPUs and MaxVCPUs bound every decision.
+	MinVCPUs int `toml:"min_vcpus" json:"min_vcpus"`
+	MaxVCPUs int `toml:"max_vcpus" json:"max_vcpus"`
+	// Interval is the sampling interval the agent is asked to use. The
+	// engine uses it to tell fresh samples from stale ones.
+	Interval Duration `toml:"interval" json:"interval"`
+	// Upper is the utilisation (demand ÷ vCPUs) above which a sample counts
+	// towards a hotspot.
+	Upper float64 `toml:"upper" json:"upper"`
+	// Lower: a vCPU is removed only when demand would stay below Lower with
+	// one vCPU fewer, for DownSamples samples in a row. Defining the low mark
+	// on the smaller allocation, rather than on the current one, lets a VM
+	// with 4 vCPUs and 1 CPU of work shrink, and keeps hysteresis: right
+	// after a removal utilisation is below Lower, hence below Upper.
+	Lower float64 `toml:"lower" json:"lower"`
+	// Target is the utilisation a scale-up sizes for:
+	// target vCPUs = ceil(peak demand ÷ Target).
+	Target float64 `toml:"target" json:"target"`
+	// K of the last N samples must be above Upper, and the AR(1) forecast of
+	// the next one too, to flag a hotspot (Sandpiper, NSDI'07, §4.1).
+	K int `toml:"k" json:"k"`
+	N int `toml:"n" json:"n"`
+	// Window is how many recent samples the peak percentile and the AR(1)
+	// model are computed on.
+	Window int `toml:"window" json:"window"`
+	// Percentile (0 < p ≤ 1) of demand over Window taken as peak demand.
+	Percentile float64 `toml:"percentile" json:"percentile"`
+	// DownSamples consecutive low samples are needed to remove a vCPU.
+	DownSamples int `toml:"down_samples" json:"down_samples"`
+	// CooldownUp and CooldownDown are the least time after any scaling
+	// action before the next scale-up or scale-down.
+	CooldownUp   Duration `toml:"cooldown_up" json:"cooldown_up"`
+	CooldownDown Duration `toml:"cooldown_down" json:"cooldown_down"`
+}
+
+// DefaultPolicy is a conservative policy for a production VM: 5 s samples,
+// a hotspot needs 3 of 5 above 80 %, scale-up sizes for 70 %, scale-down
+// after a minute of low use and two minutes after the last change.
+func DefaultPolicy() Policy {
+	return Policy{
+		MinVCPUs: 1, MaxVCPUs: 4,
+		Interval: Duration(5 * time.Second),
+		Upper:    0.8, Lower: 0.5, Target: 0.7,
+		K: 3, N: 5, Window: 24, Percentile: 0.95,
+		DownSamples:  12,
+		CooldownUp:   Duration(30 * time.Second),
+		CooldownDown: Duration(2 * time.Minute),
+	}
+}
+
+// FieldError names the policy field that is wrong, so a config file or an
+// API request can point at it.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Validate checks the policy and returns a *FieldError for the first
+// problem.
+func (p Policy) Validate() error {
+	bad := func(field, format string, a ...any) error {
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)}
+	}
+	switch {
+	case p.MinVCPUs < 1:
+		return bad("min_vcpus", "must be at least 1, got %d", p.MinVCPUs)
+	case p.MaxVCPUs < p.MinVCPUs:
+		return bad("max_vcpus", "must be at least min_vcpus (%d), got %d", p.MinVCPUs, p.MaxVCPUs)
+	case p.MaxVCPUs > 1024:
+		return bad("max_vcpus", "must be at most 1024, got %d", p.MaxVCPUs)
+	case p.Interval.D() < 100*time.Millisecond || p.Interval.D() > time.Hour:
+		return bad("interval", "must be between 100ms and 1h, got %v", p.Interval)
+	case !(p.Upper > 0 && p.Upper <= 4):
+		return bad("upper", "must be in (0, 4], got %v", p.Upper)
+	case !(p.Lower > 0 && p.Lower < p.Upper):
+		return bad("lower", "must be in (0, upper=%v), got %v", p.Upper, p.Lower)
+	case !(p.Target >= p.Lower && p.Target <= p.Upper):
+		return bad("target", "must be within [lower=%v, upper=%v], got %v", p.Lower, p.Upper, p.Target)
+	case p.N < 1 || p.N > 1000:
+		return bad("n", "must be in [1, 1000], got %d", p.N)
+	case p.K < 1 || p.K > p.N:
+		return bad("k", "must be in [1, n=%d], got %d", p.N, p.K)
+	case p.Window < p.N || p.Window > 10000:
+		return bad("window", "must be in [n=%d, 10000], got %d", p.N, p.Window)
+	case !(p.Percentile > 0 && p.Percentile <= 1):
+		return bad("percentile", "must be in (0, 1], got %v", p.Percentile)
+	case p.DownSamples < 1 || p.DownSamples > p.Window:
+		return bad("down_samples", "must be in [1, window=%d], got %d", p.Window, p.DownSamples)
+	case p.CooldownUp < 0:
+		return bad("cooldown_up", "must not be negative, got %v", p.CooldownUp)
+	case p.CooldownDown < 0:
+		return bad("cooldown_down", "must not be negative, got %v", p.CooldownDown)
+	}
+	return nil
+}
+
+// Duration is a time.Duration that reads and writes as "30s" in TOML and
+// JSON.
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration (use e.g. \"30s\", \"2m\"): %q", b)
+	}
+	*d = Duration(v)
+	return nil
+}
