@@ -1,0 +1,252 @@
+// Package config reads and checks the actuator's TOML configuration.
+//
+// Every problem is reported with the path of the offending key
+// (`vm[1].policy.k: must be in [1, n=5], got 9`) and the actuator refuses to
+// start on any of them, unknown keys included: a typo in a policy must not
+// silently fall back to a default. The package only reads; it opens no
+// sockets.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/hotplugheaven/hotplug/host/engine"
+)
+
+// Config is the whole file.
+type Config struct {
+	// EventLog is the path of the JSON-lines event log.
+	EventLog string `toml:"event_log"`
+	// HostVCPUBudget caps the sum of vCPUs over all VMs; 0 means no cap.
+	HostVCPUBudget int `toml:"host_vcpu_budget"`
+	// LogLevel: trace, debug, info, warn, error.
+	LogLevel string `toml:"log_level"`
+	// Defaults apply to every VM's policy before its own policy table.
+	Defaults engine.Policy `toml:"defaults"`
+	VMs      []VM          `toml:"vm"`
+}
+
+// VM is one managed virtual machine.
+type VM struct {
+	Name string `toml:"name"`
+	// Hypervisor selects the backend; only "qemu" in this version.
+	Hypervisor string `toml:"hypervisor"`
+	// QMP is the path of the VM's QMP unix socket.
+	QMP string `toml:"qmp"`
+	// UnplugTimeout bounds the wait for the guest to eject a CPU.
+	UnplugTimeout engine.Duration `toml:"unplug_timeout"`
+	// CommandTimeout bounds the wait for the agent to answer a command.
+	CommandTimeout engine.Duration `toml:"command_timeout"`
+	Channel        Channel         `toml:"channel"`
+	Policy         engine.Policy   `toml:"policy"`
+}
+
+// Channel is how the VM's agent reaches the actuator.
+type Channel struct {
+	// Type is virtio-serial, vsock or tcp.
+	Type string `toml:"type"`
+	// Path of the unix socket of the virtio-serial chardev (virtio-serial).
+	Path string `toml:"path"`
+	// Listen address (tcp).
+	Listen string `toml:"listen"`
+	// CID and Port (vsock).
+	CID  uint32 `toml:"cid"`
+	Port uint32 `toml:"port"`
+}
+
+// Default values for optional keys.
+const (
+	DefaultEventLog       = "/var/lib/hotplug-actuator/events.jsonl"
+	DefaultUnplugTimeout  = 30 * time.Second
+	DefaultCommandTimeout = 30 * time.Second
+	DefaultVsockPort      = 7000
+)
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Load reads and validates the file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := Parse(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse reads and validates a configuration. Each VM's policy starts from
+// engine.DefaultPolicy, overlaid by [defaults], overlaid by its own table.
+func Parse(text string) (*Config, error) {
+	// Policies are decoded in a second step, each onto its base, so that a
+	// table sets only the keys it names.
+	type fileVM struct {
+		VM
+		Policy toml.Primitive `toml:"policy"`
+	}
+	var f struct {
+		Config
+		Defaults toml.Primitive `toml:"defaults"`
+		VMs      []fileVM       `toml:"vm"`
+	}
+	md, err := toml.Decode(text, &f)
+	if err != nil {
+		return nil, err
+	}
+	cfg := f.Config
+	cfg.Defaults = engine.DefaultPolicy()
+	if err := md.PrimitiveDecode(f.Defaults, &cfg.Defaults); err != nil {
+		return nil, fmt.Errorf("defaults: %w", err)
+	}
+	cfg.VMs = make([]VM, len(f.VMs))
+	for i, fv := range f.VMs {
+		cfg.VMs[i] = fv.VM
+		cfg.VMs[i].Policy = cfg.Defaults
+		if err := md.PrimitiveDecode(fv.Policy, &cfg.VMs[i].Policy); err != nil {
+			return nil, fmt.Errorf("vm[%d].policy: %w", i, err)
+		}
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("unknown key(s): %s (check the spelling against the documented keys)", strings.Join(keys, ", "))
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.EventLog == "" {
+		c.EventLog = DefaultEventLog
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	for i := range c.VMs {
+		vm := &c.VMs[i]
+		if vm.Hypervisor == "" {
+			vm.Hypervisor = "qemu"
+		}
+		if vm.UnplugTimeout == 0 {
+			vm.UnplugTimeout = engine.Duration(DefaultUnplugTimeout)
+		}
+		if vm.CommandTimeout == 0 {
+			vm.CommandTimeout = engine.Duration(DefaultCommandTimeout)
+		}
+		if vm.Channel.Type == "vsock" && vm.Channel.Port == 0 {
+			vm.Channel.Port = DefaultVsockPort
+		}
+	}
+}
+
+// Validate checks the whole configuration and names the first bad field.
+func (c *Config) Validate() error {
+	var errs []error
+	field := func(path, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, a...)))
+	}
+	if c.HostVCPUBudget < 0 {
+		field("host_vcpu_budget", "must not be negative (0 means no cap), got %d", c.HostVCPUBudget)
+	}
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		field("log_level", "must be trace, debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if !filepath.IsAbs(c.EventLog) {
+		field("event_log", "must be an absolute path, got %q", c.EventLog)
+	}
+	if err := c.Defaults.Validate(); err != nil {
+		field("defaults."+fieldOf(err), "%s", msgOf(err))
+	}
+	if len(c.VMs) == 0 {
+		field("vm", "no VMs configured: add at least one [[vm]] table")
+	}
+	names := map[string]int{}
+	sockets := map[string]string{}
+	cids := map[uint32]int{}
+	for i, vm := range c.VMs {
+		p := fmt.Sprintf("vm[%d]", i)
+		if !nameRE.MatchString(vm.Name) {
+			field(p+".name", "must be 1-64 characters of letters, digits, '.', '_' or '-', got %q", vm.Name)
+		} else if j, dup := names[vm.Name]; dup {
+			field(p+".name", "%q is already used by vm[%d]", vm.Name, j)
+		}
+		names[vm.Name] = i
+		if vm.Hypervisor != "qemu" {
+			field(p+".hypervisor", "unsupported hypervisor %q (this version supports qemu)", vm.Hypervisor)
+		}
+		if vm.QMP == "" {
+			field(p+".qmp", "required: path of the VM's QMP unix socket (-qmp unix:PATH,server=on,wait=off)")
+		} else if other, dup := sockets[vm.QMP]; dup {
+			field(p+".qmp", "socket %s is already used by %s", vm.QMP, other)
+		}
+		sockets[vm.QMP] = p + ".qmp"
+		if vm.UnplugTimeout.D() < time.Second {
+			field(p+".unplug_timeout", "must be at least 1s, got %v", vm.UnplugTimeout)
+		}
+		if vm.CommandTimeout.D() < time.Second {
+			field(p+".command_timeout", "must be at least 1s, got %v", vm.CommandTimeout)
+		}
+		ch := vm.Channel
+		cp := p + ".channel"
+		switch ch.Type {
+		case "virtio-serial":
+			if ch.Path == "" {
+				field(cp+".path", "required for virtio-serial: the unix socket of the port's chardev")
+			} else if other, dup := sockets[ch.Path]; dup {
+				field(cp+".path", "socket %s is already used by %s", ch.Path, other)
+			}
+			sockets[ch.Path] = cp + ".path"
+		case "tcp":
+			if ch.Listen == "" {
+				field(cp+".listen", "required for tcp: the address to listen on, e.g. 127.0.0.1:7001")
+			}
+		case "vsock":
+			if ch.CID < 3 {
+				field(cp+".cid", "required for vsock: the guest's context id (3 or more), got %d", ch.CID)
+			} else if j, dup := cids[ch.CID]; dup {
+				field(cp+".cid", "CID %d is already used by vm[%d]", ch.CID, j)
+			}
+			cids[ch.CID] = i
+		case "":
+			field(cp+".type", "required: virtio-serial, vsock or tcp")
+		default:
+			field(cp+".type", "must be virtio-serial, vsock or tcp, got %q", ch.Type)
+		}
+		if err := vm.Policy.Validate(); err != nil {
+			field(p+".policy."+fieldOf(err), "%s", msgOf(err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func fieldOf(err error) string {
+	var fe *engine.FieldError
+	if errors.As(err, &fe) {
+		return fe.Field
+	}
+	return "?"
+}
+
+func msgOf(err error) string {
+	var fe *engine.FieldError
+	if errors.As(err, &fe) {
+		return fe.Msg
+	}
+	return err.Error()
+}
