@@ -1,0 +1,412 @@
+package actuator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/hotplugheaven/hotplug/host/hypervisor"
+	"github.com/hotplugheaven/hotplug/proto"
+)
+
+// errNoAgent: an action needs the guest agent and none is connected.
+var errNoAgent = errors.New("no agent connected")
+
+// record collects the steps of one event.
+type record struct {
+	ev    eventlog.Event
+	start time.Time
+}
+
+func (r *record) step(name string, start time.Time, err error) error {
+	s := eventlog.Step{Name: name, DurationMS: ms(time.Since(start)), OK: err == nil}
+	if err != nil {
+		s.Error = err.Error()
+	}
+	r.ev.Steps = append(r.ev.Steps, s)
+	return err
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// signals is what the event log keeps about the decision's inputs.
+type signals struct {
+	Evidence engine.Evidence `json:"evidence"`
+	Online   int             `json:"online"`
+	Busy     float64         `json:"busy_cpus"`
+	Waiting  float64         `json:"waiting_tasks"`
+	Load1    float64         `json:"load1"`
+	ReportAt time.Time       `json:"report_at,omitempty"`
+}
+
+func (v *VM) newRecord(kind string, d engine.Decision) *record {
+	r := &record{start: time.Now()}
+	r.ev = eventlog.Event{Time: r.start, VM: v.name, Kind: kind, From: v.current, To: d.To, Rule: d.Rule, Reason: d.Reason}
+	sig := signals{Evidence: d.Evidence}
+	if v.last != nil {
+		s := sampleOf(v.last, v.lastAt)
+		sig.Online, sig.Busy, sig.Waiting, sig.Load1, sig.ReportAt = s.Online, s.Busy, s.Waiting, v.last.Load1, v.lastAt
+	}
+	r.ev.Signals, _ = json.Marshal(sig)
+	return r
+}
+
+// commit writes the event. A failure to write is logged loudly and counted
+// by the event log; scaling goes on.
+func (v *VM) commit(r *record) {
+	r.ev.Result = v.current
+	r.ev.DurationMS = ms(time.Since(r.start))
+	v.metrics.action(r.ev.Outcome)
+	if err := v.events.Append(&r.ev); err != nil {
+		v.log.Error("scaling event NOT recorded", "error", err, "event", fmt.Sprintf("%+v", r.ev))
+	}
+	v.log.Info("scaling event", "kind", r.ev.Kind, "from", r.ev.From, "to", r.ev.To, "result", r.ev.Result,
+		"outcome", r.ev.Outcome, "rule", r.ev.Rule, "reason", r.ev.Reason, "duration_ms", r.ev.DurationMS)
+}
+
+// act carries out a decision one vCPU at a time and logs one event.
+func (v *VM) act(ctx context.Context, d engine.Decision) {
+	rec := v.newRecord(d.Action.String(), d)
+	from := v.current
+	var err error
+	for err == nil && v.current != d.To {
+		if d.Action == engine.ScaleUp {
+			err = v.plugOne(ctx, rec)
+		} else {
+			err = v.unplugOne(ctx, rec)
+		}
+	}
+	v.engine.Acted(time.Now())
+	switch {
+	case err == nil:
+		rec.ev.Outcome = eventlog.OutcomeOK
+		v.failures, v.retryAfter = 0, time.Time{}
+	case v.current != from:
+		rec.ev.Outcome = eventlog.OutcomePartial
+	case errors.Is(err, errRolledBack):
+		rec.ev.Outcome = eventlog.OutcomeRolledBack
+	default:
+		rec.ev.Outcome = eventlog.OutcomeFailed
+	}
+	if err != nil {
+		v.failures++
+		wait := min(time.Duration(1<<min(v.failures, 6))*v.policyInterval(), 10*time.Minute)
+		v.retryAfter = time.Now().Add(wait)
+		v.log.Warn("scaling action failed; backing off", "error", err, "retry_in", wait)
+		v.publish(func(s *Status) { s.Degraded = err.Error() })
+	} else {
+		v.publish(func(s *Status) { s.Degraded = "" })
+	}
+	v.commit(rec)
+}
+
+// errRolledBack marks a failure whose earlier steps were undone.
+var errRolledBack = errors.New("rolled back")
+
+// plugOne adds one vCPU: plug on the hypervisor, have the guest online it,
+// confirm from the next report. If the guest cannot online it, the CPU is
+// unplugged again so it is never left plugged but offline.
+func (v *VM) plugOne(ctx context.Context, rec *record) error {
+	if v.sess == nil {
+		return rec.step("plug", time.Now(), errNoAgent)
+	}
+	if !v.budget.Reserve(v.name, v.current) {
+		return rec.step("plug", time.Now(), fmt.Errorf("host vCPU budget exhausted"))
+	}
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	slot, err := v.hyp.Plug(pctx)
+	cancel()
+	if err != nil {
+		v.refresh(ctx)
+		return rec.step("plug", start, err)
+	}
+	rec.step("plug", start, nil)
+	v.current++
+	v.budget.Set(v.name, v.current)
+	v.log.Debug("cpu plugged", "slot", slot.Index, "ref", slot.Ref, "apic", slot.APICID)
+
+	start = time.Now()
+	online, err := v.onlineNew(ctx, slot)
+	if err == nil {
+		rec.step("online", start, nil)
+		start = time.Now()
+		err = rec.step("confirm", start, v.awaitOnline(ctx, online))
+		if err == nil {
+			return nil
+		}
+	} else {
+		rec.step("online", start, err)
+	}
+	// Roll back: take the CPU out again rather than leave it plugged and
+	// offline (or in an unknown state) in the guest.
+	start = time.Now()
+	if uerr := v.unplugSlot(ctx, slot); uerr != nil {
+		rec.step("rollback_unplug", start, uerr)
+		return fmt.Errorf("cpu plugged but not onlined (%v), and unplugging it failed: %w", err, uerr)
+	}
+	rec.step("rollback_unplug", start, nil)
+	return fmt.Errorf("%w: %v", errRolledBack, err)
+}
+
+// onlineNew asks the agent to online the CPU the guest gave the new slot.
+// Linux numbers a hot-added CPU with the lowest free number (x86,
+// arch/x86/kernel/acpi/boot.c), so that is what is asked for first; if the
+// guest chose another number, the Ack's present set says which.
+func (v *VM) onlineNew(ctx context.Context, slot hypervisor.Slot) (int, error) {
+	present, possible := v.guestSets()
+	want := possible.Difference(present).Min()
+	if want < 0 {
+		return 0, fmt.Errorf("guest has no possible CPU left to online (possible %s, present %s)", possible, present)
+	}
+	ack, err := v.command(ctx, &proto.Command{Online: proto.NewCPUSet(want)})
+	if err == nil && ack.OK {
+		v.learnTopology(ack)
+		return ack.Online.Len(), nil
+	}
+	if ack != nil {
+		if stray := ack.Present.Difference(ack.Online); stray.Len() > 0 {
+			v.log.Warn("guest numbered the new CPU differently; onlining what it shows", "asked", want, "present_offline", stray.String())
+			ack2, err2 := v.command(ctx, &proto.Command{Online: stray})
+			if err2 == nil && ack2.OK {
+				v.learnTopology(ack2)
+				return ack2.Online.Len(), nil
+			}
+			err = ackErr(ack2, err2)
+		} else {
+			err = ackErr(ack, err)
+		}
+	}
+	return 0, err
+}
+
+// unplugOne removes one vCPU: the guest offlines its highest removable CPU,
+// then the hypervisor unplugs that CPU's slot and its state confirms it.
+// A failed unplug puts the CPU back online.
+func (v *VM) unplugOne(ctx context.Context, rec *record) error {
+	if v.sess == nil || v.last == nil {
+		return rec.step("offline", time.Now(), errNoAgent)
+	}
+	cpu, slot, err := v.pickVictim()
+	if err != nil {
+		return rec.step("offline", time.Now(), err)
+	}
+	start := time.Now()
+	ack, err := v.command(ctx, &proto.Command{Offline: proto.NewCPUSet(cpu)})
+	if err = ackErr(ack, err); err != nil {
+		return rec.step("offline", start, fmt.Errorf("cpu%d: %w", cpu, err))
+	}
+	rec.step("offline", start, nil)
+	v.learnTopology(ack)
+	if slot.Ref == "" { // topology learned only now
+		if slot, err = v.slotForCPU(ctx, cpu); err != nil {
+			return v.rollbackOffline(ctx, rec, cpu, err)
+		}
+	}
+
+	start = time.Now()
+	if err := v.unplugSlot(ctx, slot); err != nil {
+		rec.step("unplug", start, err)
+		return v.rollbackOffline(ctx, rec, cpu, err)
+	}
+	rec.step("unplug", start, nil)
+	v.budget.Set(v.name, v.current)
+	return nil
+}
+
+// unplugSlot unplugs and then confirms from the hypervisor's state, which is
+// the truth even when the unplug call timed out.
+func (v *VM) unplugSlot(ctx context.Context, slot hypervisor.Slot) error {
+	err := v.hyp.Unplug(ctx, slot)
+	if !v.refresh(ctx) {
+		return fmt.Errorf("unplug: %v; and the hypervisor's state cannot be read", err)
+	}
+	for _, s := range v.state.Slots {
+		if s.Index == slot.Index && s.Plugged {
+			if err == nil {
+				err = fmt.Errorf("hypervisor still reports slot %d plugged", slot.Index)
+			}
+			return err
+		}
+	}
+	if err != nil {
+		v.log.Info("unplug reported an error but the hypervisor shows the CPU gone", "error", err)
+	}
+	return nil
+}
+
+func (v *VM) rollbackOffline(ctx context.Context, rec *record, cpu int, cause error) error {
+	start := time.Now()
+	ack, err := v.command(ctx, &proto.Command{Online: proto.NewCPUSet(cpu)})
+	if err = ackErr(ack, err); err != nil {
+		rec.step("rollback_online", start, err)
+		return fmt.Errorf("cpu%d offline but still plugged (%v), and onlining it again failed: %w", cpu, cause, err)
+	}
+	rec.step("rollback_online", start, nil)
+	return fmt.Errorf("%w: %v", errRolledBack, cause)
+}
+
+// pickVictim chooses the guest CPU to remove: the highest online CPU whose
+// slot the hypervisor can unplug. cpu0 is never chosen.
+func (v *VM) pickVictim() (int, hypervisor.Slot, error) {
+	online := v.last.Online.Slice()
+	for i := len(online) - 1; i >= 0 && online[i] > 0; i-- {
+		cpu := online[i]
+		apic, known := v.apic[cpu]
+		if !known {
+			// Learn it from the offline Ack.
+			return cpu, hypervisor.Slot{}, nil
+		}
+		for _, s := range v.state.Slots {
+			if s.Plugged && s.Removable && s.APICID == int(apic) {
+				return cpu, s, nil
+			}
+		}
+	}
+	return 0, hypervisor.Slot{}, fmt.Errorf("no online guest CPU maps to a removable slot (online %s)", v.last.Online)
+}
+
+// slotForCPU finds the slot of a guest CPU by its APIC id, or, when the
+// hypervisor does not report APIC ids, the highest removable plugged slot.
+func (v *VM) slotForCPU(ctx context.Context, cpu int) (hypervisor.Slot, error) {
+	if !v.refresh(ctx) {
+		return hypervisor.Slot{}, fmt.Errorf("hypervisor unreachable")
+	}
+	apic, known := v.apic[cpu]
+	var fallback *hypervisor.Slot
+	for i := range v.state.Slots {
+		s := v.state.Slots[i]
+		if !s.Plugged || !s.Removable {
+			continue
+		}
+		if known && s.APICID == int(apic) {
+			return s, nil
+		}
+		if s.APICID < 0 {
+			fallback = &v.state.Slots[i]
+		}
+	}
+	if fallback != nil {
+		return *fallback, nil
+	}
+	return hypervisor.Slot{}, fmt.Errorf("cpu%d (APIC id %d) has no removable slot", cpu, apic)
+}
+
+func (v *VM) learnTopology(ack *proto.Ack) {
+	for _, t := range ack.Topology {
+		v.apic[int(t.CPU)] = t.APICID
+	}
+}
+
+// guestSets returns the guest's present and possible sets as last seen.
+func (v *VM) guestSets() (present, possible proto.CPUSet) {
+	possible = v.sess.hello.Possible
+	present = v.sess.hello.Present
+	if v.last != nil {
+		present = v.last.Present
+	}
+	return present, possible
+}
+
+// reconcile makes the guest agree with the hypervisor after a (re)connect:
+// a CPU plugged but offline (an actuator that died mid-action, a guest that
+// did not online a hot-added CPU) is onlined.
+func (v *VM) reconcile(ctx context.Context, present, online proto.CPUSet) {
+	stray := present.Difference(online)
+	if stray.Len() == 0 {
+		return
+	}
+	d := engine.Decision{Action: engine.ScaleUp, From: v.current, To: v.current, Rule: "reconcile",
+		Reason: fmt.Sprintf("CPUs %s are plugged but offline in the guest", stray)}
+	rec := v.newRecord("reconcile", d)
+	start := time.Now()
+	ack, err := v.command(ctx, &proto.Command{Online: stray})
+	err = ackErr(ack, err)
+	rec.step("online", start, err)
+	if err == nil {
+		v.learnTopology(ack)
+		rec.ev.Outcome = eventlog.OutcomeOK
+	} else {
+		rec.ev.Outcome = eventlog.OutcomeFailed
+	}
+	v.refresh(ctx)
+	v.commit(rec)
+}
+
+// command sends c to the agent and waits for its Ack, still taking in
+// reports meanwhile (they update the engine but start nothing).
+func (v *VM) command(ctx context.Context, c *proto.Command) (*proto.Ack, error) {
+	if v.sess == nil {
+		return nil, errNoAgent
+	}
+	v.nextCmd++
+	c.ID = v.nextCmd
+	s := v.sess
+	if err := s.send(c); err != nil {
+		return nil, fmt.Errorf("sending command %d: %w", c.ID, err)
+	}
+	timer := time.NewTimer(v.cmdTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			return nil, fmt.Errorf("agent did not answer command %d within %v", c.ID, v.cmdTimeout)
+		case ev := <-v.inbox:
+			if a, ok := ev.(evAck); ok && a.s == s && a.a.ID == c.ID {
+				return a.a, nil
+			}
+			v.handle(ctx, ev, false)
+			if v.sess != s {
+				return nil, fmt.Errorf("agent connection lost while waiting for command %d", c.ID)
+			}
+		}
+	}
+}
+
+// awaitOnline waits for a report showing at least want CPUs online.
+func (v *VM) awaitOnline(ctx context.Context, want int) error {
+	deadline := time.NewTimer(3*v.policyInterval() + 5*time.Second)
+	defer deadline.Stop()
+	s := v.sess
+	after := v.lastSeq
+	for {
+		if v.last != nil && v.lastSeq > after && v.last.Online.Len() >= want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			got := "no report"
+			if v.last != nil {
+				got = v.last.Online.String()
+			}
+			return fmt.Errorf("no report confirmed %d CPUs online (last: %s)", want, got)
+		case ev := <-v.inbox:
+			v.handle(ctx, ev, false)
+			if v.sess != s {
+				return fmt.Errorf("agent connection lost while confirming")
+			}
+		}
+	}
+}
+
+func ackErr(ack *proto.Ack, err error) error {
+	if err != nil {
+		return err
+	}
+	if ack.OK {
+		return nil
+	}
+	msg := ack.Error
+	for _, f := range ack.Failed {
+		msg += fmt.Sprintf("; cpu%d: %s", f.CPU, f.Error)
+	}
+	return fmt.Errorf("agent: %s", msg)
+}

@@ -1,0 +1,63 @@
+// Package actuator runs the host side of Hot-Plug Heaven: one controller per
+// VM that takes the agent's reports, asks the engine what to do, and carries
+// it out on the hypervisor and in the guest, in an order that never leaves a
+// CPU plugged but offline or unplugged but believed online. Every action is
+// recorded in the event log.
+//
+// It decides nothing itself (that is the engine) and speaks no hypervisor
+// protocol itself (that is the hypervisor package).
+package actuator
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+)
+
+// Actuator runs a set of VM controllers sharing one event log and budget.
+type Actuator struct {
+	vms    []*VM
+	events *eventlog.Log
+	budget *Budget
+	log    hclog.Logger
+}
+
+// New builds an actuator. It owns the given hypervisors and channels and
+// closes them when Run returns.
+func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logger) (*Actuator, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	a := &Actuator{events: events, budget: NewBudget(hostBudget), log: logger}
+	for _, c := range vms {
+		v, err := newVM(c, events, a.budget, logger)
+		if err != nil {
+			return nil, err
+		}
+		a.vms = append(a.vms, v)
+	}
+	if len(a.vms) == 0 {
+		return nil, fmt.Errorf("no VMs to control")
+	}
+	return a, nil
+}
+
+// VMs returns the controllers, for status.
+func (a *Actuator) VMs() []*VM { return a.vms }
+
+// Run controls every VM until ctx ends. A VM whose hypervisor or agent
+// fails does not affect the others.
+func (a *Actuator) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, v := range a.vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.Run(ctx)
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,233 @@
+package actuator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/channel"
+	"github.com/hotplugheaven/hotplug/proto"
+)
+
+// Limits on what an agent may make the actuator do while connecting.
+const (
+	// resyncLimit is how many stray bytes are skipped looking for a frame
+	// start before a Hello (virtio-serial keeps bytes across connections).
+	resyncLimit = 64 << 10
+	// strayFrameLimit is how many non-Hello frames are skipped before Hello.
+	strayFrameLimit = 64
+	// badMessageLimit drops a connection after this many undecodable or
+	// invalid messages in a row.
+	badMessageLimit = 10
+	writeTimeout    = 10 * time.Second
+)
+
+var sessionIDs atomic.Uint64
+
+// session is one accepted, greeted agent connection.
+type session struct {
+	id      uint64
+	conn    net.Conn
+	w       *proto.Writer
+	hello   *proto.Hello
+	version uint16
+}
+
+// send writes one message with a deadline, so a guest that stops reading
+// cannot block the VM's loop.
+func (s *session) send(m proto.Message) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return s.w.Write(m)
+}
+
+// Events from a VM's channel goroutine to its loop.
+type (
+	evSession struct{ s *session }
+	evReport  struct {
+		s  *session
+		r  *proto.Report
+		at time.Time
+	}
+	evAck struct {
+		s *session
+		a *proto.Ack
+	}
+	evClosed struct {
+		s   *session
+		err error
+	}
+)
+
+// serveChannel accepts connections from the VM's channel one at a time,
+// greets them and forwards their messages to the VM loop until ctx ends.
+func (v *VM) serveChannel(ctx context.Context, ch channel.Channel) {
+	failures := 0
+	for ctx.Err() == nil {
+		conn, err := ch.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			v.log.Warn("agent channel accept failed", "channel", ch.String(), "error", err)
+			failures++
+			if sleepCtx(ctx, retryDelay(failures)) != nil {
+				return
+			}
+			continue
+		}
+		err = v.serveConn(ctx, conn, ch)
+		conn.Close()
+		if ctx.Err() != nil {
+			return
+		}
+		v.log.Warn("agent connection ended", "channel", ch.String(), "reason", err)
+		// A channel we dial (virtio-serial) would otherwise spin on a port
+		// whose guest side is closed; a listener only delays the next accept.
+		failures++
+		if sleepCtx(ctx, retryDelay(failures)) != nil {
+			return
+		}
+	}
+}
+
+// serveConn runs one connection: Hello, Welcome, then messages until error.
+func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) error {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	r := proto.NewReader(conn, 0)
+	s, err := v.handshake(conn, r, ch)
+	if err != nil {
+		return err
+	}
+	v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
+		"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
+	if !v.deliver(ctx, evSession{s: s}) {
+		return ctx.Err()
+	}
+	err = v.readLoop(ctx, s, r)
+	v.deliver(ctx, evClosed{s: s, err: err})
+	return err
+}
+
+// handshake waits for a Hello, skipping what an earlier connection left in
+// the stream, and answers it.
+func (v *VM) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*session, error) {
+	// On virtio-serial the agent may be idle for long; on a listener a
+	// silent peer is holding a connection slot.
+	if _, dialled := ch.(*channel.VirtioSerial); !dialled {
+		_ = conn.SetReadDeadline(time.Now().Add(v.helloTimeout))
+	}
+	skippedBytes, skippedFrames := 0, 0
+	for {
+		t, payload, err := r.ReadFrame()
+		if errors.Is(err, proto.ErrBadMagic) && skippedBytes < resyncLimit {
+			n, rerr := r.Resync(resyncLimit - skippedBytes)
+			skippedBytes += n + proto.HeaderSize
+			if rerr != nil {
+				return nil, fmt.Errorf("no Hello: %w", rerr)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("waiting for Hello: %w", err)
+		}
+		if t != proto.TypeHello {
+			if skippedFrames++; skippedFrames > strayFrameLimit {
+				return nil, fmt.Errorf("no Hello in the first %d frames", strayFrameLimit)
+			}
+			continue
+		}
+		if skippedBytes > 0 || skippedFrames > 0 {
+			v.log.Debug("skipped stale data before Hello", "bytes", skippedBytes, "frames", skippedFrames)
+		}
+		m, err := proto.Decode(t, payload)
+		if err != nil {
+			return nil, fmt.Errorf("bad Hello: %w", err)
+		}
+		hello := m.(*proto.Hello)
+		w := proto.NewWriter(conn)
+		version, err := proto.Negotiate(hello)
+		if err != nil {
+			_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+			_ = w.Write(&proto.Welcome{Error: err.Error()})
+			return nil, err
+		}
+		s := &session{id: sessionIDs.Add(1), conn: conn, w: w, hello: hello, version: version}
+		if err := s.send(&proto.Welcome{Version: version, VM: v.name, IntervalNanos: int64(v.policyInterval())}); err != nil {
+			return nil, fmt.Errorf("sending Welcome: %w", err)
+		}
+		return s, nil
+	}
+}
+
+// readLoop forwards messages until the connection fails or the agent goes
+// silent for longer than idleTimeout.
+func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
+	bad := 0
+	for {
+		_ = s.conn.SetReadDeadline(time.Now().Add(v.idleTimeout()))
+		t, payload, err := r.ReadFrame()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("agent silent for %v", v.idleTimeout())
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("agent closed the connection")
+			}
+			return err // framing lost: bad magic, oversized, truncated
+		}
+		m, err := proto.Decode(t, payload)
+		if err != nil {
+			v.metrics.badMessage(err)
+			v.log.Warn("message from agent rejected", "type", t.String(), "error", err)
+			if bad++; bad >= badMessageLimit {
+				return fmt.Errorf("%d bad messages in a row, last: %w", bad, err)
+			}
+			continue
+		}
+		bad = 0
+		var ev any
+		switch m := m.(type) {
+		case *proto.Report:
+			ev = evReport{s: s, r: m, at: time.Now()}
+		case *proto.Ack:
+			ev = evAck{s: s, a: m}
+		default:
+			return fmt.Errorf("agent sent %v after Hello", t)
+		}
+		if !v.deliver(ctx, ev) {
+			return ctx.Err()
+		}
+	}
+}
+
+// deliver hands an event to the VM loop unless ctx ends first.
+func (v *VM) deliver(ctx context.Context, ev any) bool {
+	select {
+	case v.inbox <- ev:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func retryDelay(failures int) time.Duration {
+	d := 250 * time.Millisecond << min(failures, 5)
+	return min(d, 5*time.Second)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
