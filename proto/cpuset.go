@@ -202,6 +202,10 @@ func (s CPUSet) String() string {
 	return b.String()
 }
 
+// IsZero reports whether the set is empty. msgpack's omitempty relies on it:
+// without it a struct with only unexported fields always counts as empty.
+func (s CPUSet) IsZero() bool { return s.Len() == 0 }
+
 // EncodeMsgpack writes the set as its list-format string.
 func (s CPUSet) EncodeMsgpack(enc *msgpack.Encoder) error {
 	return enc.EncodeString(s.String())

@@ -53,7 +53,9 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("read %v: %v", want.Type(), err)
 		}
-		if !reflect.DeepEqual(normalise(got), normalise(want)) {
+		// DeepEqual, not a comparison of encodings: an encoder that drops
+		// a field would drop it from both.
+		if !reflect.DeepEqual(got, want) {
 			t.Errorf("%v round trip:\n got %+v\nwant %+v", want.Type(), got, want)
 		}
 	}

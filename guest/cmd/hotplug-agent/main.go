@@ -1,0 +1,192 @@
+// Command hotplug-agent runs inside a guest: it measures what the guest
+// needs and reports it to hotplug-actuator on the host, and onlines or
+// offlines CPUs when the actuator asks.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hotplugheaven/hotplug/guest/agent"
+	"github.com/hotplugheaven/hotplug/guest/collector"
+	"github.com/hotplugheaven/hotplug/guest/transport"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const defaultConfig = "/etc/hotplug-agent/agent.toml"
+
+// fileConfig is the TOML file. Flags override it.
+type fileConfig struct {
+	Transport     string   `toml:"transport"`      // virtio-serial, vsock, tcp
+	Port          string   `toml:"port"`           // virtio-serial port name
+	Device        string   `toml:"device"`         // virtio-serial device path (overrides port)
+	VsockCID      uint32   `toml:"vsock_cid"`      // actuator's CID, 2 = host
+	VsockPort     uint32   `toml:"vsock_port"`     // actuator's vsock port
+	TCPAddress    string   `toml:"tcp_address"`    // host:port for tcp
+	Interval      duration `toml:"interval"`       // sampling interval
+	AutoOnline    *bool    `toml:"auto_online"`    // online hot-added CPUs
+	OnlineTimeout duration `toml:"online_timeout"` // wait for a hot-added CPU
+	QueueSize     int      `toml:"queue_size"`     // unsent reports kept
+	LogLevel      string   `toml:"log_level"`
+	LogFormat     string   `toml:"log_format"` // text or json
+	ProcRoot      string   `toml:"proc_root"`
+	SysRoot       string   `toml:"sys_root"`
+}
+
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration (use e.g. \"5s\"): %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+func defaults() fileConfig {
+	on := true
+	return fileConfig{
+		Transport: "virtio-serial", Port: transport.DefaultPortName,
+		VsockCID: 2, VsockPort: 7000,
+		Interval: duration{5 * time.Second}, AutoOnline: &on,
+		OnlineTimeout: duration{20 * time.Second}, QueueSize: 12,
+		LogLevel: "info", LogFormat: "text",
+	}
+}
+
+const usage = `hotplug-agent — Hot-Plug Heaven guest agent
+
+Usage:
+  hotplug-agent [flags]           run the agent (normally from systemd)
+  hotplug-agent --version         print the version
+
+The agent samples /proc and /sys every interval, sends the measurements to
+hotplug-actuator on the host over virtio-serial (default), vsock or TCP, and
+onlines/offlines CPUs when the actuator asks. Hot-added CPUs are onlined
+unless auto_online = false.
+
+Configuration is read from %s (TOML; see the packaged example for
+every key); flags override it.
+
+Flags:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("hotplug-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, usage, defaultConfig)
+		fs.PrintDefaults()
+	}
+	configPath := fs.String("config", defaultConfig, "config file (a missing default file is not an error)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	transportFlag := fs.String("transport", "", "virtio-serial, vsock or tcp")
+	port := fs.String("port", "", "virtio-serial port name")
+	device := fs.String("device", "", "virtio-serial device path (instead of finding the port by name)")
+	tcpAddr := fs.String("tcp", "", "actuator address for the tcp transport (host:port)")
+	vsockPort := fs.Uint("vsock-port", 0, "actuator vsock port")
+	interval := fs.Duration("interval", 0, "sampling interval (the actuator may change it)")
+	noAutoOnline := fs.Bool("no-auto-online", false, "do not online hot-added CPUs on our own")
+	logLevel := fs.String("log-level", "", "trace, debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Println("hotplug-agent", version)
+		return 0
+	}
+
+	cfg := defaults()
+	if b, err := os.ReadFile(*configPath); err == nil {
+		md, err := toml.Decode(string(b), &cfg)
+		if err != nil {
+			fmt.Fprintf(stderr, "hotplug-agent: config %s: %v\n", *configPath, err)
+			return 2
+		}
+		if u := md.Undecoded(); len(u) > 0 {
+			fmt.Fprintf(stderr, "hotplug-agent: config %s: unknown key %q\n", *configPath, u[0].String())
+			return 2
+		}
+	} else if !errors.Is(err, os.ErrNotExist) || *configPath != defaultConfig {
+		fmt.Fprintf(stderr, "hotplug-agent: config: %v\n", err)
+		return 2
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Transport, *transportFlag)
+	set(&cfg.Port, *port)
+	set(&cfg.Device, *device)
+	set(&cfg.TCPAddress, *tcpAddr)
+	set(&cfg.LogLevel, *logLevel)
+	if *vsockPort != 0 {
+		cfg.VsockPort = uint32(*vsockPort)
+	}
+	if *interval != 0 {
+		cfg.Interval.Duration = *interval
+	}
+	if *noAutoOnline {
+		off := false
+		cfg.AutoOnline = &off
+	}
+
+	level := hclog.LevelFromString(cfg.LogLevel)
+	if level == hclog.NoLevel {
+		fmt.Fprintf(stderr, "hotplug-agent: log_level: must be trace, debug, info, warn or error, got %q\n", cfg.LogLevel)
+		return 2
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "hotplug-agent", Level: level, Output: stderr,
+		JSONFormat: cfg.LogFormat == "json", DisableTime: os.Getenv("JOURNAL_STREAM") != ""})
+
+	var dialer transport.Dialer
+	switch cfg.Transport {
+	case "virtio-serial":
+		dialer = &transport.VirtioSerial{Name: cfg.Port, Path: cfg.Device}
+	case "vsock":
+		dialer = &transport.Vsock{CID: cfg.VsockCID, Port: cfg.VsockPort}
+	case "tcp":
+		if cfg.TCPAddress == "" {
+			fmt.Fprintln(stderr, "hotplug-agent: tcp_address: required for the tcp transport (or --tcp host:port)")
+			return 2
+		}
+		dialer = &transport.TCP{Addr: cfg.TCPAddress}
+	default:
+		fmt.Fprintf(stderr, "hotplug-agent: transport: must be virtio-serial, vsock or tcp, got %q\n", cfg.Transport)
+		return 2
+	}
+
+	a, err := agent.New(agent.Config{
+		Interval: cfg.Interval.Duration, AutoOnline: *cfg.AutoOnline, OnlineTimeout: cfg.OnlineTimeout.Duration,
+		QueueSize: cfg.QueueSize, Version: version,
+		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot},
+	}, dialer, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logger.Info("starting", "version", version, "transport", dialer.String(), "interval", cfg.Interval.Duration,
+		"auto_online", *cfg.AutoOnline)
+	a.Run(ctx)
+	logger.Info("stopped")
+	return 0
+}
