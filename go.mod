@@ -6,6 +6,7 @@ require github.com/vmihailenco/msgpack/v5 v5.4.1
 
 require (
 	github.com/BurntSushi/toml v1.6.0 // indirect
+	github.com/cavaliergopher/cpio v1.0.1 // indirect
 	github.com/fatih/color v1.13.0 // indirect
 	github.com/hashicorp/go-hclog v1.6.3 // indirect
 	github.com/mattn/go-colorable v0.1.12 // indirect
