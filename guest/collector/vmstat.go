@@ -1,0 +1,129 @@
+package collector
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+)
+
+// swapCounters are the cumulative swap counters of /proc/vmstat, in pages.
+type swapCounters struct {
+	in, out uint64
+	ok      bool // false: no reading (no baseline)
+}
+
+// maxVMStat bounds what is read of /proc/vmstat. A 6.x kernel prints about
+// 180 lines, 5 KiB; the counters we want sit in the first half.
+const maxVMStat = 64 << 10
+
+// maxRatePerSec mirrors proto.Report.Validate.
+const maxRatePerSec = 1e9
+
+// readVMStat reads pswpin and pswpout from /proc/vmstat. procfs has no
+// parser for this file (its VM type is /proc/sys/vm), so parseVMStat is ours.
+// The file is undocumented beyond Documentation/filesystems/proc.rst naming
+// it; the counters are the vm_event_item names in include/linux/vm_event_item.h.
+// A missing or unparsable file leaves swap rates at zero and is reported by
+// Sources.
+func (s *Sampler) readVMStat() swapCounters {
+	b, err := readFileInto(s.vmstPath, s.vmbuf[:0], maxVMStat)
+	s.vmbuf = b[:0]
+	var c swapCounters
+	if err == nil {
+		c.in, c.out, err = parseVMStat(b)
+	}
+	if err != nil {
+		s.setSource(srcVMStat, false, absent(s.vmstPath, err, "swap rates read as zero"))
+		return swapCounters{}
+	}
+	c.ok = true
+	s.setSource(srcVMStat, true, nil)
+	return c
+}
+
+// errNoSwapCounters: the file parsed but lacks pswpin or pswpout.
+var errNoSwapCounters = errors.New("no pswpin/pswpout lines")
+
+// parseVMStat returns the pswpin and pswpout counters of a /proc/vmstat
+// file: lines of "name value". Other lines are skipped unparsed, so a kernel
+// adding counters does not break it; a malformed pswp line is an error.
+func parseVMStat(b []byte) (in, out uint64, err error) {
+	var haveIn, haveOut bool
+	for len(b) > 0 && !(haveIn && haveOut) {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		name, value, ok := bytes.Cut(line, []byte{' '})
+		if !ok {
+			continue
+		}
+		var dst *uint64
+		switch string(name) {
+		case "pswpin":
+			dst, haveIn = &in, true
+		case "pswpout":
+			dst, haveOut = &out, true
+		default:
+			continue
+		}
+		if *dst, err = strconv.ParseUint(string(bytes.TrimSpace(value)), 10, 64); err != nil {
+			return 0, 0, fmt.Errorf("%w: %s: %v", ErrParse, name, err)
+		}
+	}
+	if !haveIn || !haveOut {
+		return 0, 0, fmt.Errorf("%w: %w", ErrParse, errNoSwapCounters)
+	}
+	return in, out, nil
+}
+
+// swapRates turns two readings into pages per second. A counter that went
+// backwards has no meaningful delta; with no way to say "unknown" in the
+// Report, it reads as no swapping this interval, and cur is the next
+// baseline.
+func swapRates(prev, cur swapCounters, intervalNanos int64) (in, out float64) {
+	if !prev.ok || !cur.ok || intervalNanos <= 0 {
+		return 0, 0
+	}
+	secs := float64(intervalNanos) / 1e9
+	rate := func(p, c uint64) float64 {
+		if c < p {
+			return 0
+		}
+		return min(float64(c-p)/secs, maxRatePerSec)
+	}
+	return rate(prev.in, cur.in), rate(prev.out, cur.out)
+}
+
+// readFileInto reads at most limit bytes of path into buf, growing it as
+// needed, and returns the filled slice. It exists so that files read every
+// second reuse one buffer; /proc files report size 0, so os.ReadFile's size
+// hint does not help.
+func readFileInto(path string, buf []byte, limit int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return buf, err
+	}
+	defer f.Close()
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := f.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+		if len(buf) > limit {
+			return buf, fmt.Errorf("longer than %d bytes", limit)
+		}
+	}
+}
