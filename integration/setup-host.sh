@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# setup-host.sh — install what the end-to-end tests and the demo need on a
+# Debian bookworm host, then warm the guest kernel cache.
+#
+#   integration/setup-host.sh        (as root, or a user with sudo)
+#
+# Idempotent: apt-get runs only when a package is missing, and the kernel is
+# downloaded only when build/cache (or $HOTPLUG_CACHE) lacks it. Prints
+# nothing on success; on failure says what failed and shows the log.
+#
+# Needs only Debian's archive and the Go module proxy. Nothing here may
+# download from anywhere else.
+set -euo pipefail
+
+# What the harness (integration/testvm) uses on the host:
+#   qemu-system-x86  qemu-system-x86_64 boots the guests
+#   busybox-static   /bin/busybox, copied into every guest initramfs
+#   cpio             not needed by the harness (it writes cpio in Go), kept
+#                    for inspecting images: zcat IMG | cpio -t
+#   xz-utils, zstd   unpack compressed kernel modules (newer Debian kernels)
+#   apt, dpkg        apt-get download + dpkg-deb -x fetch the guest kernel
+#                    (always present on Debian)
+packages=(qemu-system-x86 busybox-static cpio xz-utils zstd)
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+log=$(mktemp "${TMPDIR:-/tmp}/setup-host.XXXXXX")
+trap 'rm -f "$log"' EXIT
+
+die() {
+	echo "setup-host: FAILED: $*" >&2
+	if [[ -s $log ]]; then
+		echo "----- log -----" >&2
+		tail -n 60 "$log" >&2
+		echo "---------------" >&2
+	fi
+	exit 1
+}
+
+# as_root runs a command as root, through sudo when we are not root.
+as_root() {
+	if [[ $EUID -eq 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		die "need root to run '$*': run this script as root, or install sudo"
+	fi
+}
+
+apt_updated=
+apt_update() {
+	[[ -n $apt_updated ]] && return 0
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1 ||
+		die "apt-get update (is the Debian archive reachable?)"
+	apt_updated=1
+}
+
+# --- Debian packages -------------------------------------------------------
+command -v dpkg >/dev/null 2>&1 || die "this script needs Debian (dpkg not found)"
+missing=()
+for p in "${packages[@]}"; do
+	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	apt_update
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$log" 2>&1 ||
+		die "apt-get install ${missing[*]}"
+fi
+for tool in qemu-system-x86_64 apt-get dpkg-deb; do
+	command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after installing ${packages[*]}"
+done
+[[ -x /bin/busybox ]] || die "/bin/busybox missing after installing busybox-static"
+
+# --- Go --------------------------------------------------------------------
+if ! command -v go >/dev/null 2>&1; then
+	if [[ -x /usr/local/go/bin/go ]]; then
+		export PATH=$PATH:/usr/local/go/bin
+	else
+		die "no Go toolchain: install the version named in go.mod (Debian's golang package is too old) at /usr/local/go, or put 'go' on PATH"
+	fi
+fi
+
+# --- Guest kernel ----------------------------------------------------------
+# The kernel comes from apt-get download, which needs package lists. Fetch
+# them only when apt does not know the kernel yet.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+	apt_update
+fi
+
+# Same code as the tests (testvm.EnsureKernel), so the cache layout cannot
+# drift. Run as the invoking user under sudo, so build/cache is not owned by
+# root.
+fetch=(go run ./integration/testvm/cmd/testvm-kernel)
+if [[ $EUID -eq 0 && -n ${SUDO_USER:-} && $SUDO_USER != root ]]; then
+	fetch=(sudo -u "$SUDO_USER" env "PATH=$PATH" ${HOTPLUG_CACHE:+"HOTPLUG_CACHE=$HOTPLUG_CACHE"} "${fetch[@]}")
+fi
+(cd "$root" && "${fetch[@]}") >>"$log" 2>&1 || die "fetching the guest kernel (go run ./integration/testvm/cmd/testvm-kernel)"
