@@ -1,0 +1,482 @@
+package hypervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/hotplugheaven/hotplug/host/qmp"
+)
+
+// What QEMU does, as checked against qemu-system-x86_64 7.2 (Debian
+// 1:7.2+dfsg-7+deb12u18) with -machine pc, TCG, and a Linux 6.1 guest:
+//
+//   - query-hotpluggable-cpus lists every slot, highest first; "qom-path" is
+//     present only on plugged slots. CPUs from -smp live under
+//     /machine/unattached/device[N], device_add'ed ones under
+//     /machine/peripheral/<id> (or /machine/peripheral-anon/device[N]
+//     without an id).
+//   - device_del of CPU 0 always fails: "Boot CPU is unpluggable". Other -smp
+//     CPUs CAN be device_del'ed once the guest is up. We still report them
+//     not Removable: the -smp count is the VM's configured floor, and the
+//     Hypervisor contract says only hot-plugged CPUs are removable.
+//   - Until the guest's ACPI code switches QEMU to the modern CPU hotplug
+//     interface (a Linux guest does it while booting), QEMU refuses every CPU
+//     device_del with "acpi: device unplug request for not supported device
+//     type: <type>". So a VM with no OS, or one still in firmware, cannot
+//     unplug at all; it does not merely time out.
+//   - When the guest completes an unplug, QEMU 7.2 sends DEVICE_DELETED only
+//     for the CPU's child "<qom-path>/lapic" (no "device" member), none for
+//     the CPU itself. Unplug therefore accepts any DEVICE_DELETED at or below
+//     the CPU's QOM path, then confirms from query-hotpluggable-cpus.
+//   - With TCG, QEMU 7.2 crashes (SIGSEGV, or an abort in qemu_thread_join
+//     with -accel tcg,thread=single) on the next CPU device_add after a
+//     completed unplug. The backend then reports ErrUnavailable like any dead
+//     QEMU; the fix is a newer QEMU or KVM.
+
+// QEMUOptions configures NewQEMU. The zero value means defaults.
+type QEMUOptions struct {
+	// UnplugTimeout bounds how long Unplug waits for the guest to eject a
+	// CPU. Default 30s: TCG guests are slow.
+	UnplugTimeout time.Duration
+	// Logger, nil to discard.
+	Logger hclog.Logger
+}
+
+// DefaultUnplugTimeout is QEMUOptions.UnplugTimeout's default.
+const DefaultUnplugTimeout = 30 * time.Second
+
+// QEMU drives one QEMU VM's vCPUs over its QMP socket. It connects on first
+// use and again after the connection drops, so it survives QEMU monitor
+// hiccups; while QEMU is gone every call fails with ErrUnavailable.
+type QEMU struct {
+	socket string
+	opts   QEMUOptions
+	log    hclog.Logger
+
+	// connSem guards client; a channel so waiting honours ctx.
+	connSem chan struct{}
+	client  *qmp.Client
+	closed  bool
+
+	// opSem serialises Plug and Unplug: two concurrent Plugs would pick
+	// the same free slot.
+	opSem chan struct{}
+}
+
+var _ Hypervisor = (*QEMU)(nil)
+
+// NewQEMU returns a backend for the VM whose QMP socket is socketPath (QEMU
+// started with -qmp unix:PATH,server=on,wait=off). It does not connect yet.
+func NewQEMU(socketPath string, opts QEMUOptions) *QEMU {
+	if opts.UnplugTimeout <= 0 {
+		opts.UnplugTimeout = DefaultUnplugTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	return &QEMU{
+		socket:  socketPath,
+		opts:    opts,
+		log:     opts.Logger.With("qmp_socket", socketPath),
+		connSem: make(chan struct{}, 1),
+		opSem:   make(chan struct{}, 1),
+	}
+}
+
+func acquire(ctx context.Context, sem chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// conn returns a live client, dialling if there is none or the last one
+// died.
+func (q *QEMU) conn(ctx context.Context) (*qmp.Client, error) {
+	if err := acquire(ctx, q.connSem); err != nil {
+		return nil, fmt.Errorf("hypervisor: QEMU %s: waiting for the connection: %w", q.socket, err)
+	}
+	defer func() { <-q.connSem }()
+	if q.closed {
+		return nil, fmt.Errorf("hypervisor: QEMU %s: backend is closed", q.socket)
+	}
+	if q.client != nil && q.client.Err() == nil {
+		return q.client, nil
+	}
+	if q.client != nil {
+		q.log.Info("reconnecting to QEMU", "reason", q.client.Err())
+		q.client.Close()
+		q.client = nil
+	}
+	c, err := qmp.Dial(ctx, q.socket, q.log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("hypervisor: QEMU %s: connect: %w", q.socket, err)
+		}
+		return nil, fmt.Errorf("%w: cannot reach QEMU's QMP socket %s (is the VM running, and was QEMU started with -qmp unix:%s,server=on,wait=off?): %v",
+			ErrUnavailable, q.socket, q.socket, err)
+	}
+	q.log.Debug("connected to QEMU", "version", c.Greeting().String())
+	q.client = c
+	return c, nil
+}
+
+// call runs one QMP command, turning a lost connection into ErrUnavailable.
+func (q *QEMU) call(ctx context.Context, cmd string, args, result any) error {
+	c, err := q.conn(ctx)
+	if err != nil {
+		return err
+	}
+	return q.exec(ctx, c, cmd, args, result)
+}
+
+func (q *QEMU) exec(ctx context.Context, c *qmp.Client, cmd string, args, result any) error {
+	err := c.Execute(ctx, cmd, args, result)
+	if errors.Is(err, qmp.ErrClosed) {
+		return fmt.Errorf("%w: QEMU at %s went away during %s (did QEMU exit? the next call reconnects): %v",
+			ErrUnavailable, q.socket, cmd, err)
+	}
+	return err
+}
+
+// Close drops the connection. Later calls fail.
+func (q *QEMU) Close() error {
+	q.connSem <- struct{}{}
+	defer func() { <-q.connSem }()
+	q.closed = true
+	if q.client != nil {
+		q.client.Close()
+		q.client = nil
+	}
+	return nil
+}
+
+// hotpluggableCPU is one entry of query-hotpluggable-cpus.
+type hotpluggableCPU struct {
+	Type       string                     `json:"type"`
+	VCPUsCount int                        `json:"vcpus-count"`
+	QOMPath    string                     `json:"qom-path"`
+	Props      map[string]json.RawMessage `json:"props"`
+}
+
+// qslot is a Slot with what Plug and Unplug need to address it in QEMU.
+type qslot struct {
+	Slot
+	cpuType string
+	// props are QEMU's, verbatim, to hand back to device_add.
+	props map[string]json.RawMessage
+	topo  []int64 // sort key, in topoKeys order
+}
+
+// topoKeys orders slots. QEMU 7.2 x86 uses socket/die/core/thread;
+// cluster-id (QEMU 7.0+ on some machines) sits between die and core.
+var topoKeys = []string{"socket-id", "die-id", "cluster-id", "core-id", "thread-id"}
+
+// idPrefixes name the parts of a device id we derive from props.
+var idPrefixes = map[string]string{"socket-id": "s", "die-id": "d", "cluster-id": "cl", "core-id": "c", "thread-id": "t"}
+
+// slots reads QEMU's CPU slots, ordered by topology so index 0 is the boot
+// CPU. It does not fill APICID or ThreadID.
+func (q *QEMU) slots(ctx context.Context, c *qmp.Client) ([]qslot, error) {
+	var cpus []hotpluggableCPU
+	if err := q.exec(ctx, c, "query-hotpluggable-cpus", nil, &cpus); err != nil {
+		return nil, fmt.Errorf("hypervisor: QEMU %s: query-hotpluggable-cpus: %w", q.socket, err)
+	}
+	out := make([]qslot, 0, len(cpus))
+	for _, cpu := range cpus {
+		if cpu.VCPUsCount != 1 {
+			return nil, fmt.Errorf("hypervisor: QEMU %s: slot of type %s holds %d vCPUs; only machines with one vCPU per slot (x86) are supported",
+				q.socket, cpu.Type, cpu.VCPUsCount)
+		}
+		s := qslot{cpuType: cpu.Type, props: cpu.Props}
+		for _, k := range topoKeys {
+			v := int64(0)
+			if raw, ok := cpu.Props[k]; ok {
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return nil, fmt.Errorf("hypervisor: QEMU %s: query-hotpluggable-cpus: %s is %s, want an integer", q.socket, k, raw)
+				}
+			}
+			s.topo = append(s.topo, v)
+		}
+		s.Plugged = cpu.QOMPath != ""
+		s.Ref = cpu.QOMPath
+		s.Removable = hotplugged(cpu.QOMPath)
+		s.APICID = -1
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].topo, out[j].topo
+		for k := range a {
+			if a[k] != b[k] {
+				return a[k] < b[k]
+			}
+		}
+		return false
+	})
+	for i := range out {
+		out[i].Index = i
+	}
+	return out, nil
+}
+
+// hotplugged reports whether a CPU was created by device_add: QEMU puts
+// those under /machine/peripheral (with an id) or /machine/peripheral-anon.
+func hotplugged(qomPath string) bool {
+	return strings.HasPrefix(qomPath, "/machine/peripheral/") || strings.HasPrefix(qomPath, "/machine/peripheral-anon/")
+}
+
+// deviceID is the id Plug gives the CPU in a slot: stable across restarts
+// of the actuator, so a CPU we plugged is recognisable, e.g. hpcpu-s0-c1-t0.
+func deviceID(s qslot) string {
+	var b strings.Builder
+	b.WriteString("hpcpu")
+	for i, k := range topoKeys {
+		if _, ok := s.props[k]; ok {
+			fmt.Fprintf(&b, "-%s%d", idPrefixes[k], s.topo[i])
+		}
+	}
+	return b.String()
+}
+
+// cpuFast is one entry of query-cpus-fast.
+type cpuFast struct {
+	QOMPath  string `json:"qom-path"`
+	ThreadID int    `json:"thread-id"`
+}
+
+// State reads the VM's CPU slots: query-hotpluggable-cpus for the slots,
+// query-cpus-fast for host thread ids, qom-get apic-id for each plugged CPU.
+func (q *QEMU) State(ctx context.Context) (State, error) {
+	c, err := q.conn(ctx)
+	if err != nil {
+		return State{}, err
+	}
+	slots, err := q.state(ctx, c)
+	if err != nil {
+		return State{}, err
+	}
+	st := State{Slots: make([]Slot, len(slots))}
+	for i, s := range slots {
+		st.Slots[i] = s.Slot
+	}
+	return st, nil
+}
+
+func (q *QEMU) state(ctx context.Context, c *qmp.Client) ([]qslot, error) {
+	slots, err := q.slots(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	var fast []cpuFast
+	if err := q.exec(ctx, c, "query-cpus-fast", nil, &fast); err != nil {
+		return nil, fmt.Errorf("hypervisor: QEMU %s: query-cpus-fast: %w", q.socket, err)
+	}
+	threads := make(map[string]int, len(fast))
+	for _, f := range fast {
+		threads[f.QOMPath] = f.ThreadID
+	}
+	for i := range slots {
+		s := &slots[i]
+		if !s.Plugged {
+			continue
+		}
+		s.ThreadID = threads[s.Ref]
+		var apic int
+		err := q.exec(ctx, c, "qom-get", map[string]string{"path": s.Ref, "property": "apic-id"}, &apic)
+		var qe *qmp.Error
+		switch {
+		case err == nil:
+			s.APICID = apic
+		case errors.As(err, &qe) && qe.Class == "DeviceNotFound":
+			// Unplugged between the two queries: report what QEMU said
+			// first, with the APIC id unknown.
+			q.log.Debug("CPU vanished while reading state", "qom_path", s.Ref)
+		default:
+			return nil, fmt.Errorf("hypervisor: QEMU %s: qom-get %s apic-id: %w", q.socket, s.Ref, err)
+		}
+	}
+	return slots, nil
+}
+
+// Plug device_adds a CPU into the lowest free slot, with exactly the props
+// QEMU listed for it, and returns the slot as QEMU then reports it.
+func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
+	if err := acquire(ctx, q.opSem); err != nil {
+		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: plug: %w", q.socket, err)
+	}
+	defer func() { <-q.opSem }()
+	c, err := q.conn(ctx)
+	if err != nil {
+		return Slot{}, err
+	}
+	slots, err := q.slots(ctx, c)
+	if err != nil {
+		return Slot{}, err
+	}
+	var free *qslot
+	for i := range slots {
+		if !slots[i].Plugged {
+			free = &slots[i]
+			break
+		}
+	}
+	if free == nil {
+		return Slot{}, fmt.Errorf("%w: all %d CPU slots of the VM at %s are plugged (raise -smp maxcpus to allow more)",
+			ErrNoFreeSlot, len(slots), q.socket)
+	}
+	id := deviceID(*free)
+	args := make(map[string]any, len(free.props)+2)
+	for k, v := range free.props {
+		args[k] = v
+	}
+	args["driver"] = free.cpuType
+	args["id"] = id
+	q.log.Debug("plugging CPU", "slot", free.Index, "id", id)
+	if err := q.exec(ctx, c, "device_add", args, nil); err != nil {
+		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s into slot %d (re-read State: another client may have plugged it): %w",
+			q.socket, id, free.Index, err)
+	}
+	after, err := q.state(ctx, c)
+	if err != nil {
+		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was plugged but reading it back failed: %w", q.socket, id, err)
+	}
+	want := "/machine/peripheral/" + id
+	for _, s := range after {
+		if s.Ref == want {
+			q.log.Info("plugged CPU", "slot", s.Index, "id", id, "apic_id", s.APICID)
+			return s.Slot, nil
+		}
+	}
+	return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s succeeded but query-hotpluggable-cpus does not list %s", q.socket, id, want)
+}
+
+// deviceDeleted is the data of QEMU's DEVICE_DELETED event.
+type deviceDeleted struct {
+	Device string `json:"device"`
+	Path   string `json:"path"`
+}
+
+// Unplug asks QEMU to remove the CPU in slot and waits, up to
+// UnplugTimeout, for the guest to eject it. It confirms from QEMU that the
+// slot is free before returning nil.
+func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
+	if err := acquire(ctx, q.opSem); err != nil {
+		return fmt.Errorf("hypervisor: QEMU %s: unplug slot %d: %w", q.socket, slot.Index, err)
+	}
+	defer func() { <-q.opSem }()
+	if slot.Ref == "" {
+		return fmt.Errorf("%w: slot %d of the VM at %s holds no CPU", ErrNotUnpluggable, slot.Index, q.socket)
+	}
+	c, err := q.conn(ctx)
+	if err != nil {
+		return err
+	}
+	slots, err := q.slots(ctx, c)
+	if err != nil {
+		return err
+	}
+	var cur *qslot
+	for i := range slots {
+		if slots[i].Ref == slot.Ref {
+			cur = &slots[i]
+		}
+	}
+	if cur == nil {
+		q.log.Debug("CPU already gone", "qom_path", slot.Ref)
+		return nil
+	}
+	if !cur.Removable {
+		return fmt.Errorf("%w: CPU %s (slot %d) of the VM at %s was not hot-plugged; only CPUs added by device_add are removed",
+			ErrNotUnpluggable, cur.Ref, cur.Index, q.socket)
+	}
+	ref := cur.Ref
+	id := strings.TrimPrefix(ref, "/machine/peripheral/")
+
+	// Subscribe before device_del, or a fast guest's event could be missed.
+	sub := c.Subscribe(func(ev qmp.Event) bool {
+		if ev.Name != "DEVICE_DELETED" {
+			return false
+		}
+		var d deviceDeleted
+		if json.Unmarshal(ev.Data, &d) != nil {
+			return false
+		}
+		return d.Path == ref || strings.HasPrefix(d.Path, ref+"/") || (d.Device != "" && d.Device == id)
+	}, 4)
+	defer sub.Close()
+
+	q.log.Debug("unplugging CPU", "slot", cur.Index, "qom_path", ref)
+	if err := q.exec(ctx, c, "device_del", map[string]string{"id": ref}, nil); err != nil {
+		var qe *qmp.Error
+		if errors.As(err, &qe) {
+			switch {
+			case qe.Class == "DeviceNotFound":
+				return q.confirmGone(ctx, c, *cur)
+			case strings.HasPrefix(qe.Desc, "acpi: device unplug request for not supported device type"):
+				return fmt.Errorf("%w: QEMU %s refused device_del of CPU %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
+					ErrNotUnpluggable, q.socket, ref, err)
+			case qe.Desc == "Boot CPU is unpluggable":
+				return fmt.Errorf("%w: QEMU %s: CPU %s is the boot CPU: %v", ErrNotUnpluggable, q.socket, ref, err)
+			}
+		}
+		return fmt.Errorf("hypervisor: QEMU %s: device_del CPU %s (slot %d): %w", q.socket, ref, cur.Index, err)
+	}
+
+	timer := time.NewTimer(q.opts.UnplugTimeout)
+	defer timer.Stop()
+	select {
+	case _, ok := <-sub.C():
+		if !ok {
+			return fmt.Errorf("%w: QEMU %s went away while CPU %s was being unplugged (re-read State when it is back): %v",
+				ErrUnavailable, q.socket, ref, c.Err())
+		}
+	case <-timer.C:
+		return fmt.Errorf("%w: the guest of the VM at %s did not eject CPU %s (slot %d) within %s; QEMU removes it if the guest finishes later, so re-read State",
+			ErrUnplugTimeout, q.socket, ref, cur.Index, q.opts.UnplugTimeout)
+	case <-ctx.Done():
+		return fmt.Errorf("hypervisor: QEMU %s: waiting for the guest to eject CPU %s: %w (the unplug may still complete; re-read State)",
+			q.socket, ref, ctx.Err())
+	}
+	return q.confirmGone(ctx, c, *cur)
+}
+
+// confirmGone checks that QEMU lists the slot as free. QEMU frees the slot
+// before it sends DEVICE_DELETED, so one look normally suffices; a few short
+// retries cover a QEMU that orders them differently.
+func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) error {
+	const tries = 5
+	for i := 0; ; i++ {
+		slots, err := q.slots(ctx, c)
+		if err != nil {
+			return fmt.Errorf("hypervisor: QEMU %s: CPU %s was unplugged but reading state failed: %w", q.socket, want.Ref, err)
+		}
+		free := true
+		for _, s := range slots {
+			if s.Ref == want.Ref {
+				free = false
+			}
+		}
+		if free {
+			q.log.Info("unplugged CPU", "slot", want.Index, "qom_path", want.Ref)
+			return nil
+		}
+		if i == tries-1 {
+			return fmt.Errorf("hypervisor: QEMU %s: guest ejected CPU %s but QEMU still lists it in slot %d; re-read State",
+				q.socket, want.Ref, want.Index)
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return fmt.Errorf("hypervisor: QEMU %s: confirming CPU %s is gone: %w", q.socket, want.Ref, ctx.Err())
+		}
+	}
+}
