@@ -1,0 +1,57 @@
+// Command hotplug-actuator runs on the host: it receives each VM's agent
+// reports, decides how many vCPUs the VM needs and hot-plugs or unplugs
+// them through the hypervisor, logging every scaling event.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const defaultConfig = "/etc/hotplug-actuator/actuator.toml"
+
+const usage = `hotplug-actuator — Hot-Plug Heaven host actuator
+
+Usage:
+  hotplug-actuator run    [--config FILE]       run the actuator (the default command)
+  hotplug-actuator events [--config FILE | --log FILE] [--vm NAME] [--since TIME] [--json] [--follow]
+                                                print scaling events from the event log
+  hotplug-actuator check  [--config FILE]       validate the configuration and exit
+  hotplug-actuator --version
+
+The configuration (TOML, default %s) lists the VMs: for each, its QMP
+socket, the channel its agent reports on, and its scaling policy. Every key
+is documented in the packaged example configuration and the README.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "run":
+		return cmdRun(args, stderr)
+	case "check":
+		return cmdCheck(args, stdout, stderr)
+	case "events":
+		return cmdEvents(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "hotplug-actuator", version)
+		return 0
+	case "help":
+		fmt.Fprintf(stdout, usage, defaultConfig)
+		return 0
+	}
+	fmt.Fprintf(stderr, "hotplug-actuator: unknown command %q\n\n", cmd)
+	fmt.Fprintf(stderr, usage, defaultConfig)
+	return 2
+}
