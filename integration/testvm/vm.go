@@ -81,8 +81,8 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.Name == "" {
 		cfg.Name = "testvm"
 	}
-	if strings.ContainsAny(cfg.Name, " \t\n,=") {
-		return nil, fmt.Errorf("testvm: Name %q: no spaces, commas or '='", cfg.Name)
+	if strings.ContainsAny(cfg.Name, " \t\n,=/") {
+		return nil, fmt.Errorf("testvm: Name %q: no spaces, commas, slashes or '='", cfg.Name)
 	}
 	if cfg.CPUs <= 0 {
 		cfg.CPUs = 1
