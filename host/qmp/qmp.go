@@ -171,6 +171,11 @@ func (c *Client) handshake(ctx context.Context) error {
 
 	raw, err := c.next()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// QEMU serves one client per -qmp socket and leaves the next
+			// connected but unanswered until the first hangs up.
+			return ctxErr(fmt.Errorf("no greeting from QEMU: another client may be holding this QMP socket (QEMU serves one at a time; give each client its own -qmp socket): %w", err))
+		}
 		return ctxErr(fmt.Errorf("read greeting: %w", err))
 	}
 	m, err := parseMessage(raw)

@@ -97,7 +97,7 @@ func TestConformance(t *testing.T) {
 	t.Parallel()
 	real := StartQEMU(t, "1,maxcpus=4")
 	// No guest: nothing ever completes an unplug or acknowledges a plug.
-	fake := Start(t, &Config{LegacyCPUHotplug: true, GuestIgnoresUnplug: true})
+	fake := Start(t, &Config{NoGuest: true})
 	compare(t, session, real, fake)
 }
 
@@ -121,7 +121,7 @@ var topologySession = []string{
 func TestConformanceTopology(t *testing.T) {
 	t.Parallel()
 	real := StartQEMU(t, "2,sockets=2,dies=2,cores=1,threads=2,maxcpus=8")
-	fake := Start(t, &Config{BootCPUs: 2, Sockets: 2, Dies: 2, Cores: 1, Threads: 2, LegacyCPUHotplug: true, GuestIgnoresUnplug: true})
+	fake := Start(t, &Config{BootCPUs: 2, Sockets: 2, Dies: 2, Cores: 1, Threads: 2, NoGuest: true})
 	compare(t, topologySession, real, fake)
 }
 

@@ -55,12 +55,21 @@ type Config struct {
 	// GuestIgnoresUnplug models a guest that never completes device_del:
 	// QEMU accepts it and no DEVICE_DELETED ever comes.
 	GuestIgnoresUnplug bool
+	// NoGuest models a VM with no guest OS (firmware only), like a real
+	// QEMU started without a kernel: it implies LegacyCPUHotplug and
+	// GuestIgnoresUnplug, and nothing acknowledges a plug with
+	// ACPI_DEVICE_OST, even after qom-set enables modern CPU hotplug.
+	NoGuest bool
 	// LegacyCPUHotplug models a VM whose guest has not switched QEMU's
 	// ACPI CPU hotplug to the modern interface (no OS yet, early boot, or
 	// no ACPI). QEMU then refuses device_del of any CPU. A booted Linux
 	// guest switches it; so does qom-set cpu-hotplug-legacy=false on the
 	// PIIX4_PM device (see PMPath).
 	LegacyCPUHotplug bool
+	// ConcurrentClients serves every client at once. Real QEMU does not:
+	// it serves one client per -qmp socket, and the next one connects but
+	// gets no greeting until the first hangs up. That is the default here.
+	ConcurrentClients bool
 	// Logger, nil to discard.
 	Logger hclog.Logger
 }
@@ -71,8 +80,9 @@ type Request struct {
 	Arguments json.RawMessage
 }
 
-// Server is a fake QMP endpoint for one simulated VM. Any number of clients
-// may connect; like QEMU, events go to all that finished negotiation.
+// Server is a fake QMP endpoint for one simulated VM. Like QEMU it serves
+// one client at a time unless Config.ConcurrentClients is set; events go to
+// every client that finished negotiation.
 type Server struct {
 	path string
 	ln   net.Listener
@@ -165,11 +175,19 @@ func (s *Server) Path() string { return s.path }
 // Close stops the server: the listener, every connection and every pending
 // timer. It waits for the server's goroutines and is idempotent.
 func (s *Server) Close() error {
+	s.stop()
+	s.wg.Wait()
+	os.Remove(s.path)
+	return nil
+}
+
+// stop shuts everything down without waiting, so the server's own
+// goroutines can call it.
+func (s *Server) stop() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
-		s.wg.Wait()
-		return nil
+		return
 	}
 	s.closed = true
 	close(s.done)
@@ -187,10 +205,6 @@ func (s *Server) Close() error {
 		closeOnce(st.release)
 	}
 	s.stalls = nil
-	s.mu.Unlock()
-	s.wg.Wait()
-	os.Remove(s.path)
-	return nil
 }
 
 // Crash is Close under another name: QEMU exited and its socket is gone.
@@ -339,7 +353,13 @@ func (s *Server) accept() {
 		s.accepted++
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go c.serve()
+		if s.vm.cfg.ConcurrentClients {
+			go c.serve()
+		} else {
+			// Like QEMU: the next client waits, connected, in the
+			// listen backlog.
+			c.serve()
+		}
 	}
 }
 
@@ -387,7 +407,9 @@ func (c *conn) serve() {
 			}
 		}
 		if cmd == crashCommand {
-			s.Crash()
+			// QEMU is gone: so is its socket file.
+			s.stop()
+			os.Remove(s.path)
 			return
 		}
 	}

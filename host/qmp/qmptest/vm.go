@@ -51,6 +51,9 @@ func newVM(cfg Config) (*vm, error) {
 	if cfg.BootCPUs == 0 {
 		cfg.BootCPUs = 1
 	}
+	if cfg.NoGuest {
+		cfg.LegacyCPUHotplug, cfg.GuestIgnoresUnplug = true, true
+	}
 	if cfg.Sockets == 0 && cfg.Dies == 0 && cfg.Cores == 0 && cfg.Threads == 0 {
 		if cfg.MaxCPUs == 0 {
 			cfg.MaxCPUs = 4
@@ -414,7 +417,7 @@ func (s *Server) deviceAddLocked(args map[string]json.RawMessage) (any, *qmpErro
 		return nil, genericError("CPU[%d] with APIC ID %d exists", sl.index, sl.apicID)
 	}
 	v.plug(sl, qomPath, id)
-	if !v.legacy {
+	if !v.legacy && !v.cfg.NoGuest {
 		// The guest's ACPI handler acknowledges the insert (_OST).
 		s.afterLocked(time.Millisecond, func() {
 			s.emitLocked("ACPI_DEVICE_OST", ostInfo(id, 1, 0, sl.index))
@@ -476,7 +479,7 @@ func (s *Server) deviceDelLocked(args map[string]json.RawMessage) (any, *qmpErro
 	}
 	// QEMU re-sends the eject request on every device_del and answers {}.
 	sl.unplugRequested = true
-	if !v.cfg.GuestIgnoresUnplug && !sl.unplugScheduled {
+	if !v.cfg.GuestIgnoresUnplug && !v.cfg.NoGuest && !sl.unplugScheduled {
 		sl.unplugScheduled = true
 		s.afterLocked(v.cfg.UnplugDelay, func() {
 			if sl.plugged && sl.unplugRequested && !s.vm.cfg.GuestIgnoresUnplug {
