@@ -119,10 +119,10 @@ func (q *QEMU) conn(ctx context.Context) (*qmp.Client, error) {
 	}
 	c, err := qmp.Dial(ctx, q.socket, q.log)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("hypervisor: QEMU %s: connect: %w", q.socket, err)
-		}
-		return nil, fmt.Errorf("%w: cannot reach QEMU's QMP socket %s (is the VM running, and was QEMU started with -qmp unix:%s,server=on,wait=off?): %v",
+		// err keeps ctx's error in its chain when ctx ended the attempt:
+		// a silent socket (another client holding it) is still
+		// unavailable, and the caller can also see its deadline.
+		return nil, fmt.Errorf("%w: cannot reach QEMU's QMP socket %s (is the VM running, and was QEMU started with -qmp unix:%s,server=on,wait=off?): %w",
 			ErrUnavailable, q.socket, q.socket, err)
 	}
 	q.log.Debug("connected to QEMU", "version", c.Greeting().String())

@@ -278,6 +278,27 @@ func TestQEMUUnavailable(t *testing.T) {
 	}
 }
 
+// TestQEMUSocketHeldByAnotherClient: QEMU (and the fake) serve one client
+// per QMP socket; the next one waits for a greeting that does not come.
+func TestQEMUSocketHeldByAnotherClient(t *testing.T) {
+	srv, first := fakeVM(t, nil)
+	ctx := testCtx(t)
+	if _, err := first.State(ctx); err != nil {
+		t.Fatal(err)
+	}
+	second := newQEMU(t, srv.Path(), time.Second)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err := second.State(short)
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "another client") {
+		t.Fatalf("err = %v, want ErrUnavailable explaining the socket is taken", err)
+	}
+	first.Close()
+	if _, err := second.State(ctx); err != nil {
+		t.Fatalf("after the first client left: %v", err)
+	}
+}
+
 func TestQEMUReconnects(t *testing.T) {
 	srv, q := fakeVM(t, nil)
 	ctx := testCtx(t)
