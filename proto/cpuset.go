@@ -26,6 +26,9 @@ var ErrCPUList = errors.New("invalid CPU list")
 // CPUSet is a set of CPU numbers. On the wire and in sysfs it is the kernel's
 // list format ("0-3,5"), see Documentation/admin-guide/cputopology.rst. The
 // zero value is the empty set.
+//
+// Copies of a CPUSet share storage, like slices: Clone before changing a
+// copy that someone else may read.
 type CPUSet struct {
 	words []uint64
 }
@@ -155,6 +158,24 @@ func (s CPUSet) Min() int {
 		}
 	}
 	return -1
+}
+
+// Clone returns a copy that shares nothing with s.
+func (s CPUSet) Clone() CPUSet {
+	return CPUSet{words: append([]uint64(nil), s.words...)}
+}
+
+// Union returns the CPUs in s or o, in a new set.
+func (s CPUSet) Union(o CPUSet) CPUSet {
+	out := s.Clone()
+	for i, w := range o.words {
+		if i < len(out.words) {
+			out.words[i] |= w
+		} else {
+			out.words = append(out.words, w)
+		}
+	}
+	return out
 }
 
 // Difference returns the CPUs in s that are not in o.

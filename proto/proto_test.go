@@ -259,3 +259,16 @@ func mustFrame(t *testing.T, m Message) []byte {
 	}
 	return frame(m.Type(), b)
 }
+
+func TestCPUSetCloneUnion(t *testing.T) {
+	a := NewCPUSet(1, 2)
+	b := a.Clone()
+	b.Add(70)
+	if a.Has(70) || !b.Has(70) {
+		t.Fatal("Clone shares storage")
+	}
+	u := a.Union(NewCPUSet(2, 100))
+	if u.String() != "1-2,100" || a.String() != "1-2" {
+		t.Fatalf("Union = %s, a = %s", u, a)
+	}
+}

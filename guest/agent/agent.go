@@ -332,16 +332,9 @@ func (a *Agent) hello() (*proto.Hello, error) {
 	}
 	// The three lists are read one after the other; a hotplug in between
 	// could make them disagree, which Validate would refuse.
-	h.Present = unionOf(h.Present, h.Online)
-	h.Possible = unionOf(h.Possible, h.Present)
+	h.Present = h.Present.Union(h.Online)
+	h.Possible = h.Possible.Union(h.Present)
 	return h, nil
-}
-
-func unionOf(a, b proto.CPUSet) proto.CPUSet {
-	for _, c := range b.Slice() {
-		a.Add(c)
-	}
-	return a
 }
 
 // sendLoop writes queued reports until ctx ends or a write fails. Reports

@@ -54,7 +54,7 @@ func (a *Agent) execute(ctx context.Context, c *proto.Command) *proto.Ack {
 	if ack.Online, err = a.cpus.OnlineCPUs(); err != nil {
 		fail(0, err)
 	}
-	ack.Present = unionOf(ack.Present, ack.Online)
+	ack.Present = ack.Present.Union(ack.Online)
 	ack.OK = len(ack.Failed) == 0
 	if !ack.OK {
 		ack.Error = fmt.Sprintf("%d CPU change(s) failed", len(ack.Failed))

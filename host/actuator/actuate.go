@@ -126,8 +126,12 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 		return rec.step("plug", start, err)
 	}
 	rec.step("plug", start, nil)
-	v.current++
-	v.budget.Set(v.name, v.current)
+	if !v.refresh(ctx) {
+		// Plugged but the state cannot be read back: count it ourselves
+		// until the hypervisor answers again.
+		v.current++
+		v.budget.Set(v.name, v.current)
+	}
 	v.log.Debug("cpu plugged", "slot", slot.Index, "ref", slot.Ref, "apic", slot.APICID)
 
 	start = time.Now()
@@ -190,6 +194,9 @@ func (v *VM) onlineNew(ctx context.Context, slot hypervisor.Slot) (int, error) {
 func (v *VM) unplugOne(ctx context.Context, rec *record) error {
 	if v.sess == nil || v.last == nil {
 		return rec.step("offline", time.Now(), errNoAgent)
+	}
+	if !v.refresh(ctx) {
+		return rec.step("offline", time.Now(), fmt.Errorf("hypervisor unreachable"))
 	}
 	cpu, slot, err := v.pickVictim()
 	if err != nil {

@@ -1,0 +1,279 @@
+package actuator
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/hotplugheaven/hotplug/host/hypervisor"
+	"github.com/hotplugheaven/hotplug/host/qmp/qmptest"
+)
+
+const interval = 100 * time.Millisecond
+
+func fastPolicy() engine.Policy {
+	p := engine.DefaultPolicy()
+	p.Interval = engine.Duration(interval)
+	p.MinVCPUs, p.MaxVCPUs = 1, 4
+	p.K, p.N, p.Window, p.DownSamples = 2, 3, 6, 3
+	p.CooldownUp, p.CooldownDown = 0, 0
+	return p
+}
+
+// rig is one actuator over qmptest VMs and fake guests.
+type rig struct {
+	t      *testing.T
+	events *eventlog.Log
+	path   string
+	vms    []*rigVM
+	act    *Actuator
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type rigVM struct {
+	name  string
+	qmp   *qmptest.Server
+	guest *fakeGuest
+	ch    *pipeChannel
+}
+
+type vmSpec struct {
+	name          string
+	qmp           *qmptest.Config
+	policy        func(*engine.Policy)
+	unplugTimeout time.Duration
+	noGuest       bool
+}
+
+func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
+	t.Helper()
+	r := &rig{t: t, path: filepath.Join(t.TempDir(), "events.jsonl"), done: make(chan struct{})}
+	var err error
+	if r.events, err = eventlog.Open(r.path); err != nil {
+		t.Fatal(err)
+	}
+	var cfgs []VMConfig
+	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}})
+	for _, s := range specs {
+		srv := qmptest.Start(t, s.qmp)
+		v := &rigVM{name: s.name, qmp: srv, ch: newPipeChannel()}
+		v.guest = newFakeGuest(t, srv)
+		p := fastPolicy()
+		if s.policy != nil {
+			s.policy(&p)
+		}
+		cfgs = append(cfgs, VMConfig{Name: s.name, Policy: p, Channel: v.ch, CommandTimeout: 5 * time.Second,
+			Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{UnplugTimeout: s.unplugTimeout, Logger: logger})})
+		r.vms = append(r.vms, v)
+	}
+	if r.act, err = New(cfgs, r.events, budget, logger); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() { r.act.Run(ctx); close(r.done) }()
+	for i, v := range r.vms {
+		if !specs[i].noGuest {
+			go v.guest.run(ctx, v.ch, interval)
+		}
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *rig) stop() {
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		r.t.Error("actuator did not stop within 10 s")
+	}
+	r.events.Close()
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// waitFor polls cond for up to d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *rig) eventsOf(vm string) []eventlog.Event {
+	evs, _, err := eventlog.ReadFile(r.path, eventlog.Filter{VM: vm})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return evs
+}
+
+func stepNames(ev eventlog.Event) string {
+	var names []string
+	for _, s := range ev.Steps {
+		names = append(names, s.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+func TestScaleUpThenDown(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1"})
+	vm := r.vms[0]
+	vm.guest.set(func(g *fakeGuest) { g.demand = 2 }) // two busy loops on one vCPU
+	waitFor(t, 10*time.Second, "scale-up to 3 (ceil(2/0.7))", func() bool { return vm.qmp.Plugged() == 3 && vm.guest.onlineCount() == 3 })
+
+	vm.guest.set(func(g *fakeGuest) { g.demand = 0.05 })
+	waitFor(t, 15*time.Second, "scale-down to 1", func() bool { return vm.qmp.Plugged() == 1 && len(r.eventsOf("vm1")) == 3 })
+	if vm.guest.onlineCount() != 1 {
+		t.Fatalf("guest has %d online after scale-down", vm.guest.onlineCount())
+	}
+
+	evs := r.eventsOf("vm1")
+	if len(evs) < 3 {
+		t.Fatalf("want a scale-up and two scale-downs, got %+v", evs)
+	}
+	up := evs[0]
+	if up.Kind != "scale_up" || up.From != 1 || up.To != 3 || up.Result != 3 || up.Outcome != eventlog.OutcomeOK ||
+		up.Rule != engine.RuleHotspot || stepNames(up) != "plug,online,confirm,plug,online,confirm" {
+		t.Fatalf("scale-up event: %+v", up)
+	}
+	if !strings.Contains(string(up.Signals), `"utilisation"`) || !strings.Contains(up.Reason, "samples above") {
+		t.Fatalf("event lacks the signals behind it: %s / %s", up.Signals, up.Reason)
+	}
+	down := evs[len(evs)-1]
+	if down.Kind != "scale_down" || down.Result != 1 || down.Outcome != eventlog.OutcomeOK || stepNames(down) != "offline,unplug" ||
+		down.Rule != engine.RuleSustainedLow {
+		t.Fatalf("last scale-down event: %+v", down)
+	}
+}
+
+// TestOnlineFailureRollsBack: a CPU the guest cannot online is unplugged
+// again, never left plugged but offline.
+func TestOnlineFailureRollsBack(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1"})
+	vm := r.vms[0]
+	vm.guest.set(func(g *fakeGuest) { g.demand, g.refuseOnline = 2, true })
+	waitFor(t, 10*time.Second, "a rolled-back scale-up", func() bool {
+		evs := r.eventsOf("vm1")
+		return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
+	})
+	ev := r.eventsOf("vm1")[0]
+	if stepNames(ev) != "plug,online,rollback_unplug" || ev.Result != 1 || vm.qmp.Plugged() != 1 {
+		t.Fatalf("rollback event %+v, plugged %d", ev, vm.qmp.Plugged())
+	}
+	if ev.Steps[1].OK || !strings.Contains(ev.Steps[1].Error, "no such CPU") {
+		t.Fatalf("online step should carry the guest's error: %+v", ev.Steps[1])
+	}
+	if st := r.act.VMs()[0].Status(); st.Degraded == "" {
+		t.Fatal("VM not marked degraded after a failed action")
+	}
+}
+
+// TestUnplugTimeoutRollsBack: a guest that never completes the eject gets
+// its CPU back online; the hypervisor's state is the judge.
+func TestUnplugTimeoutRollsBack(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{BootCPUs: 1}, unplugTimeout: time.Second})
+	vm := r.vms[0]
+	vm.guest.set(func(g *fakeGuest) { g.demand = 1.5 })
+	waitFor(t, 10*time.Second, "scale-up", func() bool {
+		evs := r.eventsOf("vm1")
+		return len(evs) == 1 && evs[0].Outcome == eventlog.OutcomeOK
+	})
+	before := vm.qmp.Plugged()
+	vm.qmp.SetGuestIgnoresUnplug(true)
+	vm.guest.set(func(g *fakeGuest) { g.demand = 0 })
+	waitFor(t, 15*time.Second, "a rolled-back scale-down", func() bool {
+		for _, ev := range r.eventsOf("vm1") {
+			if ev.Kind == "scale_down" && ev.Outcome == eventlog.OutcomeRolledBack {
+				return true
+			}
+		}
+		return false
+	})
+	var ev eventlog.Event
+	for _, e := range r.eventsOf("vm1") {
+		if e.Kind == "scale_down" {
+			ev = e
+		}
+	}
+	if stepNames(ev) != "offline,unplug,rollback_online" || !strings.Contains(ev.Steps[1].Error, "did not complete") {
+		t.Fatalf("scale-down event %+v", ev)
+	}
+	if vm.qmp.Plugged() != before || vm.guest.onlineCount() != before {
+		t.Fatalf("after rollback: plugged %d, online %d, want both %d", vm.qmp.Plugged(), vm.guest.onlineCount(), before)
+	}
+}
+
+// TestGreedyGuestCappedByPolicyAndBudget: absurd demand never buys more
+// than the policy max, and the host budget caps the sum over VMs.
+func TestGreedyGuestCappedByPolicyAndBudget(t *testing.T) {
+	r := newRig(t, 5,
+		vmSpec{name: "greedy", policy: func(p *engine.Policy) { p.MaxVCPUs = 3 }},
+		vmSpec{name: "other"})
+	for _, v := range r.vms {
+		v.guest.set(func(g *fakeGuest) { g.demand = 5000 }) // 5,000 runnable tasks waiting
+	}
+	// Who gets the budget first is a race; that it is never exceeded is not.
+	waitFor(t, 15*time.Second, "the budget to be used up", func() bool {
+		return r.vms[0].qmp.Plugged()+r.vms[1].qmp.Plugged() == 5
+	})
+	time.Sleep(10 * interval)
+	if g, o := r.vms[0].qmp.Plugged(), r.vms[1].qmp.Plugged(); g > 3 || g+o > 5 {
+		t.Fatalf("greedy %d (max 3), total %d (budget 5)", g, g+o)
+	}
+}
+
+// TestReconcileOnConnect: a CPU plugged but offline (an actuator killed
+// between plug and online) is onlined when the agent connects.
+func TestReconcileOnConnect(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{BootCPUs: 2},
+		policy: func(p *engine.Policy) { p.MinVCPUs = 2 }, noGuest: true})
+	vm := r.vms[0]
+	vm.guest.set(func(g *fakeGuest) { g.online = g.online.Difference(g.online); g.online.Add(0); g.demand = 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go vm.guest.run(ctx, vm.ch, interval)
+	waitFor(t, 10*time.Second, "reconcile", func() bool { return vm.guest.onlineCount() == 2 })
+	evs := r.eventsOf("vm1")
+	if len(evs) == 0 || evs[0].Kind != "reconcile" || evs[0].Outcome != eventlog.OutcomeOK {
+		t.Fatalf("events %+v", evs)
+	}
+}
+
+// TestBadGuestDoesNotHurtOthers: garbage on one VM's channel drops that
+// connection; the other VM is scaled as usual, and a dead hypervisor on a
+// third is reported without blocking anything.
+func TestBadGuestDoesNotHurtOthers(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "good"}, vmSpec{name: "evil", noGuest: true}, vmSpec{name: "dead", noGuest: true})
+	r.vms[2].qmp.Crash()
+	r.vms[0].guest.set(func(g *fakeGuest) { g.demand = 2 })
+
+	evil := r.vms[1].ch.dial(t)
+	evil.SetDeadline(time.Now().Add(5 * time.Second))
+	_, werr := evil.Write([]byte("GET / HTTP/1.1\r\n\r\n" + strings.Repeat("x", 70000)))
+	buf := make([]byte, 1)
+	_, rerr := evil.Read(buf)
+	if werr == nil && rerr == nil {
+		t.Fatal("actuator kept talking to a garbage-sending guest")
+	}
+	waitFor(t, 10*time.Second, "the good VM to scale up", func() bool { return r.vms[0].qmp.Plugged() == 3 })
+	if st := r.act.VMs()[2].Status(); st.Reachable {
+		t.Fatal("dead hypervisor reported reachable")
+	}
+}
