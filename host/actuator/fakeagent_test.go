@@ -34,7 +34,7 @@ func (p *pipeChannel) Accept(ctx context.Context) (net.Conn, error) {
 	}
 }
 
-func (p *pipeChannel) Close() error { p.once.Do(func() { close(p.closed) }); return nil }
+func (p *pipeChannel) Close() error   { p.once.Do(func() { close(p.closed) }); return nil }
 func (p *pipeChannel) String() string { return "pipe" }
 
 // dial gives the actuator a new connection and returns the guest's end.

@@ -94,18 +94,18 @@ type VM struct {
 
 // Status is a read-only view of a VM for the API, CLI and tests.
 type Status struct {
-	Name          string
-	Current       int
-	Online        int
-	Connected     bool
-	Reachable     bool
-	Degraded      string
-	LastDecision  engine.Decision
-	LastReportAt  time.Time
-	LastUtil      float64
-	LastDemand    float64
-	SessionAgent  string
-	ReportsSeen   uint64
+	Name         string
+	Current      int
+	Online       int
+	Connected    bool
+	Reachable    bool
+	Degraded     string
+	LastDecision engine.Decision
+	LastReportAt time.Time
+	LastUtil     float64
+	LastDemand   float64
+	SessionAgent string
+	ReportsSeen  uint64
 }
 
 func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, logger hclog.Logger) (*VM, error) {
