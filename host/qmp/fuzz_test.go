@@ -1,8 +1,12 @@
 package qmp
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
+	"net"
 	"testing"
+	"time"
 )
 
 func TestParseMessage(t *testing.T) {
@@ -80,5 +84,50 @@ func FuzzParseMessage(f *testing.F) {
 		default:
 			t.Fatalf("no kind for %q", b)
 		}
+	})
+}
+
+// FuzzClientStream feeds arbitrary bytes to a connected Client after the
+// handshake, as a misbehaving QEMU would: no panic, no hang, and a call in
+// flight always returns.
+func FuzzClientStream(f *testing.F) {
+	for _, s := range []string{
+		`{"return": {}, "id": 2}`,
+		`{"id": 2, "error": {"class": "GenericError", "desc": "x"}}`,
+		`{"event": "DEVICE_DELETED", "data": {"path": "/p"}, "timestamp": {"seconds": 1, "microseconds": 2}}{"return": 1, "id": 2}`,
+		`{"return": {}, "id": 3}{"return": {}, "id": 2}`,
+		`{"return": `, `}}}}`, `[[[[`, "\x00\xff", `{"QMP": {}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer server.Close()
+			r := bufio.NewReader(server)
+			server.Write([]byte(greeting + "\n"))
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			server.Write([]byte(`{"return": {}, "id": 1}` + "\n"))
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			server.Write(stream)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		c, err := newClient(ctx, client, "fuzz", nil)
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		sub := c.Subscribe(nil, 1)
+		var result any
+		c.Execute(ctx, "x", nil, &result) // any outcome but a hang or a panic
+		sub.Close()
+		c.Close()
+		<-done
 	})
 }

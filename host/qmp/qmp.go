@@ -91,6 +91,7 @@ type Client struct {
 	path     string
 	conn     net.Conn
 	dec      *json.Decoder
+	lim      *limitReader
 	log      hclog.Logger
 	greeting Greeting
 
@@ -134,7 +135,7 @@ func newClient(ctx context.Context, conn net.Conn, path string, logger hclog.Log
 	c := &Client{
 		path:       path,
 		conn:       conn,
-		dec:        json.NewDecoder(bufio.NewReader(conn)),
+		lim:        &limitReader{r: bufio.NewReader(conn), max: MaxMessageSize},
 		log:        logger.With("qmp_socket", path),
 		sendSem:    make(chan struct{}, 1),
 		pending:    make(map[uint64]chan reply),
@@ -142,6 +143,7 @@ func newClient(ctx context.Context, conn net.Conn, path string, logger hclog.Log
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
+	c.dec = json.NewDecoder(c.lim)
 	if err := c.handshake(ctx); err != nil {
 		return nil, fmt.Errorf("qmp: handshake on %s (is this a QEMU -qmp socket?): %w", path, err)
 	}
@@ -226,13 +228,47 @@ func (c *Client) handshake(ctx context.Context) error {
 	return nil
 }
 
+// MaxMessageSize bounds one message from QEMU. The largest QEMU sends in
+// practice, query-qmp-schema, is a few hundred KiB; a CPU list is far
+// smaller. Past the bound the connection ends rather than buffer without
+// limit.
+const MaxMessageSize = 16 << 20
+
 // next reads one JSON value from QEMU.
 func (c *Client) next() (json.RawMessage, error) {
+	c.lim.allow(c.dec.InputOffset())
 	var raw json.RawMessage
 	if err := c.dec.Decode(&raw); err != nil {
 		return nil, err
 	}
 	return raw, nil
+}
+
+// errTooLarge ends a connection whose message exceeds MaxMessageSize.
+var errTooLarge = fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, MaxMessageSize)
+
+// limitReader fails once the decoder has read max bytes past the start of
+// the message it is decoding. The decoder reads ahead, so the bound is
+// approximate by at most one read buffer.
+type limitReader struct {
+	r     io.Reader
+	max   int64
+	read  int64 // total bytes handed to the decoder
+	limit int64 // read may not pass this
+}
+
+func (l *limitReader) allow(offset int64) { l.limit = offset + l.max }
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.read >= l.limit {
+		return 0, errTooLarge
+	}
+	if rest := l.limit - l.read; int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	n, err := l.r.Read(p)
+	l.read += int64(n)
+	return n, err
 }
 
 // command is what goes on the wire; QEMU echoes ID in the reply.
@@ -349,6 +385,7 @@ func (c *Client) read() {
 			switch {
 			case errors.Is(err, io.EOF):
 				err = errors.New("QEMU closed the connection (did QEMU exit?)")
+			case errors.Is(err, errTooLarge):
 			case errors.As(err, &syn):
 				// After a syntax error the decoder cannot find the next
 				// object, so the stream is lost.

@@ -243,6 +243,29 @@ func TestGarbageReplies(t *testing.T) {
 	}
 }
 
+func TestMessageTooLarge(t *testing.T) {
+	checkGoroutines(t)
+	dir := shortTempDir(t)
+	path := scripted(t, dir, "large.sock", func(c net.Conn, r *bufio.Reader) {
+		c.Write([]byte(greeting + "\n"))
+		c.Write([]byte(`{"return": {}, "id": ` + readID(r) + "}\n"))
+		id := readID(r)
+		c.Write([]byte(`{"return": "`))
+		chunk := []byte(strings.Repeat("a", 1<<20))
+		for i := 0; i <= MaxMessageSize>>20; i++ {
+			if _, err := c.Write(chunk); err != nil {
+				return // the client hung up, as it should
+			}
+		}
+		c.Write([]byte(`", "id": ` + id + "}\n"))
+	})
+	c := dial(t, path)
+	err := c.Execute(ctx(t), "x", nil, nil)
+	if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("err = %v, want the connection closed for an oversized message", err)
+	}
+}
+
 func TestConnectionLossFailsPendingCalls(t *testing.T) {
 	checkGoroutines(t)
 	srv := qmptest.Start(t, nil)
