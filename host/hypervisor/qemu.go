@@ -23,8 +23,9 @@ import (
 //     /machine/peripheral/<id> (or /machine/peripheral-anon/device[N]
 //     without an id).
 //   - device_del of CPU 0 always fails: "Boot CPU is unpluggable". Other -smp
-//     CPUs CAN be device_del'ed once the guest is up. We still report them
-//     not Removable: the -smp count is the VM's configured floor, and the
+//     CPUs CAN be removed: QEMU accepts device_del for them and a Linux
+//     guest ejects them. We still report them not Removable and never
+//     device_del them: the -smp count is the VM's configured floor, and the
 //     Hypervisor contract says only hot-plugged CPUs are removable.
 //   - Until the guest's ACPI code switches QEMU to the modern CPU hotplug
 //     interface (a Linux guest does it while booting), QEMU refuses every CPU
@@ -35,10 +36,15 @@ import (
 //     for the CPU's child "<qom-path>/lapic" (no "device" member), none for
 //     the CPU itself. Unplug therefore accepts any DEVICE_DELETED at or below
 //     the CPU's QOM path, then confirms from query-hotpluggable-cpus.
-//   - With TCG, QEMU 7.2 crashes (SIGSEGV, or an abort in qemu_thread_join
-//     with -accel tcg,thread=single) on the next CPU device_add after a
-//     completed unplug. The backend then reports ErrUnavailable like any dead
-//     QEMU; the fix is a newer QEMU or KVM.
+//   - device_del while an unplug is pending is accepted again ({}).
+//   - QEMU serves one client per -qmp socket; a second client connects but
+//     gets no greeting until the first hangs up. The actuator needs a -qmp
+//     socket of its own.
+//   - With TCG, QEMU 7.2 crashed (SIGSEGV; with -accel tcg,thread=single an
+//     abort in qemu_thread_join) on the next CPU device_add after a guest
+//     completed an unplug, every time we tried. The backend then reports
+//     ErrUnavailable like for any dead QEMU. KVM and newer QEMU were not
+//     available to check.
 
 // QEMUOptions configures NewQEMU. The zero value means defaults.
 type QEMUOptions struct {
@@ -130,15 +136,7 @@ func (q *QEMU) conn(ctx context.Context) (*qmp.Client, error) {
 	return c, nil
 }
 
-// call runs one QMP command, turning a lost connection into ErrUnavailable.
-func (q *QEMU) call(ctx context.Context, cmd string, args, result any) error {
-	c, err := q.conn(ctx)
-	if err != nil {
-		return err
-	}
-	return q.exec(ctx, c, cmd, args, result)
-}
-
+// exec runs one QMP command, turning a lost connection into ErrUnavailable.
 func (q *QEMU) exec(ctx context.Context, c *qmp.Client, cmd string, args, result any) error {
 	err := c.Execute(ctx, cmd, args, result)
 	if errors.Is(err, qmp.ErrClosed) {
