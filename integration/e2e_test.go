@@ -1,0 +1,189 @@
+package integration_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/hotplugheaven/hotplug/integration/stack"
+)
+
+// TestEndToEnd boots a real guest with the agent, runs the actuator binary,
+// loads the guest with two CPU burners and checks that vCPUs are plugged and
+// onlined, then removed once the load stops — in the guest, in QEMU and in
+// the event log.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a QEMU guest; skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	s, err := stack.Start(ctx, stack.Options{Dir: dir, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			dumpFile(t, filepath.Join(dir, "actuator.log"), 60)
+			t.Logf("guest console tail:\n%s", s.VM.ConsoleTail(60))
+		}
+	})
+
+	// Idle first: the actuator must leave a quiet guest at its minimum.
+	waitState(ctx, t, s, 60*time.Second, "agent connected, guest idle at 1 vCPU", func(online, plugged int) bool {
+		return online == 1 && plugged == 1 && strings.Contains(readFile(filepath.Join(dir, "actuator.log")), "agent connected")
+	})
+
+	loadStart := time.Now()
+	if err := s.StartLoad(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	var sawOnline time.Time
+	waitState(ctx, t, s, 3*time.Minute, "≥2 vCPUs online in the guest and plugged in QEMU", func(online, plugged int) bool {
+		if online >= 2 && sawOnline.IsZero() {
+			sawOnline = time.Now()
+		}
+		return online >= 2 && plugged == online && hasEvent(s, "scale_up")
+	})
+	up := firstEvent(t, s, "scale_up")
+	if up.Outcome != eventlog.OutcomeOK || up.Reason == "" || up.Rule != "hotspot" || up.Result < 2 {
+		t.Fatalf("scale-up event: %+v", up)
+	}
+
+	// Let the allocation settle under load, then stop it.
+	time.Sleep(5 * time.Second)
+	loadStop := time.Now()
+	if err := s.StopLoad(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var sawRemoved time.Time
+	waitState(ctx, t, s, 3*time.Minute, "back to 1 vCPU in the guest and in QEMU", func(online, plugged int) bool {
+		if sawRemoved.IsZero() && online < up.Result {
+			sawRemoved = time.Now()
+		}
+		return online == 1 && plugged == 1 && hasEvent(s, "scale_down")
+	})
+	down := firstEvent(t, s, "scale_down")
+	if down.Outcome != eventlog.OutcomeOK || down.Reason == "" || down.Rule != "sustained-low" {
+		t.Fatalf("scale-down event: %+v", down)
+	}
+	evs, _ := s.Events()
+	for _, ev := range evs {
+		if ev.Outcome != eventlog.OutcomeOK {
+			t.Errorf("event with outcome %s: %+v", ev.Outcome, ev)
+		}
+	}
+
+	// The figures the issue asks for. Decision time is the event's time;
+	// step durations are the actuator's own measurements; "observed" is
+	// this test seeing the change through the guest's sysfs.
+	t.Logf("scale-up: load start → plug decision %v; decision → CPU online in guest %v (plug %.0f ms, online %.0f ms, confirm %.0f ms); load start → observed online %v; %d → %d vCPUs",
+		up.Time.Sub(loadStart).Round(10*time.Millisecond), stepsUntil(up, "online"),
+		stepMS(up, "plug"), stepMS(up, "online"), stepMS(up, "confirm"), sawOnline.Sub(loadStart).Round(10*time.Millisecond), up.From, up.Result)
+	t.Logf("scale-down: load stop → first unplug decision %v; decision → CPU unplugged %v (offline %.0f ms, unplug %.0f ms); load stop → observed removal %v; %d scale-down events to reach 1",
+		down.Time.Sub(loadStop).Round(10*time.Millisecond), stepsUntil(down, "unplug"),
+		stepMS(down, "offline"), stepMS(down, "unplug"), sawRemoved.Sub(loadStop).Round(10*time.Millisecond), countKind(evs, "scale_down"))
+}
+
+// waitState polls the guest and QEMU until cond holds.
+func waitState(ctx context.Context, t *testing.T, s *stack.Stack, d time.Duration, what string, cond func(online, plugged int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var online, plugged int
+	for {
+		select {
+		case err := <-s.ActuatorExited():
+			t.Fatalf("actuator exited while waiting for %s: %v", what, err)
+		default:
+		}
+		set, err := s.GuestOnline(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		online = set.Len()
+		if plugged, err = s.QEMUPlugged(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if cond(online, plugged) {
+			return
+		}
+		if time.Now().After(deadline) {
+			evs, _ := s.Events()
+			t.Fatalf("after %v: still waiting for %s (guest online %d, QEMU plugged %d); events: %+v", d, what, online, plugged, evs)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func firstEvent(t *testing.T, s *stack.Stack, kind string) eventlog.Event {
+	t.Helper()
+	evs, err := s.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs {
+		if ev.Kind == kind {
+			return ev
+		}
+	}
+	t.Fatalf("no %s event in the log: %+v", kind, evs)
+	return eventlog.Event{}
+}
+
+// hasEvent reports whether an event of kind is committed; the actuator
+// writes it after the last step, a moment after the guest shows the change.
+func hasEvent(s *stack.Stack, kind string) bool {
+	evs, _ := s.Events()
+	return countKind(evs, kind) > 0
+}
+
+func countKind(evs []eventlog.Event, kind string) int {
+	n := 0
+	for _, ev := range evs {
+		if ev.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+func stepMS(ev eventlog.Event, name string) float64 {
+	for _, s := range ev.Steps {
+		if s.Name == name {
+			return s.DurationMS
+		}
+	}
+	return -1
+}
+
+// stepsUntil sums step durations up to and including the first step named
+// name: the time from the decision to that step's completion.
+func stepsUntil(ev eventlog.Event, name string) time.Duration {
+	var ms float64
+	for _, s := range ev.Steps {
+		ms += s.DurationMS
+		if s.Name == name {
+			break
+		}
+	}
+	return time.Duration(ms * float64(time.Millisecond)).Round(time.Millisecond)
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
+}
+
+func dumpFile(t *testing.T, p string, lines int) {
+	all := strings.Split(strings.TrimRight(readFile(p), "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	t.Logf("%s (last %d lines):\n%s", p, len(all), strings.Join(all, "\n"))
+}
