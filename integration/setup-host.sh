@@ -13,7 +13,8 @@
 set -euo pipefail
 
 # What the harness (integration/testvm) uses on the host:
-#   qemu-system-x86  qemu-system-x86_64 boots the guests
+#   qemu-system-x86  qemu-system-x86_64 boots the guests; version 8 or newer
+#                    (bookworm-backports on bookworm, see below)
 #   busybox-static   /bin/busybox, copied into every guest initramfs
 #   cpio             not needed by the harness (it writes cpio in Go), kept
 #                    for inspecting images: zcat IMG | cpio -t
@@ -67,6 +68,38 @@ if ((${#missing[@]})); then
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$log" 2>&1 ||
 		die "apt-get install ${missing[*]}"
 fi
+
+# --- QEMU new enough for CPU re-plug ----------------------------------------
+# QEMU 7.2 (bookworm) under TCG crashes on any device_add after a completed
+# CPU unplug: a use-after-free of the unplugged CPU's address space in the
+# RCU thread (address_space_dispatch_free -> object_unref, SIGSEGV). QEMU
+# 10.0 from bookworm-backports does not. Install that on bookworm.
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p'; }
+major=$(qemu_major || true)
+if [[ -z $major || $major -lt 8 ]]; then
+	# shellcheck source=/dev/null
+	. /etc/os-release
+	if [[ ${VERSION_CODENAME:-} == bookworm ]]; then
+		if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+			as_root tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+			apt_updated=
+		fi
+		apt_update
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			-t bookworm-backports qemu-system-x86 >>"$log" 2>&1 ||
+			die "apt-get install -t bookworm-backports qemu-system-x86"
+	fi
+	major=$(qemu_major || true)
+	[[ -n $major && $major -ge 8 ]] ||
+		die "qemu-system-x86_64 is version ${major:-unknown}; QEMU 7 crashes on CPU re-plug under TCG, install QEMU 8 or newer"
+fi
+
 for tool in qemu-system-x86_64 apt-get dpkg-deb; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after installing ${packages[*]}"
 done
