@@ -73,7 +73,7 @@ func TestEndToEnd(t *testing.T) {
 	if down.Outcome != eventlog.OutcomeOK || down.Reason == "" || down.Rule != "sustained-low" {
 		t.Fatalf("scale-down event: %+v", down)
 	}
-	evs, _ := s.Events()
+	evs := mustEvents(t, s)
 	for _, ev := range evs {
 		if ev.Outcome != eventlog.OutcomeOK {
 			t.Errorf("event with outcome %s: %+v", ev.Outcome, ev)
@@ -119,6 +119,15 @@ func waitState(ctx context.Context, t *testing.T, s *stack.Stack, d time.Duratio
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+func mustEvents(t *testing.T, s *stack.Stack) []eventlog.Event {
+	t.Helper()
+	evs, err := s.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
 }
 
 func firstEvent(t *testing.T, s *stack.Stack, kind string) eventlog.Event {
@@ -186,4 +195,51 @@ func dumpFile(t *testing.T, p string, lines int) {
 		all = all[len(all)-lines:]
 	}
 	t.Logf("%s (last %d lines):\n%s", p, len(all), strings.Join(all, "\n"))
+}
+
+// TestRepeatedCycles runs three busy/idle cycles: plugging again after
+// unplugging is the product's everyday life. Under TCG, QEMU (10.0 and
+// earlier) gives each vCPU thread it ever starts a TCG context and never
+// returns it, and aborts once maxcpus contexts were used ("tcg_register_thread:
+// assertion failed: (n < tcg_max_ctxs)"); this guest therefore has 16 slots
+// for a policy maximum of 3, so the cycles below stay within QEMU's limit.
+func TestRepeatedCycles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a QEMU guest; skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	policy := strings.Replace(stack.DefaultPolicy, "max_vcpus = 4", "max_vcpus = 3", 1)
+	s, err := stack.Start(ctx, stack.Options{Dir: dir, MaxCPUs: 16, Policy: policy, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			dumpFile(t, filepath.Join(dir, "actuator.log"), 60)
+			t.Logf("guest console tail:\n%s", s.VM.ConsoleTail(60))
+		}
+	})
+	for cycle := 1; cycle <= 3; cycle++ {
+		if err := s.StartLoad(ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+		waitState(ctx, t, s, 3*time.Minute, "scale-up", func(online, plugged int) bool {
+			return online >= 2 && plugged == online && countKind(mustEvents(t, s), "scale_up") >= cycle
+		})
+		if err := s.StopLoad(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitState(ctx, t, s, 3*time.Minute, "scale-down to 1", func(online, plugged int) bool {
+			return online == 1 && plugged == 1
+		})
+		t.Logf("cycle %d done", cycle)
+	}
+	for _, ev := range mustEvents(t, s) {
+		if ev.Outcome != eventlog.OutcomeOK {
+			t.Errorf("event with outcome %s: %+v", ev.Outcome, ev)
+		}
+	}
 }
