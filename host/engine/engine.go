@@ -283,14 +283,21 @@ func (e *Engine) Decide(in Input) Decision {
 				return d
 			}
 			d.Action, d.To, d.Rule = ScaleDown, in.Current-1, RuleSustainedLow
-			d.Reason = fmt.Sprintf("demand at most %s CPUs over the last %d samples: %d vCPUs would run below %s",
-				num(worst), len(low), in.Current-1, pct(p.Lower))
+			d.Reason = fmt.Sprintf("demand at most %s CPUs over the last %d samples: %s would run below %s",
+				num(worst), len(low), vcpus(in.Current-1), pct(p.Lower))
 			return d
 		}
 	}
 	d.Rule = RuleSteady
 	d.Reason = fmt.Sprintf("%d of last %d samples above %s, forecast %s", above, p.N, pct(p.Upper), pct(forecast))
 	return d
+}
+
+func vcpus(n int) string {
+	if n == 1 {
+		return "1 vCPU"
+	}
+	return fmt.Sprintf("%d vCPUs", n)
 }
 
 // pct and num keep reasons short even when a guest reports absurd numbers.
