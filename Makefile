@@ -12,6 +12,9 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 FUZZTIME ?= 10s
 export CGO_ENABLED ?= 0
+# An older Go (e.g. Debian's from backports) fetches the version go.mod
+# names from the module proxy.
+export GOTOOLCHAIN ?= auto
 
 .PHONY: all build deps test unit e2e demo bench fuzz vet clean distclean
 

@@ -106,13 +106,30 @@ done
 [[ -x /bin/busybox ]] || die "/bin/busybox missing after installing busybox-static"
 
 # --- Go --------------------------------------------------------------------
+# Any Go >= 1.21 will do: with GOTOOLCHAIN=auto it fetches the version go.mod
+# names from the Go module proxy. Bookworm's own golang-go is 1.19, so on
+# bookworm it comes from backports (1.23).
 if ! command -v go >/dev/null 2>&1; then
 	if [[ -x /usr/local/go/bin/go ]]; then
 		export PATH=$PATH:/usr/local/go/bin
 	else
-		die "no Go toolchain: install the version named in go.mod (Debian's golang package is too old) at /usr/local/go, or put 'go' on PATH"
+		# shellcheck source=/dev/null
+		. /etc/os-release
+		if [[ ${VERSION_CODENAME:-} == bookworm ]]; then
+			apt_update
+			as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+				-t bookworm-backports golang-go >>"$log" 2>&1 || die "apt-get install -t bookworm-backports golang-go"
+		else
+			apt_update
+			as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >>"$log" 2>&1 ||
+				die "apt-get install golang-go"
+		fi
 	fi
 fi
+# Fetch the toolchain go.mod asks for now, once, rather than in the middle
+# of the first test.
+(cd "$root" && GOTOOLCHAIN=auto go version) >>"$log" 2>&1 ||
+	die "go cannot provide the toolchain go.mod names (is the Go module proxy reachable?)"
 
 # --- Guest kernel ----------------------------------------------------------
 # The kernel comes from apt-get download, which needs package lists. Fetch
