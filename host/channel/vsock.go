@@ -10,6 +10,9 @@ import (
 	"github.com/mdlayher/vsock"
 )
 
+// cidAny is VMADDR_CID_ANY (linux/vm_sockets.h).
+const cidAny = 0xFFFFFFFF
+
 // VsockHub listens on one vsock port for all VMs and hands each connection
 // to the channel registered for the peer's context id (CID). The CID is set
 // by the hypervisor, not the guest, so it is a trustworthy binding; a
@@ -26,13 +29,12 @@ type VsockHub struct {
 
 // ListenVsock listens on port on the host (any CID).
 func ListenVsock(port uint32, logger hclog.Logger) (*VsockHub, error) {
-	ln, err := vsock.ListenContextID(vsock.Host, port, nil)
+	// Bind to VMADDR_CID_ANY: the host's own CID is 2 under vhost-vsock,
+	// 1 (local) under vsock_loopback; the peer's CID is what binds a
+	// connection to a VM, not ours.
+	ln, err := vsock.ListenContextID(cidAny, port, nil)
 	if err != nil {
-		// Fall back to "any local CID" — needed for vsock_loopback tests.
-		var err2 error
-		if ln, err2 = vsock.Listen(port, nil); err2 != nil {
-			return nil, fmt.Errorf("agent channel vsock port %d: %w (is vhost_vsock loaded?)", port, err)
-		}
+		return nil, fmt.Errorf("agent channel vsock port %d: %w (is the vhost_vsock module loaded?)", port, err)
 	}
 	if logger == nil {
 		logger = hclog.NewNullLogger()
