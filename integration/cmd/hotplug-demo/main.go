@@ -214,4 +214,3 @@ func bar(f float64, width int) string {
 	n := int(f*float64(width) + 0.5)
 	return strings.Repeat("█", n) + strings.Repeat("░", width-n)
 }
-
