@@ -68,7 +68,7 @@ func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
 		if s.policy != nil {
 			s.policy(&p)
 		}
-		cfgs = append(cfgs, VMConfig{Name: s.name, Policy: p, Channel: v.ch, CommandTimeout: 5 * time.Second,
+		cfgs = append(cfgs, VMConfig{Name: s.name, Policy: p, Channel: v.ch, CommandTimeout: 5 * time.Second, RecheckInterval: 300 * time.Millisecond,
 			Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{UnplugTimeout: s.unplugTimeout, Logger: logger})})
 		r.vms = append(r.vms, v)
 	}
@@ -273,7 +273,54 @@ func TestBadGuestDoesNotHurtOthers(t *testing.T) {
 		t.Fatal("actuator kept talking to a garbage-sending guest")
 	}
 	waitFor(t, 10*time.Second, "the good VM to scale up", func() bool { return r.vms[0].qmp.Plugged() == 3 })
-	if st := r.act.VMs()[2].Status(); st.Reachable {
-		t.Fatal("dead hypervisor reported reachable")
+	waitFor(t, 5*time.Second, "the dead hypervisor to be reported", func() bool { return !r.act.VMs()[2].Status().Reachable })
+}
+
+// TestHypervisorComesBack: a QEMU that disappears makes the VM unreachable;
+// when it is back, the VM is scaled again without a restart.
+func TestHypervisorComesBack(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1"})
+	vm := r.vms[0]
+	path := vm.qmp.Path()
+	vm.qmp.Crash()
+	waitFor(t, 10*time.Second, "the VM to be marked unreachable", func() bool {
+		vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+		return !r.act.VMs()[0].Status().Reachable
+	})
+	srv, err := qmptest.NewServer(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	vm.guest.set(func(g *fakeGuest) { g.qmp = srv })
+	waitFor(t, 15*time.Second, "scale-up on the restarted QEMU", func() bool { return srv.Plugged() >= 2 })
+}
+
+// TestOversizedAndTruncatedFrames: the connection is dropped with a reason
+// and the agent's next connection works.
+func TestOversizedAndTruncatedFrames(t *testing.T) {
+	for name, bad := range map[string][]byte{
+		"just over the limit": {'H', 'P', 3, 0, 0, 4, 0, 1},
+		"far over the limit":  {'H', 'P', 3, 0, 0xff, 0xff, 0xff, 0xff},
+		"truncated":           {'H', 'P', 1, 0, 0, 0, 0, 50, 0x81},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, 0, vmSpec{name: "vm1", noGuest: true})
+			vm := r.vms[0]
+			c := vm.ch.dial(t)
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			c.Write(bad)
+			if name == "truncated" {
+				c.Close() // the rest never comes
+			} else if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatal("connection still open after a bad frame")
+			}
+			// A well-behaved agent gets through afterwards.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+			go vm.guest.run(ctx, vm.ch, interval)
+			waitFor(t, 15*time.Second, "scale-up after the bad connection", func() bool { return vm.qmp.Plugged() >= 2 })
+		})
 	}
 }

@@ -79,8 +79,11 @@ func (g *fakeGuest) set(f func(g *fakeGuest)) {
 }
 
 func (g *fakeGuest) present() proto.CPUSet {
+	g.mu.Lock()
+	q := g.qmp
+	g.mu.Unlock()
 	var s proto.CPUSet
-	for i := 0; i < g.qmp.Plugged(); i++ {
+	for i := 0; i < q.Plugged(); i++ {
 		s.Add(i)
 	}
 	return s

@@ -26,6 +26,10 @@ type VMConfig struct {
 	// HelloTimeout bounds the wait for Hello on listening channels
 	// (default 10 s).
 	HelloTimeout time.Duration
+	// RecheckInterval is how often the hypervisor's state is re-read while
+	// nothing else reads it (default 30 s): it notices a QEMU that died or
+	// a CPU someone plugged by hand.
+	RecheckInterval time.Duration
 }
 
 // counters are kept per VM; the metrics endpoint reads them.
@@ -73,6 +77,8 @@ type VM struct {
 
 	cmdTimeout   time.Duration
 	helloTimeout time.Duration
+	recheck      time.Duration
+	lastRefresh  time.Time
 
 	// Owned by the Run goroutine.
 	engine     *engine.Engine
@@ -118,7 +124,7 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, logger hclog.Logg
 		hyp: cfg.Hypervisor, ch: cfg.Channel, events: events, budget: budget,
 		inbox:   make(chan any, 16),
 		metrics: &counters{badMessages: map[string]uint64{}, actions: map[string]uint64{}},
-		engine:  eng, cmdTimeout: cfg.CommandTimeout, helloTimeout: cfg.HelloTimeout,
+		engine:  eng, cmdTimeout: cfg.CommandTimeout, helloTimeout: cfg.HelloTimeout, recheck: cfg.RecheckInterval,
 		apic: map[int]uint32{},
 	}
 	if v.cmdTimeout <= 0 {
@@ -126,6 +132,9 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, logger hclog.Logg
 	}
 	if v.helloTimeout <= 0 {
 		v.helloTimeout = 10 * time.Second
+	}
+	if v.recheck <= 0 {
+		v.recheck = 30 * time.Second
 	}
 	v.snapshot.Name = cfg.Name
 	return v, nil
@@ -177,7 +186,7 @@ func (v *VM) Run(ctx context.Context) {
 		case ev := <-v.inbox:
 			v.handle(ctx, ev, true)
 		case <-tick.C:
-			if !v.reachable {
+			if !v.reachable || time.Since(v.lastRefresh) >= v.recheck {
 				v.refresh(ctx)
 			}
 		}
@@ -189,6 +198,7 @@ func (v *VM) Run(ctx context.Context) {
 func (v *VM) refresh(ctx context.Context) bool {
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	v.lastRefresh = time.Now()
 	st, err := v.hyp.State(cctx)
 	if err != nil {
 		if v.reachable || v.metrics.unreachable.Load() == 0 {
@@ -199,7 +209,7 @@ func (v *VM) refresh(ctx context.Context) bool {
 		v.publish(func(s *Status) { s.Reachable = false })
 		return false
 	}
-	if !v.reachable {
+	if !v.reachable || st.Plugged() != v.current {
 		v.log.Info("hypervisor state", "vcpus", st.Plugged(), "slots", st.Max())
 	}
 	v.reachable = true
