@@ -20,7 +20,7 @@ import (
 
 // fixture copies the collector's 4-CPU guest tree and adds per-CPU online
 // files (cpu0 without one, as on most x86 kernels).
-func fixture(t *testing.T) collector.Options {
+func fixture(t testing.TB) collector.Options {
 	t.Helper()
 	root := t.TempDir()
 	src := "../collector/testdata/guest4"
