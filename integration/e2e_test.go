@@ -17,23 +17,7 @@ import (
 // onlined, then removed once the load stops — in the guest, in QEMU and in
 // the event log.
 func TestEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a QEMU guest; skipped with -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
-	s, err := stack.Start(ctx, stack.Options{Dir: dir, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			dumpFile(t, filepath.Join(dir, "actuator.log"), 60)
-			t.Logf("guest console tail:\n%s", s.VM.ConsoleTail(60))
-		}
-	})
+	ctx, s, dir := startStack(t, stack.Options{})
 
 	// Idle first: the actuator must leave a quiet guest at its minimum.
 	waitState(ctx, t, s, 60*time.Second, "agent connected, guest idle at 1 vCPU", func(online, plugged int) bool {
@@ -89,6 +73,30 @@ func TestEndToEnd(t *testing.T) {
 	t.Logf("scale-down: load stop → first unplug decision %v; decision → CPU unplugged %v (offline %.0f ms, unplug %.0f ms); load stop → observed removal %v; %d scale-down events to reach 1",
 		down.Time.Sub(loadStop).Round(10*time.Millisecond), stepsUntil(down, "unplug"),
 		stepMS(down, "offline"), stepMS(down, "unplug"), sawRemoved.Sub(loadStop).Round(10*time.Millisecond), countKind(evs, "scale_down"))
+}
+
+// startStack boots the guest and starts the actuator for one test; on
+// failure the actuator's log and the guest console are printed.
+func startStack(t *testing.T, opts stack.Options) (context.Context, *stack.Stack, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a QEMU guest; skipped with -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	t.Cleanup(cancel)
+	opts.Dir, opts.Logf = t.TempDir(), t.Logf
+	s, err := stack.Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			dumpFile(t, filepath.Join(opts.Dir, "actuator.log"), 60)
+			t.Logf("guest console tail:\n%s", s.VM.ConsoleTail(60))
+		}
+	})
+	return ctx, s, opts.Dir
 }
 
 // waitState polls the guest and QEMU until cond holds.
@@ -204,24 +212,8 @@ func dumpFile(t *testing.T, p string, lines int) {
 // assertion failed: (n < tcg_max_ctxs)"); this guest therefore has 16 slots
 // for a policy maximum of 3, so the cycles below stay within QEMU's limit.
 func TestRepeatedCycles(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots a QEMU guest; skipped with -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
 	policy := strings.Replace(stack.DefaultPolicy, "max_vcpus = 4", "max_vcpus = 3", 1)
-	s, err := stack.Start(ctx, stack.Options{Dir: dir, MaxCPUs: 16, Policy: policy, Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			dumpFile(t, filepath.Join(dir, "actuator.log"), 60)
-			t.Logf("guest console tail:\n%s", s.VM.ConsoleTail(60))
-		}
-	})
+	ctx, s, _ := startStack(t, stack.Options{MaxCPUs: 16, Policy: policy})
 	for cycle := 1; cycle <= 3; cycle++ {
 		if err := s.StartLoad(ctx, 2); err != nil {
 			t.Fatal(err)
