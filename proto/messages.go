@@ -19,6 +19,9 @@ const (
 	MaxStringLen   = 256  // identities, versions, names
 	MaxErrorLen    = 1024 // error texts in Ack and Welcome
 	MaxCPUErrors   = 64   // per-CPU failures in one Ack
+	MaxApps        = 32   // applications in one Report
+	MaxSketchBytes = 8192 // an encoded response-time sketch
+	MaxRunQBuckets = 64   // log2 buckets of a run-queue latency histogram
 	MaxInterval    = time.Hour
 	MinInterval    = 100 * time.Millisecond
 	maxLoad        = 1e6  // a load average past this is not a real guest
@@ -206,6 +209,68 @@ type Report struct {
 	// Dropped counts reports the agent discarded (queue full while the
 	// actuator was unreachable) since the previous report it sent.
 	Dropped uint64 `msgpack:"dropped,omitempty"`
+
+	// RunQueue is run-queue latency, when the agent can measure it.
+	RunQueue *RunQueue `msgpack:"runq,omitempty"`
+	// Apps are per-application request statistics from access logs
+	// (gray-box mode).
+	Apps []AppStats `msgpack:"apps,omitempty"`
+}
+
+// Run-queue latency sources, best first.
+const (
+	RunQSourceTPBTF     = "ebpf-tp_btf"
+	RunQSourceRawTP     = "ebpf-raw_tp"
+	RunQSourceSchedstat = "schedstat"
+	RunQSourcePSI       = "psi"
+)
+
+// RunQueue is how long runnable tasks waited for a CPU during the interval.
+type RunQueue struct {
+	// Source is one of the RunQSource constants.
+	Source string `msgpack:"src"`
+	// Buckets is a log2 histogram of wake-up-to-run latency: Buckets[i]
+	// counts waits in [2^i, 2^(i+1)) µs. Only eBPF sources fill it.
+	Buckets []uint64 `msgpack:"buckets,omitempty"`
+	// Percentiles of the wait, in nanoseconds. Sources without a
+	// distribution (schedstat, PSI) give their best estimate of each.
+	P50Nanos int64 `msgpack:"p50"`
+	P95Nanos int64 `msgpack:"p95"`
+	P99Nanos int64 `msgpack:"p99"`
+}
+
+// AppStats is one application's requests during the interval, from its
+// access log. Times are seconds.
+type AppStats struct {
+	Name string `msgpack:"name"`
+	// Arrivals counts requests served and dropped; Drops those answered
+	// with a status the application's config counts as dropped.
+	Arrivals    uint64  `msgpack:"arrivals"`
+	Drops       uint64  `msgpack:"drops"`
+	ArrivalRate float64 `msgpack:"rate"` // per second
+	// Inter-arrival time mean and variance. When the log's timestamps are
+	// whole seconds, the variance is estimated from per-second counts and
+	// InterArrivalFromCounts is set.
+	InterArrivalMean       float64 `msgpack:"ia_mean"`
+	InterArrivalVar        float64 `msgpack:"ia_var"`
+	InterArrivalFromCounts bool    `msgpack:"ia_counts,omitempty"`
+	// Service time (the log's duration field) mean and variance.
+	ServiceMean float64 `msgpack:"svc_mean"`
+	ServiceVar  float64 `msgpack:"svc_var"`
+	// Response-time percentiles.
+	RespP50 float64 `msgpack:"p50"`
+	RespP95 float64 `msgpack:"p95"`
+	RespP99 float64 `msgpack:"p99"`
+	// RespSketch is the interval's response-time sketch (DDSketch protobuf
+	// encoding), so the host can merge intervals; optional.
+	RespSketch []byte `msgpack:"sketch,omitempty"`
+	// SLA from the application's config: a mean response time, or a
+	// percentile (0 < SLAPercentile < 1) that must stay under SLATarget.
+	SLAMean       float64 `msgpack:"sla_mean,omitempty"`
+	SLAPercentile float64 `msgpack:"sla_pct,omitempty"`
+	SLATarget     float64 `msgpack:"sla_target,omitempty"`
+	// Malformed counts log lines skipped this interval.
+	Malformed uint64 `msgpack:"malformed,omitempty"`
 }
 
 // Type implements Message.
@@ -272,7 +337,70 @@ func (r *Report) Validate() error {
 	if !finiteIn(r.SwapInPerSec, 0, maxRatePerSec) || !finiteIn(r.SwapOutPerSec, 0, maxRatePerSec) {
 		return fmt.Errorf("%w: report %d: swap rate in=%v out=%v", ErrInvalid, r.Seq, r.SwapInPerSec, r.SwapOutPerSec)
 	}
+	if q := r.RunQueue; q != nil {
+		switch q.Source {
+		case RunQSourceTPBTF, RunQSourceRawTP, RunQSourceSchedstat, RunQSourcePSI:
+		default:
+			return fmt.Errorf("%w: report %d: unknown run-queue source %q", ErrInvalid, r.Seq, q.Source)
+		}
+		if len(q.Buckets) > MaxRunQBuckets {
+			return fmt.Errorf("%w: report %d: %d run-queue buckets", ErrInvalid, r.Seq, len(q.Buckets))
+		}
+		if q.P50Nanos < 0 || q.P95Nanos < q.P50Nanos || q.P99Nanos < q.P95Nanos || q.P99Nanos > int64(MaxInterval) {
+			return fmt.Errorf("%w: report %d: run-queue percentiles %d/%d/%d ns", ErrInvalid, r.Seq, q.P50Nanos, q.P95Nanos, q.P99Nanos)
+		}
+	}
+	if len(r.Apps) > MaxApps {
+		return fmt.Errorf("%w: report %d: %d applications, limit %d", ErrInvalid, r.Seq, len(r.Apps), MaxApps)
+	}
+	for i := range r.Apps {
+		if err := r.Apps[i].validate(); err != nil {
+			return fmt.Errorf("%w: report %d: app %q: %v", ErrInvalid, r.Seq, clipName(r.Apps[i].Name), err)
+		}
+	}
 	return nil
+}
+
+// maxSeconds bounds every time in AppStats: a day.
+const maxSeconds = 86400
+
+func (a *AppStats) validate() error {
+	if a.Name == "" || len(a.Name) > MaxStringLen {
+		return fmt.Errorf("name empty or longer than %d bytes", MaxStringLen)
+	}
+	if a.Drops > a.Arrivals {
+		return fmt.Errorf("%d drops of %d arrivals", a.Drops, a.Arrivals)
+	}
+	if len(a.RespSketch) > MaxSketchBytes {
+		return fmt.Errorf("sketch of %d bytes", len(a.RespSketch))
+	}
+	for name, v := range map[string]float64{"rate": a.ArrivalRate, "ia_mean": a.InterArrivalMean, "ia_var": a.InterArrivalVar,
+		"svc_mean": a.ServiceMean, "svc_var": a.ServiceVar, "p50": a.RespP50, "p95": a.RespP95, "p99": a.RespP99,
+		"sla_mean": a.SLAMean, "sla_target": a.SLATarget} {
+		hi := float64(maxSeconds)
+		if name == "rate" {
+			hi = maxRatePerSec
+		} else if name == "ia_var" || name == "svc_var" {
+			hi = maxSeconds * maxSeconds
+		}
+		if !finiteIn(v, 0, hi) {
+			return fmt.Errorf("%s = %v", name, v)
+		}
+	}
+	if !(a.RespP50 <= a.RespP95 && a.RespP95 <= a.RespP99) {
+		return fmt.Errorf("percentiles out of order: %v %v %v", a.RespP50, a.RespP95, a.RespP99)
+	}
+	if !finiteIn(a.SLAPercentile, 0, 1) || a.SLAPercentile == 1 {
+		return fmt.Errorf("sla_pct = %v", a.SLAPercentile)
+	}
+	return nil
+}
+
+func clipName(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "…"
+	}
+	return s
 }
 
 // Command asks the agent to change CPU state or its sampling interval.

@@ -272,3 +272,41 @@ func TestCPUSetCloneUnion(t *testing.T) {
 		t.Fatalf("Union = %s, a = %s", u, a)
 	}
 }
+
+func TestValidateExtensions(t *testing.T) {
+	good := func() *Report {
+		r := sampleReport()
+		r.RunQueue = &RunQueue{Source: RunQSourceTPBTF, Buckets: []uint64{1, 2, 3}, P50Nanos: 1000, P95Nanos: 5000, P99Nanos: 9000}
+		r.Apps = []AppStats{{Name: "web", Arrivals: 100, Drops: 2, ArrivalRate: 20, InterArrivalMean: 0.05, InterArrivalVar: 0.001,
+			ServiceMean: 0.01, ServiceVar: 0.0001, RespP50: 0.01, RespP95: 0.03, RespP99: 0.05, SLAPercentile: 0.95, SLATarget: 0.1}}
+		return r
+	}
+	if err := good().Validate(); err != nil {
+		t.Fatalf("good report: %v", err)
+	}
+	b, _ := Marshal(good())
+	m, err := NewReader(bytes.NewReader(b), 0).Next()
+	if err != nil || !reflect.DeepEqual(m, good()) {
+		t.Fatalf("round trip: %v\n%+v", err, m)
+	}
+	for name, mutate := range map[string]func(*Report){
+		"unknown source":     func(r *Report) { r.RunQueue.Source = "magic" },
+		"too many buckets":   func(r *Report) { r.RunQueue.Buckets = make([]uint64, MaxRunQBuckets+1) },
+		"percentile order":   func(r *Report) { r.RunQueue.P95Nanos = 10 },
+		"too many apps":      func(r *Report) { r.Apps = make([]AppStats, MaxApps+1) },
+		"nameless app":       func(r *Report) { r.Apps[0].Name = "" },
+		"more drops":         func(r *Report) { r.Apps[0].Drops = 101 },
+		"NaN service":        func(r *Report) { r.Apps[0].ServiceMean = math.NaN() },
+		"negative rate":      func(r *Report) { r.Apps[0].ArrivalRate = -1 },
+		"p99 below p95":      func(r *Report) { r.Apps[0].RespP99 = 0.001 },
+		"sla percentile 1":   func(r *Report) { r.Apps[0].SLAPercentile = 1 },
+		"sketch too large":   func(r *Report) { r.Apps[0].RespSketch = make([]byte, MaxSketchBytes+1) },
+		"absurd service var": func(r *Report) { r.Apps[0].ServiceVar = math.Inf(1) },
+	} {
+		r := good()
+		mutate(r)
+		if err := r.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v", name, err)
+		}
+	}
+}
