@@ -40,6 +40,18 @@ type Config struct {
 	Version string
 	// Roots of /proc, /sys, /etc (tests use fixture trees).
 	Collector collector.Options
+	// Extras add measurements to every report after the collector's:
+	// run-queue latency, application logs. They run in the sampling loop,
+	// one after the other, and must not block.
+	Extras []Extra
+}
+
+// Extra adds its measurements to a report. Fill must return quickly; an
+// error is logged (once per distinct message) and the report is sent
+// without that extra's part.
+type Extra interface {
+	Name() string
+	Fill(r *proto.Report) error
 }
 
 // Agent runs the sampling loop and the connection to the actuator.
@@ -149,6 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) sampleLoop(ctx context.Context) {
 	var seq uint64
 	logged := false
+	extraErr := map[string]string{}
 	sample := func() {
 		r, err := a.sampler.Sample()
 		if !logged {
@@ -169,6 +182,17 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 			a.log.Error("sample failed", "error", err)
 			a.setStatus(func(s *Status) { s.LastError = err.Error() })
 			return
+		}
+		for _, x := range a.cfg.Extras {
+			if err := x.Fill(r); err != nil {
+				if msg := err.Error(); extraErr[x.Name()] != msg {
+					extraErr[x.Name()] = msg
+					a.log.Warn("measurement source failed", "source", x.Name(), "error", err)
+				}
+			} else if extraErr[x.Name()] != "" {
+				delete(extraErr, x.Name())
+				a.log.Info("measurement source recovered", "source", x.Name())
+			}
 		}
 		seq++
 		r.Seq = seq

@@ -289,3 +289,28 @@ func readFile(t *testing.T, p string) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+type fakeExtra struct{ fail bool }
+
+func (fakeExtra) Name() string { return "fake" }
+func (f fakeExtra) Fill(r *proto.Report) error {
+	if f.fail {
+		return errors.New("broken")
+	}
+	r.RunQueue = &proto.RunQueue{Source: proto.RunQSourcePSI, P50Nanos: 1, P95Nanos: 2, P99Nanos: 3}
+	return nil
+}
+
+func TestExtrasFillReports(t *testing.T) {
+	opts := fixture(t)
+	act, _ := startAgent(t, opts, Config{Extras: []Extra{fakeExtra{}, fakeExtra{fail: true}}})
+	c, _ := act.accept(t, &proto.Welcome{Version: 1})
+	for {
+		if r, ok := c.next(t).(*proto.Report); ok {
+			if r.RunQueue == nil || r.RunQueue.P99Nanos != 3 {
+				t.Fatalf("extra did not fill the report: %+v", r.RunQueue)
+			}
+			return
+		}
+	}
+}
