@@ -114,6 +114,7 @@ type Decision struct {
 // It is not safe for concurrent use.
 type Engine struct {
 	policy     Policy
+	mode       mode
 	samples    []Sample // ring buffer of the last Window samples
 	next       int      // index the next sample goes to
 	count      int
@@ -125,7 +126,7 @@ func New(p Policy) (*Engine, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{policy: p, samples: make([]Sample, p.Window)}, nil
+	return &Engine{policy: p, mode: modes[p.mode()](p), samples: make([]Sample, p.Window)}, nil
 }
 
 // Policy returns the policy in force.
@@ -139,6 +140,7 @@ func (e *Engine) SetPolicy(p Policy) error {
 	}
 	recent := e.recent(e.count)
 	e.policy = p
+	e.mode = modes[p.mode()](p)
 	e.samples = make([]Sample, p.Window)
 	e.next, e.count = 0, 0
 	if len(recent) > p.Window {
@@ -188,7 +190,8 @@ func (e *Engine) recent(n int) []Sample {
 	return out
 }
 
-// Decide returns what to do now.
+// Decide returns what to do now. Limits, freshness and warm-up are the
+// same for every mode; the steady-state rule is the policy's mode.
 func (e *Engine) Decide(in Input) Decision {
 	p := e.policy
 	hi := p.MaxVCPUs
@@ -219,78 +222,96 @@ func (e *Engine) Decide(in Input) Decision {
 		d.Rule, d.Reason = RuleNotEnough, fmt.Sprintf("%d of %d samples needed to judge", len(window), p.N)
 		return d
 	}
-	current := max(in.Current, 1)
-	demand := make([]float64, len(window))
-	for i, s := range window {
-		demand[i] = s.Demand()
-	}
-	last := demand[len(demand)-min(p.N, len(demand)):]
-	util := make([]float64, len(last))
-	above := 0
-	for i, v := range last {
-		util[i] = v / float64(current)
-		if util[i] > p.Upper {
-			above++
-		}
-	}
-	forecast := ar1Forecast(demand) / float64(current)
-	peak := percentile(demand, p.Percentile)
-	d.Evidence = Evidence{Utilisation: util, Above: above, K: p.K, N: p.N, Forecast: forecast,
-		PeakDemand: peak, Percentile: p.Percentile, Samples: len(window)}
+	return e.mode.decide(&step{e: e, p: p, in: in, window: window, lo: lo, hi: hi, d: d})
+}
 
-	if above >= p.K && forecast > p.Upper {
-		// Ceil before converting: a guest claiming absurd demand must
-		// not overflow the int (the clamp below does the rest).
-		want := int(min(math.Ceil(peak/p.Target), 1<<20))
-		want = max(want, in.Current+1)
-		to := min(want, hi)
-		switch {
-		case to <= in.Current:
-			d.Rule = RuleAtLimit
-			d.Reason = fmt.Sprintf("hotspot (%d of %d samples above %s, forecast %s) but already at the limit of %d vCPUs",
-				above, p.N, pct(p.Upper), pct(forecast), hi)
-			return d
-		case in.Now.Sub(e.lastAction) < p.CooldownUp.D():
-			d.Rule = RuleCooldown
-			d.Reason = fmt.Sprintf("hotspot, but the last action was %v ago (cooldown %v)", in.Now.Sub(e.lastAction).Round(time.Second), p.CooldownUp)
-			return d
-		}
-		d.Action, d.To, d.Rule = ScaleUp, to, RuleHotspot
-		d.Reason = fmt.Sprintf("%d of last %d samples above %s utilisation and AR(1) forecast %s; p%.0f demand %s CPUs needs %d vCPUs at %s",
-			above, p.N, pct(p.Upper), pct(forecast), 100*p.Percentile, num(peak), want, pct(p.Target))
-		switch {
-		case to < want && hi < p.MaxVCPUs:
-			d.Rule = RuleBudget
-			d.Reason += fmt.Sprintf(", limited to %d by the host budget", to)
-		case to < want:
-			d.Reason += fmt.Sprintf(", limited to the policy max of %d", to)
-		}
+// step is what a mode decides on: the engine, the input, the samples of
+// the window (oldest first) and the bounds [lo, hi] already checked.
+type step struct {
+	e      *Engine
+	p      Policy
+	in     Input
+	window []Sample
+	lo, hi int
+	d      Decision
+}
+
+// demand returns the window's demand series, oldest first.
+func (s *step) demand() []float64 {
+	out := make([]float64, len(s.window))
+	for i, x := range s.window {
+		out[i] = x.Demand()
+	}
+	return out
+}
+
+// up asks for want vCPUs (at least one more), clamped to the bounds and
+// subject to the scale-up cooldown. why explains the want.
+func (s *step) up(want int, rule, why string) Decision {
+	d := s.d
+	want = max(want, s.in.Current+1)
+	to := min(want, s.hi)
+	switch {
+	case to <= s.in.Current:
+		d.Rule = RuleAtLimit
+		d.Reason = fmt.Sprintf("%s, but already at the limit of %s", why, vcpus(s.hi))
+		return d
+	case s.in.Now.Sub(s.e.lastAction) < s.p.CooldownUp.D():
+		d.Rule = RuleCooldown
+		d.Reason = fmt.Sprintf("%s, but the last action was %v ago (cooldown %v)", why, s.in.Now.Sub(s.e.lastAction).Round(time.Second), s.p.CooldownUp)
 		return d
 	}
-
-	if in.Current > lo {
-		low := demand[len(demand)-min(p.DownSamples, len(demand)):]
-		worst := 0.0
-		for _, v := range low {
-			worst = max(worst, v)
-		}
-		fewer := float64(in.Current - 1)
-		if len(low) == p.DownSamples && worst/fewer < p.Lower && window[len(window)-len(low)].Time.After(e.lastAction) {
-			if in.Now.Sub(e.lastAction) < p.CooldownDown.D() {
-				d.Rule = RuleCooldown
-				d.Reason = fmt.Sprintf("demand fits in %d vCPUs, but the last action was %v ago (cooldown %v)",
-					in.Current-1, in.Now.Sub(e.lastAction).Round(time.Second), p.CooldownDown)
-				return d
-			}
-			d.Action, d.To, d.Rule = ScaleDown, in.Current-1, RuleSustainedLow
-			d.Reason = fmt.Sprintf("demand at most %s CPUs over the last %d samples: %s would run below %s",
-				num(worst), len(low), vcpus(in.Current-1), pct(p.Lower))
-			return d
-		}
+	d.Action, d.To, d.Rule, d.Reason = ScaleUp, to, rule, why
+	switch {
+	case to < want && s.hi < s.p.MaxVCPUs:
+		d.Rule = RuleBudget
+		d.Reason += fmt.Sprintf(", limited to %d by the host budget", to)
+	case to < want:
+		d.Reason += fmt.Sprintf(", limited to the policy max of %d", to)
 	}
-	d.Rule = RuleSteady
-	d.Reason = fmt.Sprintf("%d of last %d samples above %s, forecast %s", above, p.N, pct(p.Upper), pct(forecast))
 	return d
+}
+
+// down asks for to vCPUs (fewer than now, not below lo), subject to the
+// scale-down cooldown.
+func (s *step) down(to int, rule, why string) Decision {
+	d := s.d
+	to = max(to, s.lo)
+	if to >= s.in.Current {
+		d.Rule, d.Reason = RuleSteady, why+", but already at the minimum"
+		return d
+	}
+	if s.in.Now.Sub(s.e.lastAction) < s.p.CooldownDown.D() {
+		d.Rule = RuleCooldown
+		d.Reason = fmt.Sprintf("%s, but the last action was %v ago (cooldown %v)", why, s.in.Now.Sub(s.e.lastAction).Round(time.Second), s.p.CooldownDown)
+		return d
+	}
+	d.Action, d.To, d.Rule, d.Reason = ScaleDown, to, rule, why
+	return d
+}
+
+// hold keeps the current size.
+func (s *step) hold(rule, why string) Decision {
+	d := s.d
+	d.Rule, d.Reason = rule, why
+	return d
+}
+
+// sinceAction returns the samples of the window taken after the last
+// action, oldest first.
+func (s *step) sinceAction() []Sample {
+	i := len(s.window)
+	for i > 0 && s.window[i-1].Time.After(s.e.lastAction) {
+		i--
+	}
+	return s.window[i:]
+}
+
+// ceilCPUs converts a demand-derived size to an int without overflow: a
+// guest claiming absurd demand must not wrap around (the clamp in up does
+// the rest).
+func ceilCPUs(v float64) int {
+	return int(min(math.Ceil(v), 1<<20))
 }
 
 func vcpus(n int) string {

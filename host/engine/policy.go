@@ -2,12 +2,17 @@ package engine
 
 import (
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 )
 
 // Policy is one VM's scaling policy. The zero value is not valid; start from
 // DefaultPolicy.
 type Policy struct {
+	// Mode selects the steady-state rule (see the Mode constants); empty
+	// means ModeSandpiper.
+	Mode string `toml:"mode" json:"mode,omitempty"`
 	// MinVCPUs and MaxVCPUs bound every decision.
 	MinVCPUs int `toml:"min_vcpus" json:"min_vcpus"`
 	MaxVCPUs int `toml:"max_vcpus" json:"max_vcpus"`
@@ -73,6 +78,9 @@ func (p Policy) Validate() error {
 	bad := func(field, format string, a ...any) error {
 		return &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)}
 	}
+	if _, ok := modes[p.mode()]; !ok {
+		return bad("mode", "unknown mode %q (known: %s)", p.Mode, modeNames())
+	}
 	switch {
 	case p.MinVCPUs < 1:
 		return bad("min_vcpus", "must be at least 1, got %d", p.MinVCPUs)
@@ -104,6 +112,15 @@ func (p Policy) Validate() error {
 		return bad("cooldown_down", "must not be negative, got %v", p.CooldownDown)
 	}
 	return nil
+}
+
+func modeNames() string {
+	names := make([]string, 0, len(modes))
+	for n := range modes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
 }
 
 // Duration is a time.Duration that reads and writes as "30s" in TOML and

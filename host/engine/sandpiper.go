@@ -1,0 +1,53 @@
+package engine
+
+import "fmt"
+
+// ModeSandpiper is Sandpiper's black-box hotspot detection (Wood et al.,
+// NSDI'07, §4): a hotspot needs K of the last N samples above Upper and the
+// AR(1) forecast of the next sample above it too; the scale-up target is
+// ceil(Percentile of demand over the window ÷ Target). A vCPU is removed
+// when the last DownSamples samples, all taken after the last action, would
+// each keep the smaller allocation below Lower.
+const ModeSandpiper = "sandpiper"
+
+type sandpiper struct{}
+
+func (sandpiper) decide(s *step) Decision {
+	p := s.p
+	current := float64(max(s.in.Current, 1))
+	demand := s.demand()
+	last := demand[len(demand)-min(p.N, len(demand)):]
+	util := make([]float64, len(last))
+	above := 0
+	for i, v := range last {
+		util[i] = v / current
+		if util[i] > p.Upper {
+			above++
+		}
+	}
+	forecast := ar1Forecast(demand) / current
+	peak := percentile(demand, p.Percentile)
+	s.d.Evidence = Evidence{Utilisation: util, Above: above, K: p.K, N: p.N, Forecast: forecast,
+		PeakDemand: peak, Percentile: p.Percentile, Samples: len(s.window)}
+
+	if above >= p.K && forecast > p.Upper {
+		want := ceilCPUs(peak / p.Target)
+		return s.up(want, RuleHotspot, fmt.Sprintf("%d of last %d samples above %s utilisation and AR(1) forecast %s; p%.0f demand %s CPUs needs %s at %s",
+			above, p.N, pct(p.Upper), pct(forecast), 100*p.Percentile, num(peak), vcpus(max(want, s.in.Current+1)), pct(p.Target)))
+	}
+	if s.in.Current > s.lo {
+		low := s.sinceAction()
+		if len(low) >= p.DownSamples {
+			low = low[len(low)-p.DownSamples:]
+			worst := 0.0
+			for _, x := range low {
+				worst = max(worst, x.Demand())
+			}
+			if worst/float64(s.in.Current-1) < p.Lower {
+				return s.down(s.in.Current-1, RuleSustainedLow, fmt.Sprintf("demand at most %s CPUs over the last %d samples: %s would run below %s",
+					num(worst), len(low), vcpus(s.in.Current-1), pct(p.Lower)))
+			}
+		}
+	}
+	return s.hold(RuleSteady, fmt.Sprintf("%d of last %d samples above %s, forecast %s", above, p.N, pct(p.Upper), pct(forecast)))
+}
