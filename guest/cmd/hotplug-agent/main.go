@@ -88,6 +88,9 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "logstat" {
+		return cmdLogstat(args[1:], os.Stdout, stderr)
+	}
 	fs := flag.NewFlagSet("hotplug-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {

@@ -44,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args, stdout, stderr)
 	case "events":
 		return cmdEvents(args, stdout, stderr)
+	case "simulate":
+		return cmdSimulate(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "hotplug-actuator", version)
 		return 0
