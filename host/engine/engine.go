@@ -30,6 +30,27 @@ type Sample struct {
 	// (Little's law). It lets demand exceed the vCPUs online, which busy
 	// time alone never can. Zero when the guest cannot measure it.
 	Waiting float64
+	// RunQP95 is the 95th percentile of run-queue latency (wake-up to
+	// running) in the interval; zero when unknown.
+	RunQP95 time.Duration
+	// Apps are the applications' request statistics (gray-box mode).
+	Apps []AppSample
+}
+
+// AppSample is one application's interval, from its access log. Times in
+// seconds.
+type AppSample struct {
+	Name     string
+	Arrivals uint64
+	// Rate is arrivals per second.
+	Rate float64
+	// IAVar is the inter-arrival time variance; SvcMean and SvcVar the
+	// service time's mean and variance.
+	IAVar, SvcMean, SvcVar float64
+	// Observed response-time percentiles.
+	RespP50, RespP95, RespP99 float64
+	// The SLA: a mean, or a target for a percentile.
+	SLAMean, SLAPercentile, SLATarget float64
 }
 
 // Demand is the CPUs' worth of work the VM wanted during the interval.
@@ -70,6 +91,8 @@ const (
 	RuleSteady       = "steady"         // nothing to do
 	RuleNotEnough    = "warming-up"     // fewer than n samples so far
 	RuleBudget       = "budget-limited" // scale-up cut short by the host budget
+	RuleRunQueue     = "runq-latency"   // k of n samples with p95 run-queue latency above the threshold
+	RuleSLA          = "sla"            // gray-box: the SLA needs more vCPUs or was violated
 )
 
 // Input is what the engine needs besides its samples.
@@ -161,6 +184,16 @@ func (e *Engine) Observe(s Sample) {
 	}
 	s.Busy = sane(s.Busy)
 	s.Waiting = sane(s.Waiting)
+	s.RunQP95 = max(s.RunQP95, 0)
+	apps := s.Apps[:0:0]
+	for _, a := range s.Apps {
+		for _, v := range []*float64{&a.Rate, &a.IAVar, &a.SvcMean, &a.SvcVar, &a.RespP50, &a.RespP95, &a.RespP99,
+			&a.SLAMean, &a.SLAPercentile, &a.SLATarget} {
+			*v = sane(*v)
+		}
+		apps = append(apps, a)
+	}
+	s.Apps = apps
 	e.samples[e.next] = s
 	e.next = (e.next + 1) % len(e.samples)
 	if e.count < len(e.samples) {
@@ -335,6 +368,8 @@ func num(v float64) string {
 	}
 	return fmt.Sprintf("%.2f", v)
 }
+
+var inf = math.Inf(1)
 
 func sane(v float64) float64 {
 	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {

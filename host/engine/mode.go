@@ -13,6 +13,7 @@ type mode interface {
 // modes maps Policy.Mode to a constructor.
 var modes = map[string]func(Policy) mode{
 	ModeSandpiper: func(Policy) mode { return sandpiper{} },
+	ModeGraybox:   func(Policy) mode { return graybox{} },
 }
 
 // mode returns the policy's mode name, defaulting to Sandpiper.

@@ -46,6 +46,10 @@ type Policy struct {
 	// action before the next scale-up or scale-down.
 	CooldownUp   Duration `toml:"cooldown_up" json:"cooldown_up"`
 	CooldownDown Duration `toml:"cooldown_down" json:"cooldown_down"`
+	// RunQThreshold: K of the last N samples with p95 run-queue latency
+	// above it make a hotspot even below Upper utilisation — tasks are
+	// waiting for a CPU. Zero disables the rule.
+	RunQThreshold Duration `toml:"runq_p95_threshold" json:"runq_p95_threshold"`
 }
 
 // DefaultPolicy is a conservative policy for a production VM: 5 s samples,
@@ -57,9 +61,10 @@ func DefaultPolicy() Policy {
 		Interval: Duration(5 * time.Second),
 		Upper:    0.8, Lower: 0.5, Target: 0.7,
 		K: 3, N: 5, Window: 24, Percentile: 0.95,
-		DownSamples:  12,
-		CooldownUp:   Duration(30 * time.Second),
-		CooldownDown: Duration(2 * time.Minute),
+		DownSamples:   12,
+		CooldownUp:    Duration(30 * time.Second),
+		CooldownDown:  Duration(2 * time.Minute),
+		RunQThreshold: Duration(10 * time.Millisecond),
 	}
 }
 
@@ -110,6 +115,8 @@ func (p Policy) Validate() error {
 		return bad("cooldown_up", "must not be negative, got %v", p.CooldownUp)
 	case p.CooldownDown < 0:
 		return bad("cooldown_down", "must not be negative, got %v", p.CooldownDown)
+	case p.RunQThreshold < 0:
+		return bad("runq_p95_threshold", "must not be negative (0 disables), got %v", p.RunQThreshold)
 	}
 	return nil
 }

@@ -1,6 +1,9 @@
 package engine
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // ModeSandpiper is Sandpiper's black-box hotspot detection (Wood et al.,
 // NSDI'07, §4): a hotspot needs K of the last N samples above Upper and the
@@ -34,6 +37,23 @@ func (sandpiper) decide(s *step) Decision {
 		want := ceilCPUs(peak / p.Target)
 		return s.up(want, RuleHotspot, fmt.Sprintf("%d of last %d samples above %s utilisation and AR(1) forecast %s; p%.0f demand %s CPUs needs %s at %s",
 			above, p.N, pct(p.Upper), pct(forecast), 100*p.Percentile, num(peak), vcpus(max(want, s.in.Current+1)), pct(p.Target)))
+	}
+	// Tasks waiting for a CPU are saturation even when utilisation, which
+	// a guest with many short runnable tasks can keep moderate, is not.
+	if th := p.RunQThreshold.D(); th > 0 {
+		slow := 0
+		var worst time.Duration
+		for _, x := range s.window[len(s.window)-min(p.N, len(s.window)):] {
+			if x.RunQP95 > th {
+				slow++
+			}
+			worst = max(worst, x.RunQP95)
+		}
+		if slow >= p.K {
+			want := max(ceilCPUs(peak/p.Target), s.in.Current+1)
+			return s.up(want, RuleRunQueue, fmt.Sprintf("%d of last %d samples with p95 run-queue latency above %v (worst %v); %s",
+				slow, p.N, th, worst.Round(time.Microsecond), vcpus(want)))
+		}
 	}
 	if s.in.Current > s.lo {
 		low := s.sinceAction()
