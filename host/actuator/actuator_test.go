@@ -12,6 +12,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/hypervisor"
 	"github.com/hotplugheaven/hotplug/host/qmp/qmptest"
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 const interval = 100 * time.Millisecond
@@ -322,5 +323,19 @@ func TestOversizedAndTruncatedFrames(t *testing.T) {
 			go vm.guest.run(ctx, vm.ch, interval)
 			waitFor(t, 15*time.Second, "scale-up after the bad connection", func() bool { return vm.qmp.Plugged() >= 2 })
 		})
+	}
+}
+
+func TestSampleOfCarriesRunQueueAndApps(t *testing.T) {
+	r := &proto.Report{Seq: 1, IntervalNanos: int64(time.Second), Online: proto.NewCPUSet(0, 1),
+		CPUs:     []proto.CPUStat{{CPU: 0, Busy: 0.5}, {CPU: 1, Busy: 0.25}, {CPU: 2, Busy: 1}},
+		RunDelay: []proto.RunDelay{{CPU: 0, WaitNanos: 5e8}, {CPU: 1, WaitNanos: 2.5e8}},
+		RunQueue: &proto.RunQueue{Source: proto.RunQSourceTPBTF, P50Nanos: 1e6, P95Nanos: 2e7, P99Nanos: 3e7},
+		Apps:     []proto.AppStats{{Name: "web", Arrivals: 10, ArrivalRate: 10, ServiceMean: 0.01, SLAMean: 0.05}}}
+	s := sampleOf(r, time.Now())
+	// cpu2 is not online: its busy time is not counted.
+	if s.Busy != 0.75 || s.Waiting != 0.75 || s.RunQP95 != 20*time.Millisecond || len(s.Apps) != 1 ||
+		s.Apps[0].Rate != 10 || s.Apps[0].SLAMean != 0.05 || s.Online != 2 {
+		t.Fatalf("sample %+v", s)
 	}
 }

@@ -288,6 +288,15 @@ func sampleOf(r *proto.Report, at time.Time) engine.Sample {
 	if r.IntervalNanos > 0 {
 		s.Waiting = float64(wait) / float64(r.IntervalNanos)
 	}
+	if r.RunQueue != nil {
+		s.RunQP95 = time.Duration(r.RunQueue.P95Nanos)
+	}
+	for _, a := range r.Apps {
+		s.Apps = append(s.Apps, engine.AppSample{Name: a.Name, Arrivals: a.Arrivals, Rate: a.ArrivalRate,
+			IAVar: a.InterArrivalVar, SvcMean: a.ServiceMean, SvcVar: a.ServiceVar,
+			RespP50: a.RespP50, RespP95: a.RespP95, RespP99: a.RespP99,
+			SLAMean: a.SLAMean, SLAPercentile: a.SLAPercentile, SLATarget: a.SLATarget})
+	}
 	return s
 }
 

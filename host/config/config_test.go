@@ -48,6 +48,9 @@ func TestParseGood(t *testing.T) {
 	if db.Policy.MaxVCPUs != 4 || db.Policy.K != 3 || db.Policy.N != 5 {
 		t.Errorf("db1 policy = %+v: want defaults over built-in defaults", db.Policy)
 	}
+	if _, err := Parse(strings.Replace(good, "k = 2", "k = 2\nmode = \"graybox\"", 1)); err != nil {
+		t.Errorf("graybox mode refused: %v", err)
+	}
 	if db.UnplugTimeout.D() != time.Minute || web.UnplugTimeout.D() != DefaultUnplugTimeout || web.Hypervisor != "qemu" {
 		t.Errorf("timeouts/hypervisor defaults wrong: %+v %+v", web, db)
 	}
@@ -72,6 +75,7 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"bad name", strings.Replace(good, `name = "db1"`, `name = "../etc"`, 1), "vm[1].name"},
 		{"short timeout", strings.Replace(good, `unplug_timeout = "1m"`, `unplug_timeout = "1ms"`, 1), "vm[1].unplug_timeout"},
 		{"not toml", "[[vm]\n", "toml"},
+		{"unknown mode", strings.Replace(good, "k = 2", "k = 2\nmode = \"magic\"", 1), `vm[0].policy.mode: unknown mode "magic"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
