@@ -60,10 +60,11 @@ func (v *VM) newRecord(kind string, d engine.Decision) *record {
 func (v *VM) commit(r *record) {
 	r.ev.Result = v.current
 	r.ev.DurationMS = ms(time.Since(r.start))
-	v.metrics.action(r.ev.Outcome)
-	if err := v.events.Append(&r.ev); err != nil {
+	err := v.events.Append(&r.ev)
+	if err != nil {
 		v.log.Error("scaling event NOT recorded", "error", err, "event", fmt.Sprintf("%+v", r.ev))
 	}
+	v.obs.event(r.ev, err == nil)
 	v.log.Info("scaling event", "kind", r.ev.Kind, "from", r.ev.From, "to", r.ev.To, "result", r.ev.Result,
 		"outcome", r.ev.Outcome, "rule", r.ev.Rule, "reason", r.ev.Reason, "duration_ms", r.ev.DurationMS)
 }

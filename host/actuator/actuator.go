@@ -26,14 +26,15 @@ type Actuator struct {
 }
 
 // New builds an actuator. It owns the given hypervisors and channels and
-// closes them when Run returns.
-func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logger) (*Actuator, error) {
+// closes them when Run returns. Observers (the API stream, metrics) are
+// told of every report, decision, event and rejection.
+func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logger, obs ...Observer) (*Actuator, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
 	a := &Actuator{events: events, budget: NewBudget(hostBudget), log: logger}
 	for _, c := range vms {
-		v, err := newVM(c, events, a.budget, logger)
+		v, err := newVM(c, events, a.budget, observers(obs), logger)
 		if err != nil {
 			return nil, err
 		}
@@ -47,6 +48,19 @@ func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logg
 
 // VMs returns the controllers, for status.
 func (a *Actuator) VMs() []*VM { return a.vms }
+
+// VM returns the controller of the named VM, or nil.
+func (a *Actuator) VM(name string) *VM {
+	for _, v := range a.vms {
+		if v.name == name {
+			return v
+		}
+	}
+	return nil
+}
+
+// Budget returns the host budget and the vCPUs in use.
+func (a *Actuator) Budget() (limit, used int) { return a.budget.limit, a.budget.Total() }
 
 // Run controls every VM until ctx ends. A VM whose hypervisor or agent
 // fails does not affect the others.

@@ -2,8 +2,10 @@ package actuator
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -338,4 +340,118 @@ func TestSampleOfCarriesRunQueueAndApps(t *testing.T) {
 		s.Apps[0].Rate != 10 || s.Apps[0].SLAMean != 0.05 || s.Online != 2 {
 		t.Fatalf("sample %+v", s)
 	}
+}
+
+// recorder is an Observer that keeps what it is told.
+type recorder struct {
+	mu        sync.Mutex
+	reports   int
+	decisions int
+	events    []eventlog.Event
+	rejected  map[string]int
+}
+
+func (r *recorder) Report(string, Status) { r.mu.Lock(); r.reports++; r.mu.Unlock() }
+func (r *recorder) Decision(string, engine.Decision, time.Time) {
+	r.mu.Lock()
+	r.decisions++
+	r.mu.Unlock()
+}
+func (r *recorder) Event(ev eventlog.Event, _ bool) {
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.mu.Unlock()
+}
+func (r *recorder) Rejected(_, reason string) {
+	r.mu.Lock()
+	if r.rejected == nil {
+		r.rejected = map[string]int{}
+	}
+	r.rejected[reason]++
+	r.mu.Unlock()
+}
+
+func TestOperatorControls(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1"})
+	vm, ctl := r.vms[0], r.act.VM("vm1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	if err := ctl.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+	waitFor(t, 5*time.Second, "a scale-up decision while paused", func() bool {
+		st := ctl.Status()
+		return st.Paused && st.LastDecision.Action == engine.ScaleUp
+	})
+	time.Sleep(5 * interval)
+	if vm.qmp.Plugged() != 1 {
+		t.Fatalf("paused VM was scaled: %d vCPUs", vm.qmp.Plugged())
+	}
+	if err := ctl.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "scale-up after resume", func() bool { return vm.qmp.Plugged() == 3 })
+
+	// A manual target is clamped by the policy (max 4) and logged.
+	if err := ctl.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.SetVCPUs(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	if vm.qmp.Plugged() != 4 {
+		t.Fatalf("set-vcpus 9 with max 4: %d vCPUs", vm.qmp.Plugged())
+	}
+	evs := r.eventsOf("vm1")
+	last := evs[len(evs)-1]
+	if last.Rule != "manual" || last.Result != 4 || !strings.Contains(last.Reason, "clamped to 4") {
+		t.Fatalf("manual event %+v", last)
+	}
+
+	// An invalid policy is refused with the field, and nothing changes.
+	p := ctl.Status().Policy
+	p.K = 99
+	var fe *engine.FieldError
+	if err := ctl.SetPolicy(ctx, p); !errors.As(err, &fe) || fe.Field != "k" {
+		t.Fatalf("invalid policy: %v", err)
+	}
+	if ctl.Status().Policy.K == 99 {
+		t.Fatal("invalid policy applied")
+	}
+	p.K, p.MaxVCPUs = 2, 2
+	if err := ctl.SetPolicy(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the new max of 2 to be enforced", func() bool { return vm.qmp.Plugged() == 2 })
+}
+
+func TestObserversAreTold(t *testing.T) {
+	rec := &recorder{}
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	events, _ := eventlog.Open(path)
+	defer events.Close()
+	srv := qmptest.Start(t, nil)
+	ch := newPipeChannel()
+	guest := newFakeGuest(t, srv)
+	act, err := New([]VMConfig{{Name: "vm1", Policy: fastPolicy(), Channel: ch, Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{})}},
+		events, 0, nil, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { act.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	go guest.run(ctx, ch, interval)
+	guest.set(func(g *fakeGuest) { g.demand = 2 })
+	waitFor(t, 10*time.Second, "an event", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.events) > 0 && rec.reports > 3 && rec.decisions > 3
+	})
 }

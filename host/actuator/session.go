@@ -183,7 +183,7 @@ func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
 		}
 		m, err := proto.Decode(t, payload)
 		if err != nil {
-			v.metrics.badMessage(err)
+			v.obs.rejected(v.name, rejectReason(err))
 			v.log.Warn("message from agent rejected", "type", t.String(), "error", err)
 			if bad++; bad >= badMessageLimit {
 				return fmt.Errorf("%d bad messages in a row, last: %w", bad, err)

@@ -2,7 +2,6 @@ package actuator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -32,48 +31,19 @@ type VMConfig struct {
 	RecheckInterval time.Duration
 }
 
-// counters are kept per VM; the metrics endpoint reads them.
-type counters struct {
-	mu           sync.Mutex
-	badMessages  map[string]uint64
-	replayed     atomic.Uint64
-	reports      atomic.Uint64
-	actions      map[string]uint64 // by outcome
-	unreachable  atomic.Uint64
-	agentDropped atomic.Uint64
-}
-
-func (c *counters) badMessage(err error) {
-	reason := "invalid"
-	switch {
-	case errors.Is(err, proto.ErrMalformed):
-		reason = "malformed"
-	case errors.Is(err, proto.ErrUnknownType):
-		reason = "unknown_type"
-	}
-	c.mu.Lock()
-	c.badMessages[reason]++
-	c.mu.Unlock()
-}
-
-func (c *counters) action(outcome string) {
-	c.mu.Lock()
-	c.actions[outcome]++
-	c.mu.Unlock()
-}
-
 // VM controls one virtual machine: it owns the agent session, the engine
 // and the hypervisor connection, and is the only goroutine that changes
 // the VM's vCPUs.
 type VM struct {
-	name    string
-	log     hclog.Logger
-	hyp     hypervisor.Hypervisor
-	ch      channel.Channel
-	events  *eventlog.Log
-	budget  *Budget
-	inbox   chan any
-	metrics *counters
+	name   string
+	log    hclog.Logger
+	hyp    hypervisor.Hypervisor
+	ch     channel.Channel
+	events *eventlog.Log
+	budget *Budget
+	inbox  chan any
+	ctrl   chan control
+	obs    observers
 
 	cmdTimeout   time.Duration
 	helloTimeout time.Duration
@@ -81,40 +51,80 @@ type VM struct {
 	lastRefresh  time.Time
 
 	// Owned by the Run goroutine.
-	engine     *engine.Engine
-	sess       *session
-	lastSeq    uint64
-	last       *proto.Report // latest report of the current session
-	lastAt     time.Time
-	current    int // vCPUs plugged, as the hypervisor last said
-	state      hypervisor.State
-	reachable  bool
-	apic       map[int]uint32 // guest CPU → APIC id, from Hello and Acks
-	nextCmd    uint64
-	retryAfter time.Time // backoff after a failed action
-	failures   int
+	engine            *engine.Engine
+	sess              *session
+	lastSeq           uint64
+	last              *proto.Report // latest report of the current session
+	lastAt            time.Time
+	current           int // vCPUs plugged, as the hypervisor last said
+	state             hypervisor.State
+	reachable         bool
+	apic              map[int]uint32 // guest CPU → APIC id, from Hello and Acks
+	nextCmd           uint64
+	retryAfter        time.Time // backoff after a failed action
+	failures          int
+	paused            bool
+	interval          atomic.Int64 // policy interval, ns; read by the channel goroutine too
+	unreachableLogged bool
 
 	mu       sync.Mutex // guards the snapshot fields below for Status
 	snapshot Status
 }
 
-// Status is a read-only view of a VM for the API, CLI and tests.
+// Status is a read-only view of a VM for the API, CLI, metrics and tests.
+// Field names are part of the API (JSON).
 type Status struct {
-	Name         string
-	Current      int
-	Online       int
-	Connected    bool
-	Reachable    bool
-	Degraded     string
-	LastDecision engine.Decision
-	LastReportAt time.Time
-	LastUtil     float64
-	LastDemand   float64
-	SessionAgent string
-	ReportsSeen  uint64
+	Name   string        `json:"name"`
+	Mode   string        `json:"mode"`
+	Policy engine.Policy `json:"policy"`
+	// Current is the vCPU count the hypervisor reports; Online the guest's
+	// online CPUs in its latest report; Target what the last decision
+	// asked for.
+	Current   int  `json:"current_vcpus"`
+	Online    int  `json:"online_vcpus"`
+	Target    int  `json:"target_vcpus"`
+	MaxSlots  int  `json:"max_slots"`
+	Paused    bool `json:"paused"`
+	Connected bool `json:"agent_connected"`
+	Reachable bool `json:"hypervisor_reachable"`
+	// Degraded says why the last action failed; empty when healthy.
+	Degraded       string          `json:"degraded,omitempty"`
+	Agent          string          `json:"agent_version,omitempty"`
+	LastDecision   engine.Decision `json:"last_decision"`
+	LastDecisionAt time.Time       `json:"last_decision_at,omitzero"`
+	Signals        Signals         `json:"signals"`
+	ReportsSeen    uint64          `json:"reports_seen"`
 }
 
-func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, logger hclog.Logger) (*VM, error) {
+// Signals are the latest measurements of a VM.
+type Signals struct {
+	At          time.Time   `json:"at,omitzero"`
+	Utilisation float64     `json:"utilisation"` // demand ÷ online vCPUs
+	Demand      float64     `json:"demand_cpus"`
+	Busy        float64     `json:"busy_cpus"`
+	Waiting     float64     `json:"waiting_tasks"`
+	Load1       float64     `json:"load1"`
+	PSISome10   float64     `json:"psi_cpu_some_avg10,omitempty"`
+	RunQSource  string      `json:"runq_source,omitempty"`
+	RunQP50     float64     `json:"runq_p50_seconds,omitempty"`
+	RunQP95     float64     `json:"runq_p95_seconds,omitempty"`
+	RunQP99     float64     `json:"runq_p99_seconds,omitempty"`
+	Apps        []AppSignal `json:"apps,omitempty"`
+}
+
+// AppSignal is one application's latest figures against its SLA.
+type AppSignal struct {
+	Name        string  `json:"name"`
+	Rate        float64 `json:"arrival_rate"`
+	RespP95     float64 `json:"response_p95_seconds"`
+	ServiceMean float64 `json:"service_mean_seconds"`
+	SLAMean     float64 `json:"sla_mean_seconds,omitempty"`
+	SLAPct      float64 `json:"sla_percentile,omitempty"`
+	SLATarget   float64 `json:"sla_target_seconds,omitempty"`
+	DropRate    float64 `json:"drop_rate"`
+}
+
+func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, logger hclog.Logger) (*VM, error) {
 	eng, err := engine.New(cfg.Policy)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: policy: %w", cfg.Name, err)
@@ -122,9 +132,10 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, logger hclog.Logg
 	v := &VM{
 		name: cfg.Name, log: logger.Named(cfg.Name).With("vm", cfg.Name),
 		hyp: cfg.Hypervisor, ch: cfg.Channel, events: events, budget: budget,
-		inbox:   make(chan any, 16),
-		metrics: &counters{badMessages: map[string]uint64{}, actions: map[string]uint64{}},
-		engine:  eng, cmdTimeout: cfg.CommandTimeout, helloTimeout: cfg.HelloTimeout, recheck: cfg.RecheckInterval,
+		inbox:  make(chan any, 16),
+		ctrl:   make(chan control),
+		obs:    obs,
+		engine: eng, cmdTimeout: cfg.CommandTimeout, helloTimeout: cfg.HelloTimeout, recheck: cfg.RecheckInterval,
 		apic: map[int]uint32{},
 	}
 	if v.cmdTimeout <= 0 {
@@ -136,7 +147,10 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, logger hclog.Logg
 	if v.recheck <= 0 {
 		v.recheck = 30 * time.Second
 	}
+	v.interval.Store(int64(cfg.Policy.Interval))
 	v.snapshot.Name = cfg.Name
+	v.snapshot.Policy = cfg.Policy
+	v.snapshot.Mode = modeName(cfg.Policy)
 	return v, nil
 }
 
@@ -147,7 +161,16 @@ func (v *VM) Name() string { return v.name }
 func (v *VM) Status() Status {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.snapshot
+	st := v.snapshot
+	st.Signals.Apps = append([]AppSignal(nil), st.Signals.Apps...)
+	return st
+}
+
+func modeName(p engine.Policy) string {
+	if p.Mode == "" {
+		return engine.ModeSandpiper
+	}
+	return p.Mode
 }
 
 func (v *VM) publish(update func(*Status)) {
@@ -156,7 +179,9 @@ func (v *VM) publish(update func(*Status)) {
 	v.mu.Unlock()
 }
 
-func (v *VM) policyInterval() time.Duration { return v.engine.Policy().Interval.D() }
+// policyInterval is the sampling interval in force. The channel goroutine
+// reads it too, hence an atomic rather than the engine's policy.
+func (v *VM) policyInterval() time.Duration { return time.Duration(v.interval.Load()) }
 
 // idleTimeout is how long an agent may stay silent before its connection is
 // dropped: three missed reports and some slack for a slow guest.
@@ -185,6 +210,9 @@ func (v *VM) Run(ctx context.Context) {
 			return
 		case ev := <-v.inbox:
 			v.handle(ctx, ev, true)
+		case c := <-v.ctrl:
+			c.reply <- v.control(ctx, c)
+			tick.Reset(v.policyInterval())
 		case <-tick.C:
 			if !v.reachable || time.Since(v.lastRefresh) >= v.recheck {
 				v.refresh(ctx)
@@ -201,10 +229,10 @@ func (v *VM) refresh(ctx context.Context) bool {
 	v.lastRefresh = time.Now()
 	st, err := v.hyp.State(cctx)
 	if err != nil {
-		if v.reachable || v.metrics.unreachable.Load() == 0 {
+		if v.reachable || !v.unreachableLogged {
 			v.log.Error("hypervisor unreachable; VM will not be scaled until it answers", "error", err)
+			v.unreachableLogged = true
 		}
-		v.metrics.unreachable.Add(1)
 		v.reachable = false
 		v.publish(func(s *Status) { s.Reachable = false })
 		return false
@@ -216,7 +244,7 @@ func (v *VM) refresh(ctx context.Context) bool {
 	v.state = st
 	v.current = st.Plugged()
 	v.budget.Set(v.name, v.current)
-	v.publish(func(s *Status) { s.Reachable, s.Current = true, v.current })
+	v.publish(func(s *Status) { s.Reachable, s.Current, s.MaxSlots = true, v.current, st.Max() })
 	return true
 }
 
@@ -230,7 +258,7 @@ func (v *VM) handle(ctx context.Context, ev any, decide bool) {
 		for _, t := range ev.s.hello.Topology {
 			v.apic[int(t.CPU)] = t.APICID
 		}
-		v.publish(func(s *Status) { s.Connected, s.SessionAgent = true, ev.s.hello.AgentVersion })
+		v.publish(func(s *Status) { s.Connected, s.Agent = true, ev.s.hello.AgentVersion })
 		if decide {
 			v.reconcile(ctx, ev.s.hello.Present, ev.s.hello.Online)
 		}
@@ -245,25 +273,23 @@ func (v *VM) handle(ctx context.Context, ev any, decide bool) {
 		}
 		r := ev.r
 		if r.Seq <= v.lastSeq {
-			v.metrics.replayed.Add(1)
+			v.obs.rejected(v.name, RejectReplayed)
 			v.log.Warn("report ignored: sequence number not increasing", "seq", r.Seq, "last", v.lastSeq)
 			return
 		}
 		v.lastSeq = r.Seq
-		v.metrics.reports.Add(1)
 		if r.Dropped > 0 {
-			v.metrics.agentDropped.Add(r.Dropped)
 			v.log.Warn("agent dropped reports while the actuator was unreachable", "dropped", r.Dropped)
 		}
 		v.last, v.lastAt = r, ev.at
 		sample := sampleOf(r, ev.at)
 		v.engine.Observe(sample)
 		v.publish(func(s *Status) {
-			s.Online, s.LastReportAt = r.Online.Len(), ev.at
-			s.LastDemand = sample.Demand()
-			s.LastUtil = sample.Demand() / float64(max(1, r.Online.Len()))
+			s.Online = r.Online.Len()
+			s.Signals = signalsOf(r, sample)
 			s.ReportsSeen++
 		})
+		v.obs.report(v.name, v.Status())
 		if decide {
 			v.decideAndAct(ctx)
 		}
@@ -271,6 +297,28 @@ func (v *VM) handle(ctx context.Context, ev any, decide bool) {
 		// An Ack nobody waits for (its command timed out): nothing to do.
 		v.log.Debug("late ack ignored", "id", ev.a.ID, "ok", ev.a.OK)
 	}
+}
+
+// signalsOf summarises a report for status and the API.
+func signalsOf(r *proto.Report, s engine.Sample) Signals {
+	g := Signals{At: s.Time, Demand: s.Demand(), Busy: s.Busy, Waiting: s.Waiting, Load1: r.Load1,
+		Utilisation: s.Demand() / float64(max(1, r.Online.Len()))}
+	if r.PSI != nil {
+		g.PSISome10 = r.PSI.SomeAvg10
+	}
+	if q := r.RunQueue; q != nil {
+		g.RunQSource = q.Source
+		g.RunQP50, g.RunQP95, g.RunQP99 = float64(q.P50Nanos)/1e9, float64(q.P95Nanos)/1e9, float64(q.P99Nanos)/1e9
+	}
+	for _, a := range r.Apps {
+		as := AppSignal{Name: a.Name, Rate: a.ArrivalRate, RespP95: a.RespP95, ServiceMean: a.ServiceMean,
+			SLAMean: a.SLAMean, SLAPct: a.SLAPercentile, SLATarget: a.SLATarget}
+		if a.Arrivals > 0 {
+			as.DropRate = float64(a.Drops) / float64(a.Arrivals)
+		}
+		g.Apps = append(g.Apps, as)
+	}
+	return g
 }
 
 // sampleOf turns a report into the engine's view of it.
@@ -304,9 +352,11 @@ func (v *VM) decideAndAct(ctx context.Context) {
 	if !v.reachable && !v.refresh(ctx) {
 		return
 	}
-	d := v.engine.Decide(engine.Input{Now: time.Now(), Current: v.current, Allowed: v.allowed()})
-	v.publish(func(s *Status) { s.LastDecision = d })
-	if d.Action == engine.Hold {
+	now := time.Now()
+	d := v.engine.Decide(engine.Input{Now: now, Current: v.current, Allowed: v.allowed()})
+	v.publish(func(s *Status) { s.LastDecision, s.LastDecisionAt, s.Target = d, now, d.To })
+	v.obs.decision(v.name, d, now)
+	if d.Action == engine.Hold || v.paused {
 		return
 	}
 	if time.Now().Before(v.retryAfter) {
