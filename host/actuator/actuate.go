@@ -74,10 +74,19 @@ func (v *VM) act(ctx context.Context, d engine.Decision) {
 	rec := v.newRecord(d.Action.String(), d)
 	from := v.current
 	var err error
+	blind := v.sess == nil && v.blackboxOn
+	if blind {
+		rec.ev.Reason = "black-box (no agent): " + rec.ev.Reason
+	}
 	for err == nil && v.current != d.To {
-		if d.Action == engine.ScaleUp {
+		switch {
+		case d.Action == engine.ScaleUp && blind:
+			err = v.plugBlackBox(ctx, rec)
+		case d.Action == engine.ScaleUp:
 			err = v.plugOne(ctx, rec)
-		} else {
+		case blind:
+			err = v.unplugBlackBox(ctx, rec)
+		default:
 			err = v.unplugOne(ctx, rec)
 		}
 	}

@@ -52,6 +52,8 @@ type vmSpec struct {
 	policy        func(*engine.Policy)
 	unplugTimeout time.Duration
 	noGuest       bool
+	blackBox      bool
+	procRoot      string
 }
 
 func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
@@ -72,6 +74,7 @@ func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
 			s.policy(&p)
 		}
 		cfgs = append(cfgs, VMConfig{Name: s.name, Policy: p, Channel: v.ch, CommandTimeout: 5 * time.Second, RecheckInterval: 300 * time.Millisecond,
+			BlackBox: s.blackBox, AgentTimeout: 300 * time.Millisecond, ProcRoot: s.procRoot,
 			Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{UnplugTimeout: s.unplugTimeout, Logger: logger})})
 		r.vms = append(r.vms, v)
 	}

@@ -29,6 +29,12 @@ type VMConfig struct {
 	// nothing else reads it (default 30 s): it notices a QEMU that died or
 	// a CPU someone plugged by hand.
 	RecheckInterval time.Duration
+	// BlackBox measures and scales the VM from the host when no agent has
+	// been connected for AgentTimeout (default 60 s). See blackbox.go.
+	BlackBox     bool
+	AgentTimeout time.Duration
+	// ProcRoot is where the host's /proc is (tests); default /proc.
+	ProcRoot string
 }
 
 // VM controls one virtual machine: it owns the agent session, the engine
@@ -51,20 +57,27 @@ type VM struct {
 	lastRefresh  time.Time
 
 	// Owned by the Run goroutine.
-	engine            *engine.Engine
-	sess              *session
-	lastSeq           uint64
-	last              *proto.Report // latest report of the current session
-	lastAt            time.Time
-	current           int // vCPUs plugged, as the hypervisor last said
-	state             hypervisor.State
-	reachable         bool
-	apic              map[int]uint32 // guest CPU → APIC id, from Hello and Acks
-	nextCmd           uint64
-	retryAfter        time.Time // backoff after a failed action
-	failures          int
-	paused            bool
-	interval          atomic.Int64 // policy interval, ns; read by the channel goroutine too
+	engine     *engine.Engine
+	sess       *session
+	lastSeq    uint64
+	last       *proto.Report // latest report of the current session
+	lastAt     time.Time
+	current    int // vCPUs plugged, as the hypervisor last said
+	state      hypervisor.State
+	reachable  bool
+	apic       map[int]uint32 // guest CPU → APIC id, from Hello and Acks
+	nextCmd    uint64
+	retryAfter time.Time // backoff after a failed action
+	failures   int
+	paused     bool
+	interval   atomic.Int64 // policy interval, ns; read by the channel goroutine too
+
+	blackbox          bool
+	blackboxOn        bool
+	agentTimeout      time.Duration
+	agentSeen         time.Time // last time an agent session existed (or start)
+	meter             *hostMeter
+	procRoot          string
 	unreachableLogged bool
 
 	mu       sync.Mutex // guards the snapshot fields below for Status
@@ -86,7 +99,10 @@ type Status struct {
 	MaxSlots  int  `json:"max_slots"`
 	Paused    bool `json:"paused"`
 	Connected bool `json:"agent_connected"`
-	Reachable bool `json:"hypervisor_reachable"`
+	// Source is where the measurements come from: "agent", or "host"
+	// (black-box fallback); empty before the first.
+	Source    string `json:"source,omitempty"`
+	Reachable bool   `json:"hypervisor_reachable"`
 	// Degraded says why the last action failed; empty when healthy.
 	Degraded       string          `json:"degraded,omitempty"`
 	Agent          string          `json:"agent_version,omitempty"`
@@ -147,6 +163,13 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, lo
 	if v.recheck <= 0 {
 		v.recheck = 30 * time.Second
 	}
+	v.blackbox, v.agentTimeout, v.procRoot = cfg.BlackBox, cfg.AgentTimeout, cfg.ProcRoot
+	if v.agentTimeout <= 0 {
+		v.agentTimeout = 60 * time.Second
+	}
+	if v.procRoot == "" {
+		v.procRoot = "/proc"
+	}
 	v.interval.Store(int64(cfg.Policy.Interval))
 	v.snapshot.Name = cfg.Name
 	v.snapshot.Policy = cfg.Policy
@@ -202,6 +225,7 @@ func (v *VM) Run(ctx context.Context) {
 	}()
 
 	v.refresh(ctx)
+	v.agentSeen = time.Now()
 	tick := time.NewTicker(v.policyInterval())
 	defer tick.Stop()
 	for {
@@ -214,7 +238,9 @@ func (v *VM) Run(ctx context.Context) {
 			c.reply <- v.control(ctx, c)
 			tick.Reset(v.policyInterval())
 		case <-tick.C:
-			if !v.reachable || time.Since(v.lastRefresh) >= v.recheck {
+			if v.blackBoxDue(time.Now()) {
+				v.hostSample(ctx)
+			} else if !v.reachable || time.Since(v.lastRefresh) >= v.recheck {
 				v.refresh(ctx)
 			}
 		}
@@ -255,16 +281,22 @@ func (v *VM) handle(ctx context.Context, ev any, decide bool) {
 	switch ev := ev.(type) {
 	case evSession:
 		v.sess, v.lastSeq, v.last = ev.s, 0, nil
+		v.agentSeen = time.Now()
+		if v.blackboxOn {
+			v.blackboxOn, v.meter = false, nil
+			v.log.Info("agent back: measuring the VM from the guest again")
+		}
 		for _, t := range ev.s.hello.Topology {
 			v.apic[int(t.CPU)] = t.APICID
 		}
-		v.publish(func(s *Status) { s.Connected, s.Agent = true, ev.s.hello.AgentVersion })
+		v.publish(func(s *Status) { s.Connected, s.Agent, s.Source = true, ev.s.hello.AgentVersion, SourceAgent })
 		if decide {
 			v.reconcile(ctx, ev.s.hello.Present, ev.s.hello.Online)
 		}
 	case evClosed:
 		if v.sess == ev.s {
 			v.sess, v.last = nil, nil
+			v.agentSeen = time.Now()
 			v.publish(func(s *Status) { s.Connected = false })
 		}
 	case evReport:

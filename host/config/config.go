@@ -44,8 +44,13 @@ type VM struct {
 	UnplugTimeout engine.Duration `toml:"unplug_timeout"`
 	// CommandTimeout bounds the wait for the agent to answer a command.
 	CommandTimeout engine.Duration `toml:"command_timeout"`
-	Channel        Channel         `toml:"channel"`
-	Policy         engine.Policy   `toml:"policy"`
+	// BlackBox measures and scales the VM from the host when no agent has
+	// been connected for AgentTimeout (default true, 60 s). The guest must
+	// then online hot-added CPUs itself (udev rule).
+	BlackBox     *bool           `toml:"black_box"`
+	AgentTimeout engine.Duration `toml:"agent_timeout"`
+	Channel      Channel         `toml:"channel"`
+	Policy       engine.Policy   `toml:"policy"`
 }
 
 // Channel is how the VM's agent reaches the actuator.
@@ -66,6 +71,7 @@ const (
 	DefaultEventLog       = "/var/lib/hotplug-actuator/events.jsonl"
 	DefaultUnplugTimeout  = 30 * time.Second
 	DefaultCommandTimeout = 30 * time.Second
+	DefaultAgentTimeout   = 60 * time.Second
 	DefaultVsockPort      = 7000
 )
 
@@ -147,6 +153,13 @@ func (c *Config) applyDefaults() {
 		if vm.CommandTimeout == 0 {
 			vm.CommandTimeout = engine.Duration(DefaultCommandTimeout)
 		}
+		if vm.BlackBox == nil {
+			on := true
+			vm.BlackBox = &on
+		}
+		if vm.AgentTimeout == 0 {
+			vm.AgentTimeout = engine.Duration(DefaultAgentTimeout)
+		}
 		if vm.Channel.Type == "vsock" && vm.Channel.Port == 0 {
 			vm.Channel.Port = DefaultVsockPort
 		}
@@ -201,6 +214,9 @@ func (c *Config) Validate() error {
 		}
 		if vm.CommandTimeout.D() < time.Second {
 			field(p+".command_timeout", "must be at least 1s, got %v", vm.CommandTimeout)
+		}
+		if vm.AgentTimeout.D() < time.Second {
+			field(p+".agent_timeout", "must be at least 1s, got %v", vm.AgentTimeout)
 		}
 		ch := vm.Channel
 		cp := p + ".channel"

@@ -100,7 +100,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 		hyp := hypervisor.NewQEMU(vm.QMP, hypervisor.QEMUOptions{UnplugTimeout: vm.UnplugTimeout.D(), Logger: vmLog})
 		vms = append(vms, actuator.VMConfig{Name: vm.Name, Policy: vm.Policy, Hypervisor: hyp, Channel: ch,
-			CommandTimeout: vm.CommandTimeout.D()})
+			CommandTimeout: vm.CommandTimeout.D(), BlackBox: *vm.BlackBox, AgentTimeout: vm.AgentTimeout.D()})
 	}
 	act, err := actuator.New(vms, events, cfg.HostVCPUBudget, logger)
 	if err != nil {
