@@ -64,7 +64,7 @@ type Greeting struct {
 	Capabilities []string `json:"capabilities"`
 }
 
-// String is QEMU's version as "7.2.22".
+// String is QEMU's version as "10.0.2".
 func (g Greeting) String() string {
 	v := g.Version.QEMU
 	return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Micro)

@@ -58,8 +58,8 @@ func TestDialAndExecute(t *testing.T) {
 	srv := qmptest.Start(t, nil)
 	c := dial(t, srv.Path())
 
-	if got := c.Greeting().String(); got != "7.2.22" {
-		t.Errorf("Greeting = %s, want 7.2.22", got)
+	if got := c.Greeting().String(); got != "10.0.2" {
+		t.Errorf("Greeting = %s, want 10.0.2", got)
 	}
 	var cpus []struct {
 		QOMPath string `json:"qom-path"`

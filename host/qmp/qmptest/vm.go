@@ -1,8 +1,10 @@
 package qmptest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/bits"
 	"strconv"
 	"strings"
@@ -22,24 +24,39 @@ type vm struct {
 	// without an id.
 	anon       int
 	nextThread int
+	// vcpusCreated counts every vCPU QEMU has created, boot CPUs
+	// included: under TCG each took a context it never gives back.
+	vcpusCreated int
 }
+
+// levels are x86's topology levels in QEMU 10.0, outermost first: the
+// order of the APIC id's bit fields and of QEMU's checks.
+var levels = [nLevels]string{"socket-id", "die-id", "module-id", "core-id", "thread-id"}
+
+const (
+	lSocket = iota
+	lDie
+	lModule
+	lCore
+	lThread
+	nLevels
+)
 
 // slot is one possible CPU.
 type slot struct {
-	index                     int // QEMU's cpu-index
-	socket, die, core, thread int
-	apicID                    int
-	plugged                   bool
-	qomPath                   string
-	id                        string // device id, "" for -smp CPUs and anonymous ones
-	threadID                  int
-	unplugRequested           bool
-	smp                       bool // created by -smp, not device_add
-	unplugScheduled           bool
+	index           int // QEMU's cpu-index
+	topo            [nLevels]int
+	apicID          int
+	plugged         bool
+	qomPath         string
+	id              string // device id, "" for -smp CPUs and anonymous ones
+	threadID        int
+	unplugRequested bool
+	unplugScheduled bool
 }
 
-// machineType is what QEMU 7.2 names -machine pc's QOM type.
-const machineType = "pc-i440fx-7.2-machine"
+// machineType is what QEMU 10.0 names -machine pc's QOM type.
+const machineType = "pc-i440fx-10.0-machine"
 
 func newVM(cfg Config) (*vm, error) {
 	if cfg.CPUType == "" {
@@ -54,68 +71,95 @@ func newVM(cfg Config) (*vm, error) {
 	if cfg.NoGuest {
 		cfg.LegacyCPUHotplug, cfg.GuestIgnoresUnplug = true, true
 	}
-	if cfg.Sockets == 0 && cfg.Dies == 0 && cfg.Cores == 0 && cfg.Threads == 0 {
+	switch cfg.Accel {
+	case "":
+		cfg.Accel = "tcg"
+	case "tcg", "kvm":
+	default:
+		return nil, fmt.Errorf("qmptest: Accel %q: want \"tcg\" or \"kvm\"", cfg.Accel)
+	}
+	if cfg.Sockets == 0 && cfg.Dies == 0 && cfg.Modules == 0 && cfg.Cores == 0 && cfg.Threads == 0 {
 		if cfg.MaxCPUs == 0 {
 			cfg.MaxCPUs = 4
 		}
-		cfg.Sockets, cfg.Dies, cfg.Cores, cfg.Threads = 1, 1, cfg.MaxCPUs, 1
+		cfg.Sockets, cfg.Dies, cfg.Modules, cfg.Cores, cfg.Threads = 1, 1, 1, cfg.MaxCPUs, 1
 	}
-	for _, p := range []*int{&cfg.Sockets, &cfg.Dies, &cfg.Cores, &cfg.Threads} {
+	for _, p := range []*int{&cfg.Sockets, &cfg.Dies, &cfg.Modules, &cfg.Cores, &cfg.Threads} {
 		if *p == 0 {
 			*p = 1
 		}
 	}
-	n := cfg.Sockets * cfg.Dies * cfg.Cores * cfg.Threads
+	n := cfg.Sockets * cfg.Dies * cfg.Modules * cfg.Cores * cfg.Threads
 	if cfg.MaxCPUs == 0 {
 		cfg.MaxCPUs = n
 	}
 	if n != cfg.MaxCPUs || n < 1 {
-		return nil, fmt.Errorf("qmptest: topology %d sockets × %d dies × %d cores × %d threads = %d CPUs, MaxCPUs says %d",
-			cfg.Sockets, cfg.Dies, cfg.Cores, cfg.Threads, n, cfg.MaxCPUs)
+		return nil, fmt.Errorf("qmptest: topology %d sockets × %d dies × %d modules × %d cores × %d threads = %d CPUs, MaxCPUs says %d",
+			cfg.Sockets, cfg.Dies, cfg.Modules, cfg.Cores, cfg.Threads, n, cfg.MaxCPUs)
 	}
 	if cfg.BootCPUs < 1 || cfg.BootCPUs > cfg.MaxCPUs {
 		return nil, fmt.Errorf("qmptest: BootCPUs %d not in 1..%d", cfg.BootCPUs, cfg.MaxCPUs)
 	}
 	v := &vm{cfg: cfg, legacy: cfg.LegacyCPUHotplug, nextThread: 7001}
-	// Nested loops in (socket, die, core, thread) order give ascending
+	// Counting through the levels, innermost fastest, gives ascending
 	// APIC ids, the order of QEMU's possible_cpus.
-	for so := 0; so < cfg.Sockets; so++ {
-		for d := 0; d < cfg.Dies; d++ {
-			for c := 0; c < cfg.Cores; c++ {
-				for t := 0; t < cfg.Threads; t++ {
-					v.slots = append(v.slots, &slot{
-						index: len(v.slots), socket: so, die: d, core: c, thread: t,
-						apicID: v.apicID(so, d, c, t),
-					})
-				}
-			}
+	for i := 0; i < n; i++ {
+		var topo [nLevels]int
+		rest := i
+		for l := nLevels - 1; l >= 0; l-- {
+			topo[l] = rest % v.count(l)
+			rest /= v.count(l)
 		}
+		v.slots = append(v.slots, &slot{index: i, topo: topo, apicID: v.apicID(topo)})
 	}
 	for i := 0; i < cfg.BootCPUs; i++ {
 		sl := v.slots[i]
-		// QEMU 7.2 -machine pc: the first CPU is device[0], then one other
-		// device, then the remaining -smp CPUs from device[2] on.
+		// -machine pc: the first CPU is device[0], then kvmvapic, then
+		// the remaining -smp CPUs from device[2] on.
 		n := i
 		if i > 0 {
 			n = i + 1
 		}
 		v.plug(sl, fmt.Sprintf("/machine/unattached/device[%d]", n), "")
-		sl.smp = true
 	}
 	return v, nil
 }
 
-// apicID follows QEMU 7.2's x86_apicid_from_topo_ids (include/hw/i386/
-// topology.h): each level gets the bits its count needs.
-func (v *vm) apicID(socket, die, core, thread int) int {
-	width := func(n int) int {
-		if n <= 1 {
-			return 0
-		}
-		return bits.Len(uint(n - 1))
+// count is how many of a level's units there are in the next one out.
+func (v *vm) count(level int) int {
+	return [nLevels]int{v.cfg.Sockets, v.cfg.Dies, v.cfg.Modules, v.cfg.Cores, v.cfg.Threads}[level]
+}
+
+// width is how many APIC id bits a level takes (include/hw/i386/
+// topology.h): what its count needs; sockets take the rest.
+func (v *vm) width(level int) int {
+	n := v.count(level)
+	if n <= 1 {
+		return 0
 	}
-	tw, cw, dw := width(v.cfg.Threads), width(v.cfg.Cores), width(v.cfg.Dies)
-	return socket<<(dw+cw+tw) | die<<(cw+tw) | core<<tw | thread
+	return bits.Len(uint(n - 1))
+}
+
+// apicID follows QEMU's x86_apicid_from_topo_ids.
+func (v *vm) apicID(topo [nLevels]int) int {
+	id := topo[lSocket]
+	for l := lDie; l < nLevels; l++ {
+		id = id<<v.width(l) | topo[l]
+	}
+	return id
+}
+
+// topoOf follows QEMU's x86_topo_ids_from_apicid: each level's bits, the
+// socket taking all that is left.
+func (v *vm) topoOf(apicID uint32) [nLevels]int {
+	var topo [nLevels]int
+	for l := nLevels - 1; l > lSocket; l-- {
+		w := v.width(l)
+		topo[l] = int(apicID & (1<<w - 1))
+		apicID >>= w
+	}
+	topo[lSocket] = int(apicID)
+	return topo
 }
 
 func (v *vm) plug(sl *slot, qomPath, id string) {
@@ -126,6 +170,7 @@ func (v *vm) plug(sl *slot, qomPath, id string) {
 	sl.unplugRequested = false
 	sl.unplugScheduled = false
 	v.nextThread++
+	v.vcpusCreated++
 	v.created = append(v.created, sl)
 }
 
@@ -134,7 +179,6 @@ func (v *vm) unplug(sl *slot) {
 	sl.qomPath, sl.id = "", ""
 	sl.threadID = 0
 	sl.unplugRequested, sl.unplugScheduled = false, false
-	sl.smp = false
 	for i, x := range v.created {
 		if x == sl {
 			v.created = append(v.created[:i], v.created[i+1:]...)
@@ -143,24 +187,68 @@ func (v *vm) unplug(sl *slot) {
 	}
 }
 
-func (v *vm) pmPath() string {
-	return fmt.Sprintf("/machine/unattached/device[%d]", 17+v.cfg.BootCPUs)
+// southbridgePath is the PIIX3 device. QEMU 10.0 -machine pc -nodefaults
+// creates, under /machine/unattached, the -smp CPUs and kvmvapic
+// (device[0] to device[N]), then i440FX, then PIIX3.
+func (v *vm) southbridgePath() string {
+	return fmt.Sprintf("/machine/unattached/device[%d]", v.cfg.BootCPUs+2)
 }
 
-// props is CpuInstanceProperties as QEMU 7.2 prints it for x86: die-id
-// only when there is more than one die.
+// pmPath is the PIIX4_PM device: in QEMU 10.0 a child of PIIX3 (in 7.2 it
+// was /machine/unattached/device[17+N]).
+func (v *vm) pmPath() string { return v.southbridgePath() + "/pm" }
+
+// qomObject is one object of the fake's QOM tree.
+type qomObject struct{ path, typ string }
+
+// qomObjects is the fake's QOM tree, parents before children: the
+// containers, the -smp and hot-plugged CPUs with their lapic, PIIX3 and its
+// PIIX4_PM. Real QEMU has hundreds more objects (fw_cfg, i440fx, IRQs,
+// memory regions, ...); to the fake they do not exist.
+func (v *vm) qomObjects() []qomObject {
+	objs := []qomObject{
+		{"/machine", machineType},
+		{"/machine/unattached", "container"},
+		{"/machine/peripheral", "container"},
+		{"/machine/peripheral-anon", "container"},
+		{v.southbridgePath(), "PIIX3"},
+		{v.pmPath(), pmType},
+	}
+	for _, sl := range v.created {
+		objs = append(objs, qomObject{sl.qomPath, v.cfg.CPUType}, qomObject{sl.qomPath + "/lapic", "apic"})
+	}
+	return objs
+}
+
+// qomType is the type of the object at path, "" when the fake has none.
+func (v *vm) qomType(path string) string {
+	for _, o := range v.qomObjects() {
+		if o.path == path {
+			return o.typ
+		}
+	}
+	return ""
+}
+
+// props is CpuInstanceProperties as QEMU 10.0 prints it for x86: die-id
+// and module-id only when there is more than one die or module.
 type props struct {
 	CoreID   int  `json:"core-id"`
 	ThreadID int  `json:"thread-id"`
 	DieID    *int `json:"die-id,omitempty"`
 	SocketID int  `json:"socket-id"`
+	ModuleID *int `json:"module-id,omitempty"`
 }
 
 func (v *vm) props(sl *slot) props {
-	p := props{CoreID: sl.core, ThreadID: sl.thread, SocketID: sl.socket}
+	p := props{CoreID: sl.topo[lCore], ThreadID: sl.topo[lThread], SocketID: sl.topo[lSocket]}
 	if v.cfg.Dies > 1 {
-		d := sl.die
+		d := sl.topo[lDie]
 		p.DieID = &d
+	}
+	if v.cfg.Modules > 1 {
+		m := sl.topo[lModule]
+		p.ModuleID = &m
 	}
 	return p
 }
@@ -265,7 +353,8 @@ func (s *Server) dispatchLocked(cmd string, args map[string]json.RawMessage) (an
 		if e := noArgs(args); e != nil {
 			return nil, e
 		}
-		return map[string]any{"status": "running", "singlestep": false, "running": true}, nil
+		// QEMU 7.2 also had "singlestep": false; 10.0 dropped it.
+		return map[string]any{"status": "running", "running": true}, nil
 	case "device_add":
 		return s.deviceAddLocked(args)
 	case "device_del":
@@ -281,57 +370,74 @@ func (s *Server) dispatchLocked(cmd string, args map[string]json.RawMessage) (an
 }
 
 // cpuProps are the device properties device_add accepts for a CPU that this
-// fake models. Real CPUs have hundreds more (feature flags); qmptest reports
-// those as unknown.
-var cpuProps = map[string]bool{
-	"socket-id": true, "die-id": true, "core-id": true, "thread-id": true,
-	"node-id": true, "apic-id": true,
+// fake models, with their QOM types. Real CPUs have hundreds more (feature
+// flags); qmptest reports those as unknown.
+var cpuProps = map[string]string{
+	"socket-id": "int32", "die-id": "int32", "module-id": "int32", "core-id": "int32", "thread-id": "int32",
+	"node-id": "int32", "apic-id": "uint32",
 }
 
-// idWellFormed is QEMU's id_wellformed: a letter, then letters, digits,
-// '-', '.', '_'.
-func idWellFormed(id string) bool {
-	if id == "" || !isLetter(id[0]) {
-		return false
+// unassignedAPICID is QEMU's UNASSIGNED_APIC_ID, apic-id's default.
+const unassignedAPICID = 0xffffffff
+
+// intLiteral returns raw's digits when it is a JSON number QEMU's parser
+// keeps as an integer: no fraction or exponent. Callers check the range.
+func intLiteral(raw json.RawMessage) (string, bool) {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	var v any
+	if d.Decode(&v) != nil {
+		return "", false
 	}
-	for i := 1; i < len(id); i++ {
-		c := id[i]
-		if !isLetter(c) && !(c >= '0' && c <= '9') && c != '-' && c != '.' && c != '_' {
-			return false
+	n, ok := v.(json.Number)
+	if !ok || strings.ContainsAny(string(n), ".eE") {
+		return "", false
+	}
+	return string(n), true
+}
+
+// int32Prop parses an int32 property the way QEMU 10.0's QObject input
+// visitor does for device_add: strict JSON types (7.2 also took "3").
+func int32Prop(name string, raw json.RawMessage) (int, *qmpError) {
+	lit, ok := intLiteral(raw)
+	n, err := strconv.ParseInt(lit, 10, 64)
+	if !ok || err != nil {
+		return 0, genericError("Invalid parameter type for '%s', expected: integer", name)
+	}
+	if n < math.MinInt32 || n > math.MaxInt32 {
+		return 0, genericError("Parameter '%s' expects int32_t", name)
+	}
+	return int(n), nil
+}
+
+// uint32Prop parses a uint32 property like int32Prop; QEMU takes negative
+// numbers as their two's complement, for backward compatibility.
+func uint32Prop(name string, raw json.RawMessage) (uint32, *qmpError) {
+	lit, ok := intLiteral(raw)
+	if !ok {
+		return 0, genericError("Parameter '%s' expects uint64", name)
+	}
+	u, err := strconv.ParseUint(lit, 10, 64)
+	if err != nil {
+		n, err := strconv.ParseInt(lit, 10, 64)
+		if err != nil {
+			return 0, genericError("Parameter '%s' expects uint64", name)
 		}
+		u = uint64(n)
 	}
-	return true
+	if u > math.MaxUint32 {
+		return 0, genericError("Parameter '%s' expects uint32_t", name)
+	}
+	return uint32(u), nil
 }
 
-func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-
-// intProp parses a property the way QEMU's keyval visitor does for device_add:
-// a JSON integer or a string holding one.
-func intProp(name string, raw json.RawMessage) (int, *qmpError) {
-	var n int64
-	if err := json.Unmarshal(raw, &n); err == nil {
-		return int(n), nil
-	}
-	var str string
-	if err := json.Unmarshal(raw, &str); err == nil {
-		if n, err := strconv.ParseInt(str, 10, 32); err == nil {
-			return int(n), nil
-		}
-	}
-	return 0, genericError("Parameter '%s' expects integer", name)
-}
-
-// deviceAddLocked checks in QEMU 7.2's order: driver, id, properties, then
-// the CPU pre-plug checks (type, topology ranges, occupied slot).
+// deviceAddLocked checks in QEMU 10.0's order: driver, id, properties, then
+// x86_cpu_pre_plug's checks (type, topology ids or apic-id, occupied slot).
 func (s *Server) deviceAddLocked(args map[string]json.RawMessage) (any, *qmpError) {
 	v := s.vm
-	rawDriver, ok := args["driver"]
-	if !ok {
-		return nil, genericError("Parameter 'driver' is missing")
-	}
 	var driver string
-	if err := json.Unmarshal(rawDriver, &driver); err != nil {
-		driver = strings.Trim(string(rawDriver), `"`)
+	if raw, ok := args["driver"]; !ok || json.Unmarshal(raw, &driver) != nil {
+		return nil, genericError("Parameter 'driver' is missing")
 	}
 	isCPUModel := strings.HasSuffix(driver, "-x86_64-cpu")
 	if !isCPUModel {
@@ -340,13 +446,15 @@ func (s *Server) deviceAddLocked(args map[string]json.RawMessage) (any, *qmpErro
 	}
 
 	// QEMU takes the id with qdict_get_try_str: a non-string id is
-	// silently ignored and the device becomes anonymous.
+	// silently ignored and the device becomes anonymous. 10.0 no longer
+	// checks the id's syntax (7.2 said "Parameter 'id' expects an
+	// identifier" for "9x" or "").
 	var id string
 	if raw, ok := args["id"]; ok {
 		var sid string
 		if json.Unmarshal(raw, &sid) == nil {
-			if !idWellFormed(sid) {
-				return nil, genericError("Parameter 'id' expects an identifier")
+			if sid == "" || strings.Contains(sid, "/") {
+				return nil, genericError("qmptest: device id %q is not modelled; QEMU 10.0.2 takes it and names the CPU /machine/peripheral/%s", sid, sid)
 			}
 			id = sid
 		}
@@ -359,19 +467,29 @@ func (s *Server) deviceAddLocked(args map[string]json.RawMessage) (any, *qmpErro
 		}
 	}
 
-	vals := map[string]int{"socket-id": -1, "die-id": -1, "core-id": -1, "thread-id": -1, "apic-id": -1}
+	// Unset ids are -1, an unset apic-id is UNASSIGNED_APIC_ID.
+	vals := map[string]int{"socket-id": -1, "die-id": -1, "module-id": -1, "core-id": -1, "thread-id": -1}
+	var apicID uint32 = unassignedAPICID
 	for _, k := range sortedKeys(args) {
 		if k == "driver" || k == "id" {
 			continue
 		}
-		if !cpuProps[k] {
+		switch cpuProps[k] {
+		case "int32":
+			n, e := int32Prop(k, args[k])
+			if e != nil {
+				return nil, e
+			}
+			vals[k] = n
+		case "uint32":
+			n, e := uint32Prop(k, args[k])
+			if e != nil {
+				return nil, e
+			}
+			apicID = n
+		default:
 			return nil, genericError("Property '%s.%s' not found", driver, k)
 		}
-		n, e := intProp(k, args[k])
-		if e != nil {
-			return nil, e
-		}
-		vals[k] = n
 	}
 
 	// From here on QEMU has named the device, so an anonymous one uses
@@ -385,36 +503,51 @@ func (s *Server) deviceAddLocked(args map[string]json.RawMessage) (any, *qmpErro
 	if driver != v.cfg.CPUType {
 		return nil, genericError("Invalid CPU type, expected cpu type: '%s'", v.cfg.CPUType)
 	}
-	cfg := v.cfg
-	if vals["die-id"] < 0 && cfg.Dies == 1 {
-		vals["die-id"] = 0
-	}
-	for _, lv := range []struct {
-		name string
-		max  int
-	}{{"socket-id", cfg.Sockets}, {"die-id", cfg.Dies}, {"core-id", cfg.Cores}, {"thread-id", cfg.Threads}} {
-		n := vals[lv.name]
-		if n < 0 {
-			return nil, genericError("CPU %s is not set", lv.name)
+	if apicID == unassignedAPICID {
+		// die-id and module-id may be left out when there is one.
+		if vals["die-id"] < 0 && v.cfg.Dies == 1 {
+			vals["die-id"] = 0
 		}
-		if n > lv.max-1 {
-			return nil, genericError("Invalid CPU %s: %d must be in range 0:%d", lv.name, n, lv.max-1)
+		if vals["module-id"] < 0 && v.cfg.Modules == 1 {
+			vals["module-id"] = 0
 		}
-	}
-	want := v.apicID(vals["socket-id"], vals["die-id"], vals["core-id"], vals["thread-id"])
-	if a := vals["apic-id"]; a >= 0 && a != want {
-		// qmptest: QEMU derives topology ids from an explicit apic-id and
-		// names the first mismatching one; we only check consistency.
-		return nil, genericError("qmptest: apic-id 0x%x does not match the topology ids (APIC ID %d)", a, want)
+		var topo [nLevels]int
+		for l, name := range levels {
+			n := vals[name]
+			if n < 0 {
+				return nil, genericError("CPU %s is not set", name)
+			}
+			if n > v.count(l)-1 {
+				return nil, genericError("Invalid CPU %s: %d must be in range 0:%d", name, n, v.count(l)-1)
+			}
+			topo[l] = n
+		}
+		apicID = uint32(v.apicID(topo))
 	}
 	var sl *slot
 	for _, x := range v.slots {
-		if x.apicID == want {
+		if uint32(x.apicID) == apicID {
 			sl = x
 		}
 	}
+	if sl == nil {
+		t := v.topoOf(apicID)
+		return nil, genericError("Invalid CPU [socket: %d, die: %d, module: %d, core: %d, thread: %d] with APIC ID %d, valid index range 0:%d",
+			t[lSocket], t[lDie], t[lModule], t[lCore], t[lThread], apicID, len(v.slots)-1)
+	}
 	if sl.plugged {
 		return nil, genericError("CPU[%d] with APIC ID %d exists", sl.index, sl.apicID)
+	}
+	for l, name := range levels {
+		if n := vals[name]; n != -1 && n != sl.topo[l] {
+			return nil, genericError("property %s: %d doesn't match set apic-id: 0x%x (%s: %d)", name, uint32(n), apicID, name, sl.topo[l])
+		}
+	}
+	if v.cfg.Accel == "tcg" && v.vcpusCreated >= v.cfg.MaxCPUs {
+		// QEMU 10.0.2 aborts starting the vCPU thread, before it
+		// replies: "tcg_register_thread: assertion failed: (n <
+		// tcg_max_ctxs)".
+		return crashCommand, nil
 	}
 	v.plug(sl, qomPath, id)
 	if !v.legacy && !v.cfg.NoGuest {
@@ -441,18 +574,31 @@ func ostInfo(device string, source, status, index int) any {
 	}{info{device, source, status, strconv.Itoa(index), "CPU"}}
 }
 
-// findDevice resolves device_del's id: a QOM path when it starts with '/',
-// else a device id under /machine/peripheral.
-func (v *vm) findDevice(id string) *slot {
-	for _, sl := range v.slots {
-		if !sl.plugged {
-			continue
-		}
-		if strings.HasPrefix(id, "/") && sl.qomPath == id || sl.id != "" && sl.id == id {
-			return sl
+// findDevice resolves device_del's id as QEMU 10.0's find_device_state
+// does: a QOM path when it starts with '/', else a device id under
+// /machine/peripheral. It returns the CPU, or the error for an object that
+// is no CPU.
+func (v *vm) findDevice(id string) (*slot, *qmpError) {
+	path := id
+	if !strings.HasPrefix(id, "/") {
+		path = "/machine/peripheral/" + id
+	}
+	switch typ := v.qomType(path); typ {
+	case "":
+		return nil, deviceNotFound(id)
+	case "container", machineType:
+		return nil, genericError("%s is not a device", id)
+	case "PIIX3", pmType:
+		return nil, genericError("Device '%s' does not support hotplugging", typ)
+	case "apic":
+		return nil, genericError("Device 'apic' can not be hotplugged on this machine")
+	}
+	for _, sl := range v.created {
+		if sl.qomPath == path {
+			return sl, nil
 		}
 	}
-	return nil
+	panic("qmptest: QOM tree lists a CPU that is not plugged: " + path)
 }
 
 func (s *Server) deviceDelLocked(args map[string]json.RawMessage) (any, *qmpError) {
@@ -464,12 +610,9 @@ func (s *Server) deviceDelLocked(args map[string]json.RawMessage) (any, *qmpErro
 	if e := onlyArgs(args, "id"); e != nil {
 		return nil, e
 	}
-	sl := v.findDevice(id)
-	if sl == nil {
-		if id == "/machine" {
-			return nil, genericError("/machine is not a hotpluggable device")
-		}
-		return nil, deviceNotFound(id)
+	sl, e := v.findDevice(id)
+	if e != nil {
+		return nil, e
 	}
 	if sl.index == 0 {
 		return nil, genericError("Boot CPU is unpluggable")
@@ -492,16 +635,35 @@ func (s *Server) deviceDelLocked(args map[string]json.RawMessage) (any, *qmpErro
 	return struct{}{}, nil
 }
 
-// ejectLocked is the guest finishing an unplug, with the events QEMU 7.2
-// sent for a Linux 6.1 guest: _OST "eject in progress" naming the device,
-// DEVICE_DELETED for the CPU's lapic child only (no "device" member), then
-// _OST success without the device, which is gone by then.
+// ejectLocked is the guest finishing an unplug, with the events QEMU 10.0.2
+// (like 7.2) sent under TCG for a Linux 6.1 guest: _OST "eject in progress"
+// naming the device, DEVICE_DELETED for the CPU's lapic child only (no
+// "device" member), then _OST success without the device, which is gone by
+// then. Under KVM a DEVICE_DELETED for the CPU itself follows the lapic's.
+// With NoGuest the eject is a test writing the eject register (what
+// QEMU.EjectCPU does on real QEMU): no guest runs _OST, so only the
+// DEVICE_DELETED events come.
 func (s *Server) ejectLocked(sl *slot) {
 	id, path, index := sl.id, sl.qomPath, sl.index
-	s.emitLocked("ACPI_DEVICE_OST", ostInfo(id, 3, 132, index))
+	guest := !s.vm.cfg.NoGuest
+	if guest {
+		s.emitLocked("ACPI_DEVICE_OST", ostInfo(id, 3, 132, index))
+	}
 	s.vm.unplug(sl)
-	s.emitLocked("DEVICE_DELETED", map[string]string{"path": path + "/lapic"})
-	s.emitLocked("ACPI_DEVICE_OST", ostInfo("", 3, 0, index))
+	s.emitLocked("DEVICE_DELETED", deviceDeleted{Path: path + "/lapic"})
+	if s.vm.cfg.Accel == "kvm" {
+		s.emitLocked("DEVICE_DELETED", deviceDeleted{Device: id, Path: path})
+	}
+	if guest {
+		s.emitLocked("ACPI_DEVICE_OST", ostInfo("", 3, 0, index))
+	}
+}
+
+// deviceDeleted is DEVICE_DELETED's data; "device" is absent for a device
+// without an id.
+type deviceDeleted struct {
+	Device string `json:"device,omitempty"`
+	Path   string `json:"path"`
 }
 
 func (s *Server) qomGetLocked(args map[string]json.RawMessage) (any, *qmpError) {
@@ -517,24 +679,24 @@ func (s *Server) qomGetLocked(args map[string]json.RawMessage) (any, *qmpError) 
 	if e := onlyArgs(args, "path", "property"); e != nil {
 		return nil, e
 	}
-	switch path {
-	case "/machine":
-		return nil, genericError("Property '%s.%s' not found", machineType, prop)
-	case v.pmPath():
-		if prop == "cpu-hotplug-legacy" {
-			return v.legacy, nil
-		}
-		return nil, genericError("Property 'PIIX4_PM.%s' not found", prop)
-	}
-	for _, sl := range v.slots {
-		if sl.plugged && sl.qomPath == path {
-			if prop == "apic-id" {
+	typ := v.qomType(path)
+	switch {
+	case typ == "":
+		return nil, deviceNotFound(path)
+	case prop == "type":
+		return typ, nil
+	case path == v.pmPath() && prop == "cpu-hotplug-legacy":
+		return v.legacy, nil
+	case typ == v.cfg.CPUType && prop == "apic-id":
+		for _, sl := range v.created {
+			if sl.qomPath == path {
 				return sl.apicID, nil
 			}
-			return nil, genericError("Property '%s.%s' not found", v.cfg.CPUType, prop)
 		}
 	}
-	return nil, deviceNotFound(path)
+	// qmptest: real objects have many more properties; to the fake
+	// they do not exist.
+	return nil, genericError("Property '%s.%s' not found", typ, prop)
 }
 
 func (s *Server) qomSetLocked(args map[string]json.RawMessage) (any, *qmpError) {
@@ -559,35 +721,50 @@ func (s *Server) qomSetLocked(args map[string]json.RawMessage) (any, *qmpError) 
 		return nil, genericError("Invalid parameter type for 'cpu-hotplug-legacy', expected: boolean")
 	}
 	if legacy {
-		// QEMU 7.2 asserts !value in piix4_set_cpu_hotplug_legacy and
-		// aborts, closing every monitor.
+		// QEMU asserts !value in piix4_set_cpu_hotplug_legacy and
+		// aborts before replying, closing every monitor.
 		return crashCommand, nil
 	}
 	v.legacy = false
 	return struct{}{}, nil
 }
 
-// qomListLocked lists /machine/unattached partially: the -smp CPUs and the
-// PIIX4_PM device, enough to find PMPath the way a test does on real QEMU.
+// qomListLocked lists an object of the fake's QOM tree (see qomObjects):
+// "type", the children the fake models, and the properties it can get.
+// QEMU's order is its hash table's; the fake's is fixed.
 func (s *Server) qomListLocked(args map[string]json.RawMessage) (any, *qmpError) {
 	v := s.vm
 	path, e := stringArg(args, "path")
 	if e != nil {
 		return nil, e
 	}
-	if path != "/machine/unattached" {
-		return nil, genericError("qmptest: qom-list is only modelled for /machine/unattached")
+	if e := onlyArgs(args, "path"); e != nil {
+		return nil, e
 	}
-	type prop struct {
-		Name string `json:"name"`
-		Type string `json:"type"`
+	typ := v.qomType(path)
+	if typ == "" {
+		return nil, deviceNotFound(path)
 	}
-	out := []prop{{"type", "string"}}
-	for _, sl := range v.slots {
-		if sl.plugged && sl.smp {
-			out = append(out, prop{strings.TrimPrefix(sl.qomPath, "/machine/unattached/"), "child<" + v.cfg.CPUType + ">"})
+	out := []qomEntry{{"type", "string"}}
+	switch {
+	case path == v.pmPath():
+		out = append(out, qomEntry{"cpu-hotplug-legacy", "bool"})
+	case typ == v.cfg.CPUType:
+		out = append(out, qomEntry{"apic-id", "uint32"})
+	}
+	for _, o := range v.qomObjects() {
+		if parent, name, ok := cutLast(o.path); ok && parent == path {
+			out = append(out, qomEntry{name, "child<" + o.typ + ">"})
 		}
 	}
-	out = append(out, prop{strings.TrimPrefix(v.pmPath(), "/machine/unattached/"), "child<PIIX4_PM>"})
 	return out, nil
+}
+
+// cutLast splits a QOM path at its last '/'.
+func cutLast(path string) (parent, name string, ok bool) {
+	i := strings.LastIndexByte(path, '/')
+	if i <= 0 {
+		return "", "", false
+	}
+	return path[:i], path[i+1:], true
 }
