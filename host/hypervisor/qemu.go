@@ -14,14 +14,17 @@ import (
 	"github.com/hotplugheaven/hotplug/host/qmp"
 )
 
-// What QEMU does, as checked against qemu-system-x86_64 7.2 (Debian
-// 1:7.2+dfsg-7+deb12u18) with -machine pc, TCG, and a Linux 6.1 guest:
+// What QEMU does, as checked against qemu-system-x86_64 10.0.2 (Debian
+// 1:10.0.2+ds-2+deb13u1~bpo12+1, bookworm-backports) with -machine pc, TCG,
+// and a Linux 6.1 guest; where 7.2 (1:7.2+dfsg-7+deb12u18), which the
+// project used before, differed, it says so:
 //
 //   - query-hotpluggable-cpus lists every slot, highest first; "qom-path" is
 //     present only on plugged slots. CPUs from -smp live under
 //     /machine/unattached/device[N], device_add'ed ones under
 //     /machine/peripheral/<id> (or /machine/peripheral-anon/device[N]
-//     without an id).
+//     without an id). With -smp modules=M>1 (QEMU 9+) slots carry a
+//     module-id too.
 //   - device_del of CPU 0 always fails: "Boot CPU is unpluggable". Other -smp
 //     CPUs CAN be removed: QEMU accepts device_del for them and a Linux
 //     guest ejects them. We still report them not Removable and never
@@ -32,19 +35,30 @@ import (
 //     device_del with "acpi: device unplug request for not supported device
 //     type: <type>". So a VM with no OS, or one still in firmware, cannot
 //     unplug at all; it does not merely time out.
-//   - When the guest completes an unplug, QEMU 7.2 sends DEVICE_DELETED only
-//     for the CPU's child "<qom-path>/lapic" (no "device" member), none for
-//     the CPU itself. Unplug therefore accepts any DEVICE_DELETED at or below
-//     the CPU's QOM path, then confirms from query-hotpluggable-cpus.
+//   - When the guest completes an unplug under TCG, QEMU sends
+//     DEVICE_DELETED only for the CPU's child "<qom-path>/lapic" (no
+//     "device" member), none for the CPU itself; 7.2 did the same. Under KVM
+//     (checked without a guest, ejecting through the ACPI register) a
+//     DEVICE_DELETED with the CPU's id and path follows the lapic's. Unplug
+//     therefore accepts any DEVICE_DELETED at or below the CPU's QOM path,
+//     then confirms from query-hotpluggable-cpus, which already shows the
+//     slot free when the event comes.
 //   - device_del while an unplug is pending is accepted again ({}).
 //   - QEMU serves one client per -qmp socket; a second client connects but
 //     gets no greeting until the first hangs up. The actuator needs a -qmp
 //     socket of its own.
-//   - With TCG, QEMU 7.2 crashed (SIGSEGV; with -accel tcg,thread=single an
-//     abort in qemu_thread_join) on the next CPU device_add after a guest
-//     completed an unplug, every time we tried. The backend then reports
-//     ErrUnavailable like for any dead QEMU. KVM and newer QEMU were not
-//     available to check.
+//   - With TCG, QEMU 7.2 crashed (SIGSEGV in the RCU thread, a use-after-free
+//     of the unplugged CPU's address space) on the next CPU device_add after
+//     a guest completed an unplug. 10.0.2 re-plugs, but never gives back the
+//     TCG context each vCPU thread takes: a VM can create at most maxcpus
+//     vCPUs in its life, -smp ones included, and the device_add that would
+//     create one more aborts QEMU ("tcg_register_thread: assertion failed:
+//     (n < tcg_max_ctxs)"). With -smp 1,maxcpus=4 that is three Plugs in
+//     the VM's life, however many Unplugs come between. -accel
+//     tcg,thread=single is no way out: QEMU aborts on the first guest eject
+//     ("qemu_thread_join: Resource deadlock avoided"), as 7.2 did. KVM has
+//     no such limit. Plug cannot see the count; it reports the abort as
+//     ErrUnavailable, like any dead QEMU, and names the likely cause.
 
 // QEMUOptions configures NewQEMU. The zero value means defaults.
 type QEMUOptions struct {
@@ -175,12 +189,15 @@ type qslot struct {
 	topo  []int64 // sort key, in topoKeys order
 }
 
-// topoKeys orders slots. QEMU 7.2 x86 uses socket/die/core/thread;
-// cluster-id (QEMU 7.0+ on some machines) sits between die and core.
-var topoKeys = []string{"socket-id", "die-id", "cluster-id", "core-id", "thread-id"}
+// topoKeys orders slots, outermost level first, as QEMU's CPU topology
+// does: x86 uses socket/die/module/core/thread (module-id since QEMU 9,
+// listed only with -smp modules > 1); cluster-id (QEMU 7.0+ on other
+// machines) sits between die and module. A level missing from a slot's
+// props counts as 0.
+var topoKeys = []string{"socket-id", "die-id", "cluster-id", "module-id", "core-id", "thread-id"}
 
 // idPrefixes name the parts of a device id we derive from props.
-var idPrefixes = map[string]string{"socket-id": "s", "die-id": "d", "cluster-id": "cl", "core-id": "c", "thread-id": "t"}
+var idPrefixes = map[string]string{"socket-id": "s", "die-id": "d", "cluster-id": "cl", "module-id": "m", "core-id": "c", "thread-id": "t"}
 
 // slots reads QEMU's CPU slots, ordered by topology so index 0 is the boot
 // CPU. It does not fill APICID or ThreadID.
@@ -340,6 +357,10 @@ func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
 	args["id"] = id
 	q.log.Debug("plugging CPU", "slot", free.Index, "id", id)
 	if err := q.exec(ctx, c, "device_add", args, nil); err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return Slot{}, fmt.Errorf("%w; it was plugging CPU %s into slot %d (QEMU 10.0 under TCG aborts on the device_add that would create more vCPUs than -smp maxcpus in the VM's life, unplugged ones included: look for \"tcg_max_ctxs\" in QEMU's log)",
+				err, id, free.Index)
+		}
 		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s into slot %d (re-read State: another client may have plugged it): %w",
 			q.socket, id, free.Index, err)
 	}
@@ -432,11 +453,12 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 	timer := time.NewTimer(q.opts.UnplugTimeout)
 	defer timer.Stop()
 	select {
-	case _, ok := <-sub.C():
+	case ev, ok := <-sub.C():
 		if !ok {
 			return fmt.Errorf("%w: QEMU %s went away while CPU %s was being unplugged (re-read State when it is back): %v",
 				ErrUnavailable, q.socket, ref, c.Err())
 		}
+		q.log.Debug("guest ejected CPU", "qom_path", ref, "device_deleted", string(ev.Data))
 	case <-timer.C:
 		return fmt.Errorf("%w: the guest of the VM at %s did not eject CPU %s (slot %d) within %s; QEMU removes it if the guest finishes later, so re-read State",
 			ErrUnplugTimeout, q.socket, ref, cur.Index, q.opts.UnplugTimeout)
