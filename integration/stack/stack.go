@@ -40,6 +40,11 @@ type Options struct {
 	Policy string
 	// AgentArgs are extra hotplug-agent flags.
 	AgentArgs string
+	// NoAgent boots the guest without the agent; its init onlines
+	// hot-added CPUs itself, as a udev rule would (black-box tests).
+	NoAgent bool
+	// VMKeys are extra TOML lines for the actuator's [[vm]] table.
+	VMKeys string
 	// ActuatorLog receives the actuator's log (default: a file in Dir).
 	ActuatorLog io.Writer
 	// Logf reports progress (default: discard).
@@ -59,6 +64,25 @@ window = 10
 down_samples = 5
 cooldown_up = "5s"
 cooldown_down = "5s"
+`
+
+// udevOnline does what the udev rule SUBSYSTEM=="cpu", ACTION=="add",
+// ATTR{online}="1" does on a full distribution: online a CPU when it
+// appears. Only CPUs new since the last look are touched, so a CPU the
+// kernel is offlining for an ACPI eject is left alone.
+const udevOnline = `seen=" "
+for d in /sys/devices/system/cpu/cpu[0-9]*; do seen="$seen${d##*cpu} "; done
+while :; do
+	for d in /sys/devices/system/cpu/cpu[0-9]*; do
+		n=${d##*cpu}
+		case "$seen" in *" $n "*) continue ;; esac
+		seen="$seen$n "
+		[ -f "$d/online" ] && [ "$(cat "$d/online")" = 0 ] && echo 1 > "$d/online" && echo "udev-like: onlined cpu$n"
+	done
+	# forget CPUs that went away, so a re-plugged one is onlined again
+	for n in $seen; do [ -d /sys/devices/system/cpu/cpu$n ] || seen=$(echo "$seen" | sed "s/ $n / /"); done
+	sleep 0.3
+done
 `
 
 // Stack is a running guest and actuator.
@@ -143,6 +167,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	// The agent logs to the console so a failed test shows what it did.
 	start := fmt.Sprintf("exec /usr/bin/hotplug-agent --transport virtio-serial --interval 1s --log-level debug %s 2>&1\n", opts.AgentArgs)
+	if opts.NoAgent {
+		start = udevOnline
+	}
 	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Files: map[string]testvm.File{
 		"/usr/bin/hotplug-agent": {HostPath: agentBin, Mode: 0o755},
 		"/etc/testvm/start.sh":   {Data: []byte(start), Mode: 0o755},
@@ -174,6 +201,7 @@ name = "guest"
 qmp = %q
 unplug_timeout = "60s"
 command_timeout = "60s"
+%s
 
 [vm.channel]
 type = "virtio-serial"
@@ -181,7 +209,7 @@ path = %q
 
 [vm.policy]
 %s
-`, s.EventLog, s.VM.QMPSocket(), s.VM.AgentSocket(), opts.Policy)
+`, s.EventLog, s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy)
 	if err := os.WriteFile(s.Config, []byte(cfg), 0o644); err != nil {
 		s.VM.Stop()
 		return nil, err
