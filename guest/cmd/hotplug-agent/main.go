@@ -17,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hotplugheaven/hotplug/guest/agent"
+	"github.com/hotplugheaven/hotplug/guest/applog"
 	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/guest/transport"
 )
@@ -42,6 +43,8 @@ type fileConfig struct {
 	LogFormat     string   `toml:"log_format"` // text or json
 	ProcRoot      string   `toml:"proc_root"`
 	SysRoot       string   `toml:"sys_root"`
+	AppsDir       string   `toml:"apps_dir"`  // per-application log configs (gray-box)
+	StateDir      string   `toml:"state_dir"` // log positions kept across restarts
 }
 
 type duration struct{ time.Duration }
@@ -63,6 +66,7 @@ func defaults() fileConfig {
 		Interval: duration{5 * time.Second}, AutoOnline: &on,
 		OnlineTimeout: duration{20 * time.Second}, QueueSize: 12,
 		LogLevel: "info", LogFormat: "text",
+		AppsDir: applog.DefaultDir, StateDir: applog.DefaultStateDir,
 	}
 }
 
@@ -176,10 +180,16 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 
+	apps, err := loadAppLogs(cfg.AppsDir, cfg.StateDir, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
+		return 2
+	}
 	a, err := agent.New(agent.Config{
 		Interval: cfg.Interval.Duration, AutoOnline: *cfg.AutoOnline, OnlineTimeout: cfg.OnlineTimeout.Duration,
 		QueueSize: cfg.QueueSize, Version: version,
 		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot},
+		Extras:    []agent.Extra{apps},
 	}, dialer, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
@@ -189,7 +199,12 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	logger.Info("starting", "version", version, "transport", dialer.String(), "interval", cfg.Interval.Duration,
 		"auto_online", *cfg.AutoOnline)
+	appsDone := make(chan error, 1)
+	go func() { appsDone <- apps.Run(ctx) }()
 	a.Run(ctx)
+	if err := <-appsDone; err != nil {
+		logger.Warn("application logs", "error", err)
+	}
 	logger.Info("stopped")
 	return 0
 }
