@@ -85,6 +85,15 @@ func (fr *Reader) Next() (Message, error) {
 	return Decode(t, payload)
 }
 
+// WaitData blocks until at least one byte can be read (or the stream
+// fails), without consuming it. A reader that allows a peer to stay silent
+// but not to trickle can wait here without a deadline and set one for the
+// frame that follows.
+func (fr *Reader) WaitData() error {
+	_, err := fr.r.Peek(1)
+	return err
+}
+
 // Resync discards bytes until the next frame magic, reading at most limit
 // bytes. It lets a reader recover from bytes left over from an earlier
 // connection on a stream that outlives connections (virtio-serial).

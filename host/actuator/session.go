@@ -29,6 +29,11 @@ const (
 
 var sessionIDs atomic.Uint64
 
+var (
+	errSilent      = errors.New("agent silent")
+	errAgentClosed = errors.New("agent closed the connection")
+)
+
 // session is one accepted, greeted agent connection.
 type session struct {
 	id      uint64
@@ -75,53 +80,75 @@ func (v *VM) serveChannel(ctx context.Context, ch channel.Channel) {
 			}
 			v.log.Warn("agent channel accept failed", "channel", ch.String(), "error", err)
 			failures++
-			if sleepCtx(ctx, retryDelay(failures)) != nil {
+			if sleepCtx(ctx, v.retryDelay(failures)) != nil {
 				return
 			}
 			continue
 		}
-		err = v.serveConn(ctx, conn, ch)
+		greeted, err := v.serveConn(ctx, conn, ch)
 		conn.Close()
 		if ctx.Err() != nil {
 			return
 		}
 		v.log.Warn("agent connection ended", "channel", ch.String(), "reason", err)
 		// A channel we dial (virtio-serial) would otherwise spin on a port
-		// whose guest side is closed; a listener only delays the next accept.
+		// whose guest side is closed, and a guest reconnecting in a loop
+		// would cost a handshake each time: wait longer after each failed
+		// connection, and start again from short once an agent got in.
+		if greeted {
+			failures = 0
+		}
 		failures++
-		if sleepCtx(ctx, retryDelay(failures)) != nil {
+		if sleepCtx(ctx, v.retryDelay(failures)) != nil {
 			return
 		}
 	}
 }
 
 // serveConn runs one connection: Hello, Welcome, then messages until error.
-func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) error {
+// greeted reports whether the handshake succeeded.
+func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (greeted bool, err error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	r := proto.NewReader(conn, 0)
 	s, err := v.handshake(conn, r, ch)
 	if err != nil {
-		return err
+		if ctx.Err() == nil {
+			v.obs.rejected(v.name, RejectHandshake)
+		}
+		return false, err
 	}
 	v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
 		"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
 	if !v.deliver(ctx, evSession{s: s}) {
-		return ctx.Err()
+		return true, ctx.Err()
 	}
 	err = v.readLoop(ctx, s, r)
+	if ctx.Err() == nil {
+		switch {
+		case errors.Is(err, errSilent):
+			v.obs.rejected(v.name, RejectSilent)
+		case !errors.Is(err, errAgentClosed):
+			v.obs.rejected(v.name, RejectFraming)
+		}
+	}
 	v.deliver(ctx, evClosed{s: s, err: err})
-	return err
+	return true, err
 }
 
 // handshake waits for a Hello, skipping what an earlier connection left in
 // the stream, and answers it.
 func (v *VM) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*session, error) {
-	// On virtio-serial the agent may be idle for long; on a listener a
-	// silent peer is holding a connection slot.
-	if _, dialled := ch.(*channel.VirtioSerial); !dialled {
-		_ = conn.SetReadDeadline(time.Now().Add(v.helloTimeout))
+	// On virtio-serial a guest without a running agent says nothing for as
+	// long as it likes, and that costs nothing; on a listener a silent peer
+	// holds a connection slot. Either way, from its first byte a peer has
+	// helloTimeout to complete a Hello: trickling one is refused.
+	if _, dialled := ch.(*channel.VirtioSerial); dialled {
+		if err := r.WaitData(); err != nil {
+			return nil, fmt.Errorf("waiting for Hello: %w", err)
+		}
 	}
+	_ = conn.SetReadDeadline(time.Now().Add(v.helloTimeout))
 	skippedBytes, skippedFrames := 0, 0
 	for {
 		t, payload, err := r.ReadFrame()
@@ -174,10 +201,10 @@ func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
 		t, payload, err := r.ReadFrame()
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return fmt.Errorf("agent silent for %v", v.idleTimeout())
+				return fmt.Errorf("%w for %v", errSilent, v.idleTimeout())
 			}
 			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("agent closed the connection")
+				return errAgentClosed
 			}
 			return err // framing lost: bad magic, oversized, truncated
 		}
@@ -216,9 +243,9 @@ func (v *VM) deliver(ctx context.Context, ev any) bool {
 	}
 }
 
-func retryDelay(failures int) time.Duration {
+func (v *VM) retryDelay(failures int) time.Duration {
 	d := 250 * time.Millisecond << min(failures, 5)
-	return min(d, 5*time.Second)
+	return min(d, v.maxBackoff)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -35,6 +35,9 @@ type VMConfig struct {
 	AgentTimeout time.Duration
 	// ProcRoot is where the host's /proc is (tests); default /proc.
 	ProcRoot string
+	// MaxBackoff caps the wait before serving the VM's channel again after
+	// a failed connection (default 5 s).
+	MaxBackoff time.Duration
 }
 
 // VM controls one virtual machine: it owns the agent session, the engine
@@ -78,6 +81,7 @@ type VM struct {
 	agentSeen         time.Time // last time an agent session existed (or start)
 	meter             *hostMeter
 	procRoot          string
+	maxBackoff        time.Duration
 	unreachableLogged bool
 
 	mu       sync.Mutex // guards the snapshot fields below for Status
@@ -169,6 +173,10 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, lo
 	}
 	if v.procRoot == "" {
 		v.procRoot = "/proc"
+	}
+	v.maxBackoff = cfg.MaxBackoff
+	if v.maxBackoff <= 0 {
+		v.maxBackoff = 5 * time.Second
 	}
 	v.interval.Store(int64(cfg.Policy.Interval))
 	v.snapshot.Name = cfg.Name
