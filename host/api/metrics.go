@@ -1,0 +1,271 @@
+package api
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const namespace = "hotplug"
+
+// rejectReasons are every actuator.Reject constant, so each VM's receive
+// error counters exist (at zero) before the first error.
+var rejectReasons = []string{actuator.RejectMalformed, actuator.RejectUnknownType, actuator.RejectInvalid,
+	actuator.RejectReplayed, actuator.RejectFraming, actuator.RejectHandshake, actuator.RejectSilent}
+
+// latencyBuckets span a KVM plug (milliseconds) to a slow TCG guest
+// onlining a CPU or ejecting one (tens of seconds).
+var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// Metrics is the actuator observer behind /metrics, on its own registry:
+// counters and histograms are fed by the observer calls, per-VM gauges
+// are read from the actuator's status at scrape time so they are never
+// stale.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	actions    *prometheus.CounterVec
+	logErrors  *prometheus.CounterVec
+	rejected   *prometheus.CounterVec
+	plug       *prometheus.HistogramVec
+	unplug     *prometheus.HistogramVec
+	step       *prometheus.HistogramVec
+	vms        *vmCollector
+	attachOnce sync.Once
+}
+
+var _ actuator.Observer = (*Metrics)(nil)
+
+// NewMetrics builds the registry with the event counters and histograms
+// and the Go and process collectors. The per-VM gauges are added when a
+// Server is built on it (they need the actuator).
+func NewMetrics() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.actions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "scaling_actions_total",
+		Help: "Scaling events committed, by VM, kind (scale_up, scale_down, reconcile, rollback) and outcome (ok, failed, rolled_back, partial)."},
+		[]string{"vm", "kind", "outcome"})
+	m.logErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "event_log_write_errors_total",
+		Help: "Scaling events that could not be written to the event log."}, []string{"vm"})
+	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "report_receive_errors_total",
+		Help: "Messages or connections from a VM's agent refused, by reason (malformed, unknown_type, invalid, replayed, framing, handshake, silent)."},
+		[]string{"vm", "reason"})
+	m.plug = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "vcpu_plug_duration_seconds",
+		Help:    "Time to add one vCPU: hypervisor plug, guest online and confirmation, for each vCPU added successfully.",
+		Buckets: latencyBuckets}, []string{"vm"})
+	m.unplug = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "vcpu_unplug_duration_seconds",
+		Help:    "Time to remove one vCPU: guest offline and hypervisor unplug until the guest ejected it, for each vCPU removed successfully.",
+		Buckets: latencyBuckets}, []string{"vm"})
+	m.step = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "scaling_step_duration_seconds",
+		Help:    "Duration of each step of a scaling action (plug, online, confirm, offline, unplug, rollback_*), failed ones included.",
+		Buckets: latencyBuckets}, []string{"step", "ok"})
+	m.reg.MustRegister(m.actions, m.logErrors, m.rejected, m.plug, m.unplug, m.step,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry is the metrics' own registry.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// attach adds the per-VM gauges read from act, once.
+func (m *Metrics) attach(act *actuator.Actuator) {
+	m.attachOnce.Do(func() {
+		m.vms = newVMCollector(act)
+		m.reg.MustRegister(m.vms)
+		for _, v := range act.VMs() {
+			m.logErrors.WithLabelValues(v.Name())
+			for _, r := range rejectReasons {
+				m.rejected.WithLabelValues(v.Name(), r)
+			}
+		}
+	})
+}
+
+// Report implements actuator.Observer; the gauges read the status at
+// scrape time.
+func (m *Metrics) Report(string, actuator.Status) {}
+
+// Decision implements actuator.Observer.
+func (m *Metrics) Decision(string, engine.Decision, time.Time) {}
+
+// Rejected implements actuator.Observer.
+func (m *Metrics) Rejected(vm, reason string) { m.rejected.WithLabelValues(vm, reason).Inc() }
+
+// Event implements actuator.Observer: it counts the action and observes
+// its per-vCPU latencies from the event's steps.
+func (m *Metrics) Event(ev eventlog.Event, committed bool) {
+	if !committed {
+		m.logErrors.WithLabelValues(ev.VM).Inc()
+	}
+	m.actions.WithLabelValues(ev.VM, ev.Kind, ev.Outcome).Inc()
+	for _, s := range ev.Steps {
+		m.step.WithLabelValues(s.Name, strconv.FormatBool(s.OK)).Observe(s.DurationMS / 1000)
+	}
+	for _, l := range vcpuLatencies(ev.Steps) {
+		if l.up {
+			m.plug.WithLabelValues(ev.VM).Observe(l.seconds)
+		} else {
+			m.unplug.WithLabelValues(ev.VM).Observe(l.seconds)
+		}
+	}
+}
+
+type vcpuLatency struct {
+	up      bool
+	seconds float64
+}
+
+// vcpuLatencies splits an event's steps into one sequence per vCPU and
+// returns the duration of each that succeeded. A scale-up repeats plug,
+// online, confirm (plug, confirm without an agent); a scale-down offline,
+// unplug (unplug alone without an agent). A failed step or a rollback
+// ends a sequence without a latency: a failure's duration says how long
+// a timeout is, not how fast hot-plug is.
+func vcpuLatencies(steps []eventlog.Step) []vcpuLatency {
+	var out []vcpuLatency
+	open, up := false, false
+	acc := 0.0
+	for _, s := range steps {
+		if !s.OK {
+			open = false
+			continue
+		}
+		d := s.DurationMS / 1000
+		switch s.Name {
+		case "plug":
+			open, up, acc = true, true, d
+		case "online":
+			if open && up {
+				acc += d
+			}
+		case "confirm":
+			if open && up {
+				out = append(out, vcpuLatency{up: true, seconds: acc + d})
+			}
+			open = false
+		case "offline":
+			open, up, acc = true, false, d
+		case "unplug":
+			if !open || up {
+				acc = 0
+			}
+			out = append(out, vcpuLatency{up: false, seconds: acc + d})
+			open = false
+		default: // rollback_unplug, rollback_online, …
+			open = false
+		}
+	}
+	return out
+}
+
+// vmCollector reads every VM's status at scrape time.
+type vmCollector struct {
+	act  *actuator.Actuator
+	desc map[string]*prometheus.Desc
+}
+
+func newVMCollector(act *actuator.Actuator) *vmCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, append([]string{"vm"}, labels...), nil)
+	}
+	return &vmCollector{act: act, desc: map[string]*prometheus.Desc{
+		"vcpus":         d("vm_vcpus", "vCPUs plugged, as the hypervisor reports."),
+		"online":        d("vm_online_vcpus", "vCPUs online in the guest, from its latest report."),
+		"target":        d("vm_target_vcpus", "vCPUs the last decision asked for."),
+		"min":           d("vm_policy_min_vcpus", "The policy's minimum vCPUs."),
+		"max":           d("vm_policy_max_vcpus", "The policy's maximum vCPUs."),
+		"util":          d("vm_cpu_utilisation_ratio", "CPU demand divided by online vCPUs in the latest report (above 1: tasks waiting for a CPU)."),
+		"demand":        d("vm_cpu_demand", "CPUs' worth of work wanted in the latest report: busy CPUs plus tasks waiting for a CPU."),
+		"runq":          d("vm_runqueue_latency_seconds", "Run-queue latency (wake-up to running) over the latest report's interval, by percentile (50, 95, 99). A gauge, not a summary: the guest sends percentiles, not counts.", "percentile"),
+		"resp":          d("vm_app_response_time_seconds", "An application's p95 response time in the latest report.", "app"),
+		"sla":           d("vm_app_sla_seconds", "An application's SLA bound on response time: its percentile target, or else its mean.", "app"),
+		"slaratio":      d("vm_app_response_time_sla_ratio", "An application's p95 response time divided by its SLA bound (above 1: SLA at risk).", "app"),
+		"hotspot":       d("vm_hotspot", "1 when the last decision found the VM short of CPU, else 0."),
+		"paused":        d("vm_paused", "1 when an operator paused scaling of the VM."),
+		"connected":     d("vm_agent_connected", "1 when the VM's agent is connected."),
+		"reachable":     d("vm_hypervisor_reachable", "1 when the VM's hypervisor answers."),
+		"degraded":      d("vm_degraded", "1 when the VM's last scaling action failed."),
+		"reports":       d("vm_reports_total", "Reports accepted from the VM's agent since the actuator started."),
+		"decisionTime":  d("vm_last_decision_timestamp_seconds", "Unix time of the VM's last decision."),
+		"host_budget":   prometheus.NewDesc("hotplug_host_vcpu_budget", "Cap on the sum of vCPUs over all VMs; 0 means none.", nil, nil),
+		"host_vcpus":    prometheus.NewDesc("hotplug_host_vcpus", "Sum of vCPUs plugged over all VMs.", nil, nil),
+		"decisionRules": d("vm_last_decision_info", "The VM's last decision: always 1, with its action and rule as labels.", "action", "rule"),
+	}}
+}
+
+// Describe implements prometheus.Collector.
+func (c *vmCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.desc {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(key string, v float64, labels ...string) {
+		// Label values can come from a guest (application names): one
+		// that is not UTF-8 is left out rather than failing the scrape.
+		if m, err := prometheus.NewConstMetric(c.desc[key], prometheus.GaugeValue, finite(v), labels...); err == nil {
+			ch <- m
+		}
+	}
+	b := func(x bool) float64 {
+		if x {
+			return 1
+		}
+		return 0
+	}
+	for _, v := range c.act.VMs() {
+		view := viewOf(v.Status())
+		st, n := view.Status, v.Name()
+		gauge("vcpus", float64(st.Current), n)
+		gauge("online", float64(st.Online), n)
+		gauge("target", float64(st.Target), n)
+		gauge("min", float64(st.Policy.MinVCPUs), n)
+		gauge("max", float64(st.Policy.MaxVCPUs), n)
+		gauge("hotspot", b(view.Hotspot), n)
+		gauge("paused", b(st.Paused), n)
+		gauge("connected", b(st.Connected), n)
+		gauge("reachable", b(st.Reachable), n)
+		gauge("degraded", b(st.Degraded != ""), n)
+		ch <- prometheus.MustNewConstMetric(c.desc["reports"], prometheus.CounterValue, float64(st.ReportsSeen), n)
+		if !st.LastDecisionAt.IsZero() {
+			gauge("decisionTime", float64(st.LastDecisionAt.UnixNano())/1e9, n)
+			gauge("decisionRules", 1, n, st.LastDecision.Action.String(), st.LastDecision.Rule)
+		}
+		if st.Signals.At.IsZero() {
+			continue // no report yet: no measurement to show
+		}
+		gauge("util", st.Signals.Utilisation, n)
+		gauge("demand", st.Signals.Demand, n)
+		if st.Signals.RunQSource != "" {
+			gauge("runq", st.Signals.RunQP50, n, "50")
+			gauge("runq", st.Signals.RunQP95, n, "95")
+			gauge("runq", st.Signals.RunQP99, n, "99")
+		}
+		seen := map[string]bool{}
+		for _, a := range st.Signals.Apps {
+			if seen[a.Name] {
+				continue // a guest naming two applications alike must not break the scrape
+			}
+			seen[a.Name] = true
+			gauge("resp", a.RespP95, n, a.Name)
+			if sla := slaOf(a); sla > 0 {
+				gauge("sla", sla, n, a.Name)
+				gauge("slaratio", a.RespP95/sla, n, a.Name)
+			}
+		}
+	}
+	limit, used := c.act.Budget()
+	ch <- prometheus.MustNewConstMetric(c.desc["host_budget"], prometheus.GaugeValue, float64(limit))
+	ch <- prometheus.MustNewConstMetric(c.desc["host_vcpus"], prometheus.GaugeValue, float64(used))
+}
+
+// VMCollector is the collector of the per-VM gauges (nil before a Server
+// was built on these metrics), for tests and linting.
+func (m *Metrics) VMCollector() prometheus.Collector { return m.vms }

@@ -1,0 +1,346 @@
+// Package api is the actuator's HTTP API: VM status with the reasons for
+// each decision, the event log, a live stream of reports, decisions and
+// scaling events, operator controls, Prometheus metrics and the embedded
+// dashboard. It is served on a unix socket (access by file permissions)
+// and, optionally, on TCP with a bearer token.
+//
+// Every client is untrusted: request bodies are bounded, invalid input
+// is a 4xx naming the field, and nothing a client sends or fails to read
+// can block a VM's controller. The package decides nothing about scaling
+// and changes VMs only through the actuator's controls.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Actuator is the actuator served. Required.
+	Actuator *actuator.Actuator
+	// Hub and Metrics are the observers given to actuator.New; nil
+	// disables /v1/stream and /metrics.
+	Hub     *Hub
+	Metrics *Metrics
+	// EventLog is the path of the event log file.
+	EventLog string
+	// Version is reported by /healthz.
+	Version string
+	Logger  hclog.Logger
+}
+
+// Server serves the API.
+type Server struct {
+	act      *actuator.Actuator
+	hub      *Hub
+	metrics  *Metrics
+	eventLog string
+	version  string
+	log      hclog.Logger
+	handler  http.Handler
+	started  time.Time
+
+	done     chan struct{} // closed by Shutdown: ends streams
+	doneOnce sync.Once
+	mu       sync.Mutex
+	servers  []*http.Server
+}
+
+// Request limits.
+const (
+	maxBody        = 64 << 10
+	maxHeaderBytes = 32 << 10
+	controlTimeout = 10 * time.Minute // a manual resize may unplug several CPUs, each waiting for the guest
+)
+
+// New builds the server. It opens no socket: see Serve.
+func New(o Options) (*Server, error) {
+	if o.Actuator == nil {
+		return nil, errors.New("api: no actuator")
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	s := &Server{act: o.Actuator, hub: o.Hub, metrics: o.Metrics, eventLog: o.EventLog, version: o.Version,
+		log: o.Logger, started: time.Now(), done: make(chan struct{})}
+	if s.hub == nil {
+		s.hub = NewHub() // never fed: the stream stays silent
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.serveHealth)
+	mux.HandleFunc("GET /v1/vms", s.serveVMs)
+	mux.HandleFunc("GET /v1/vms/{id}", s.withVM(s.serveVM))
+	mux.HandleFunc("GET /v1/vms/{id}/history", s.withVM(s.serveHistory))
+	mux.HandleFunc("PUT /v1/vms/{id}/policy", s.withVM(s.servePolicy))
+	mux.HandleFunc("POST /v1/vms/{id}/pause", s.withVM(s.servePause))
+	mux.HandleFunc("POST /v1/vms/{id}/resume", s.withVM(s.serveResume))
+	mux.HandleFunc("POST /v1/vms/{id}/vcpus", s.withVM(s.serveVCPUs))
+	mux.HandleFunc("GET /v1/events", s.serveEvents)
+	mux.HandleFunc("GET /v1/stream", s.serveStream)
+	if s.metrics != nil {
+		s.metrics.attach(s.act)
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{
+			ErrorLog: stdLog(s.log), MaxRequestsInFlight: 4, Timeout: 10 * time.Second}))
+	}
+	mux.Handle("GET /", dashboard())
+	// A browser page of another site must not drive the actuator through
+	// a user's forwarded socket or token (CSRF): unsafe methods from a
+	// cross-origin browser context are refused.
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusForbidden, "", "cross-origin request refused")
+	}))
+	s.handler = cop.Handler(recoverer(s.log, mux))
+	return s, nil
+}
+
+// Handler is the API without authentication, as served on the unix
+// socket (whose file mode is the access control).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Serve serves the API on ln until ctx ends or Shutdown. With a token,
+// every request but /healthz and the dashboard's static files needs
+// "Authorization: Bearer TOKEN".
+func (s *Server) Serve(ctx context.Context, ln net.Listener, token *Token) error {
+	h := s.handler
+	if token != nil {
+		h = token.require(h)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: maxHeaderBytes, ErrorLog: stdLog(s.log),
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	s.mu.Lock()
+	select {
+	case <-s.done:
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	default:
+	}
+	s.servers = append(s.servers, srv)
+	s.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { s.Shutdown() })
+	defer stop()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops every Serve: streams end at once, other requests get up
+// to five seconds to finish.
+func (s *Server) Shutdown() {
+	s.doneOnce.Do(func() { close(s.done) })
+	s.mu.Lock()
+	servers := s.servers
+	s.servers = nil
+	s.mu.Unlock()
+	for _, srv := range servers {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
+		cancel()
+	}
+}
+
+// Health is the answer to GET /healthz.
+type Health struct {
+	Status        string  `json:"status"` // "ok"
+	Version       string  `json:"version"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	VMs           int     `json:"vms"`
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version,
+		UptimeSeconds: time.Since(s.started).Seconds(), VMs: len(s.act.VMs())})
+}
+
+// VMList is the answer to GET /v1/vms.
+type VMList struct {
+	VMs  []VM `json:"vms"`
+	Host Host `json:"host"`
+}
+
+// Host is the host-wide budget.
+type Host struct {
+	// VCPUBudget caps the sum of vCPUs over all VMs; 0 means none.
+	VCPUBudget int `json:"vcpu_budget"`
+	// VCPUs is the sum of vCPUs plugged over all VMs.
+	VCPUs int `json:"vcpus"`
+}
+
+func (s *Server) serveVMs(w http.ResponseWriter, r *http.Request) {
+	list := VMList{VMs: []VM{}}
+	for _, v := range s.act.VMs() {
+		list.VMs = append(list.VMs, viewOf(v.Status()))
+	}
+	list.Host.VCPUBudget, list.Host.VCPUs = s.act.Budget()
+	writeJSON(w, http.StatusOK, list)
+}
+
+// withVM resolves {id} to a VM or answers 404.
+func (s *Server) withVM(h func(http.ResponseWriter, *http.Request, *actuator.VM)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		v := s.act.VM(id)
+		if v == nil {
+			writeError(w, http.StatusNotFound, "id", fmt.Sprintf("no VM named %q", clip(id)))
+			return
+		}
+		h(w, r, v)
+	}
+}
+
+func (s *Server) serveVM(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
+	writeJSON(w, http.StatusOK, viewOf(v.Status()))
+}
+
+// History is the answer to GET /v1/vms/{id}/history.
+type History struct {
+	Points []Point `json:"points"`
+}
+
+func (s *Server) serveHistory(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
+	writeJSON(w, http.StatusOK, History{Points: s.hub.History(v.Name())})
+}
+
+func (s *Server) servePause(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
+	s.control(w, r, v, "pause", func(ctx context.Context) error { return v.Pause(ctx) })
+}
+
+func (s *Server) serveResume(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
+	s.control(w, r, v, "resume", func(ctx context.Context) error { return v.Resume(ctx) })
+}
+
+// VCPUsRequest is the body of POST /v1/vms/{id}/vcpus.
+type VCPUsRequest struct {
+	VCPUs int `json:"vcpus"`
+}
+
+func (s *Server) serveVCPUs(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
+	var req VCPUsRequest
+	if aerr := decodeBody(w, r, &req, map[string]bool{"vcpus": true}); aerr != nil {
+		aerr.write(w)
+		return
+	}
+	if req.VCPUs < 1 || req.VCPUs > 1024 {
+		writeError(w, http.StatusBadRequest, "vcpus", fmt.Sprintf("must be from 1 to 1024, got %d", req.VCPUs))
+		return
+	}
+	s.control(w, r, v, fmt.Sprintf("set vcpus to %d", req.VCPUs), func(ctx context.Context) error { return v.SetVCPUs(ctx, req.VCPUs) })
+}
+
+// control runs an operator action and answers with the VM's view.
+func (s *Server) control(w http.ResponseWriter, r *http.Request, v *actuator.VM, what string, f func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(r.Context(), controlTimeout)
+	defer cancel()
+	err := f(ctx)
+	s.log.Info("operator request", "vm", v.Name(), "action", what, "remote", remote(r), "error", err)
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, viewOf(v.Status()))
+	case errors.As(err, new(*engine.FieldError)):
+		policyError(w, err)
+	case errors.Is(err, actuator.ErrNotRunning):
+		writeError(w, http.StatusServiceUnavailable, "", fmt.Sprintf("vm %s: %v", v.Name(), err))
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		writeError(w, http.StatusGatewayTimeout, "", fmt.Sprintf("vm %s: %s did not finish in time; it may still complete (see the events)", v.Name(), what))
+	default:
+		// The actuator tried and the hypervisor or guest failed.
+		writeError(w, http.StatusBadGateway, "", fmt.Sprintf("vm %s: %s: %v", v.Name(), what, err))
+	}
+}
+
+func stdLog(l hclog.Logger) *log.Logger {
+	return l.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+}
+
+func remote(r *http.Request) string {
+	if r.RemoteAddr == "" || r.RemoteAddr == "@" {
+		return "unix"
+	}
+	return r.RemoteAddr
+}
+
+// Error is the body of every error answer.
+type Error struct {
+	Error string `json:"error"`
+	// Field names the request field or parameter at fault, when one is.
+	Field string `json:"field,omitempty"`
+}
+
+type apiError struct {
+	status int
+	Error
+}
+
+func (e *apiError) write(w http.ResponseWriter) { writeJSON(w, e.status, e.Error) }
+
+func badRequest(field, msg string) *apiError {
+	return &apiError{status: http.StatusBadRequest, Error: Error{Field: field, Error: fieldMsg(field, msg)}}
+}
+
+func fieldMsg(field, msg string) string {
+	if field == "" {
+		return msg
+	}
+	return field + ": " + msg
+}
+
+func writeError(w http.ResponseWriter, status int, field, msg string) {
+	writeJSON(w, status, Error{Error: fieldMsg(field, msg), Field: field})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(Error{Error: "encoding the answer: " + err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// clip shortens client-supplied text echoed in an error.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// recoverer turns a panic in a handler into a 500 rather than a dropped
+// connection with no explanation (net/http would recover it too, but
+// silently to the client).
+func recoverer(log hclog.Logger, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				log.Error("API handler panicked", "method", r.Method, "path", r.URL.Path, "panic", p)
+				writeError(w, http.StatusInternalServerError, "", "internal error (logged)")
+			}
+		}()
+		h.ServeHTTP(w, r)
+	})
+}

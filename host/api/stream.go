@@ -1,0 +1,358 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+)
+
+// Stream message types (the SSE "event:" field).
+const (
+	TypeReport   = "report"   // a report was accepted; data is the VM view after it
+	TypeDecision = "decision" // the engine decided; data is a DecisionMessage
+	TypeEvent    = "event"    // a scaling event; data is an EventMessage
+	TypeRejected = "rejected" // a message from an agent was refused; data is a RejectedMessage
+	TypeMissed   = "missed"   // this client fell behind; data is a MissedMessage
+)
+
+var streamTypes = []string{TypeReport, TypeDecision, TypeEvent, TypeRejected}
+
+// DecisionMessage is the data of a "decision" stream message.
+type DecisionMessage struct {
+	VM       string          `json:"vm"`
+	At       time.Time       `json:"at"`
+	Decision engine.Decision `json:"decision"`
+}
+
+// EventMessage is the data of an "event" stream message: the event as it
+// is (or would have been) written to the event log.
+type EventMessage struct {
+	Event eventlog.Event `json:"event"`
+	// Committed is false when the event could not be written to the log.
+	Committed bool `json:"committed"`
+}
+
+// RejectedMessage is the data of a "rejected" stream message.
+type RejectedMessage struct {
+	VM     string `json:"vm"`
+	Reason string `json:"reason"`
+}
+
+// MissedMessage tells a client how many messages it did not get because
+// it read too slowly.
+type MissedMessage struct {
+	Missed uint64 `json:"missed"`
+}
+
+// Limits of the stream.
+const (
+	// clientBuffer is how many messages wait for a slow client before it
+	// starts missing them.
+	clientBuffer = 256
+	// dropAfterMissed disconnects a client that missed this many messages
+	// in a row without reading any: it is not reading at all.
+	dropAfterMissed = 4 * clientBuffer
+	// maxClients bounds concurrent stream clients; more get 503.
+	maxClients = 64
+	// historyLen is how many points per VM the hub keeps for a dashboard
+	// opened late (an hour at 5 s).
+	historyLen = 720
+	// keepalive is the comment line sent to idle clients, so proxies and
+	// dead peers are noticed.
+	keepalive = 15 * time.Second
+	// streamWriteTimeout drops a client whose socket stays full.
+	streamWriteTimeout = 10 * time.Second
+)
+
+// message is one encoded stream message.
+type message struct {
+	id   uint64
+	typ  string
+	vm   string
+	data []byte
+}
+
+// Hub is the actuator observer behind GET /v1/stream: it encodes each
+// report, decision, event and rejection once and hands it to every
+// subscribed client without ever waiting for one. Each client has a
+// bounded buffer; a client that falls behind is told how many messages
+// it missed, and one that stops reading altogether is dropped.
+//
+// It also keeps the last historyLen points of each VM for the dashboard.
+type Hub struct {
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	clients map[*client]struct{}
+	history map[string]*ring
+}
+
+var _ actuator.Observer = (*Hub)(nil)
+
+// NewHub returns a hub with no clients.
+func NewHub() *Hub {
+	return &Hub{clients: map[*client]struct{}{}, history: map[string]*ring{}}
+}
+
+type client struct {
+	ch     chan message
+	vm     string          // empty: all VMs
+	types  map[string]bool // nil: all types
+	missed atomic.Uint64
+	gone   chan struct{} // closed when the hub drops the client
+	once   sync.Once
+}
+
+func (c *client) wants(m message) bool {
+	return (c.vm == "" || m.vm == "" || c.vm == m.vm) && (c.types == nil || c.types[m.typ])
+}
+
+func (c *client) drop() { c.once.Do(func() { close(c.gone) }) }
+
+// subscribe adds a client; it returns nil when there are too many.
+func (h *Hub) subscribe(vm string, types map[string]bool) *client {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.clients) >= maxClients {
+		return nil
+	}
+	c := &client{ch: make(chan message, clientBuffer), vm: vm, types: types, gone: make(chan struct{})}
+	h.clients[c] = struct{}{}
+	return c
+}
+
+func (h *Hub) unsubscribe(c *client) {
+	h.mu.Lock()
+	delete(h.clients, c)
+	h.mu.Unlock()
+	c.drop()
+}
+
+// Clients is the number of connected stream clients.
+func (h *Hub) Clients() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.clients)
+}
+
+// publish encodes v once and offers it to every client that wants it.
+// It never blocks: a full buffer counts a missed message instead.
+func (h *Hub) publish(typ, vm string, v any) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.clients) == 0 {
+		return
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		// Only NaN or infinite numbers from a guest get here; the
+		// report is already sanitised by the engine, so drop the message
+		// rather than the stream.
+		return
+	}
+	m := message{id: h.nextID.Add(1), typ: typ, vm: vm, data: data}
+	for c := range h.clients {
+		if !c.wants(m) {
+			continue
+		}
+		select {
+		case c.ch <- m:
+		default:
+			if c.missed.Add(1) >= dropAfterMissed {
+				delete(h.clients, c)
+				c.drop()
+			}
+		}
+	}
+}
+
+// Report implements actuator.Observer.
+func (h *Hub) Report(vm string, st actuator.Status) {
+	v := viewOf(st)
+	h.record(vm, v.Status)
+	h.publish(TypeReport, vm, v)
+}
+
+// Decision implements actuator.Observer.
+func (h *Hub) Decision(vm string, d engine.Decision, at time.Time) {
+	h.publish(TypeDecision, vm, DecisionMessage{VM: vm, At: at, Decision: d})
+}
+
+// Event implements actuator.Observer.
+func (h *Hub) Event(ev eventlog.Event, committed bool) {
+	h.publish(TypeEvent, ev.VM, EventMessage{Event: ev, Committed: committed})
+}
+
+// Rejected implements actuator.Observer.
+func (h *Hub) Rejected(vm, reason string) {
+	h.publish(TypeRejected, vm, RejectedMessage{VM: vm, Reason: reason})
+}
+
+// Point is one report's figures, as the dashboard charts them.
+type Point struct {
+	At          time.Time `json:"at"`
+	Utilisation float64   `json:"utilisation"`
+	RunQP95     float64   `json:"runq_p95_seconds,omitempty"`
+	Online      int       `json:"online_vcpus"`
+	Current     int       `json:"current_vcpus"`
+	// RespP95 and SLA are the first application's p95 response time and
+	// its SLA target, when the guest reports applications.
+	RespP95 float64 `json:"response_p95_seconds,omitempty"`
+	SLA     float64 `json:"sla_seconds,omitempty"`
+}
+
+func pointOf(st actuator.Status) Point {
+	p := Point{At: st.Signals.At, Utilisation: st.Signals.Utilisation, RunQP95: st.Signals.RunQP95,
+		Online: st.Online, Current: st.Current}
+	if len(st.Signals.Apps) > 0 {
+		a := st.Signals.Apps[0]
+		p.RespP95, p.SLA = a.RespP95, slaOf(a)
+	}
+	return p
+}
+
+// slaOf is the response-time bound an application's SLA sets: its
+// percentile target, or else its mean.
+func slaOf(a actuator.AppSignal) float64 {
+	if a.SLATarget > 0 {
+		return a.SLATarget
+	}
+	return a.SLAMean
+}
+
+// ring is a fixed-size history of points.
+type ring struct {
+	pts  [historyLen]Point
+	next int
+	n    int
+}
+
+func (h *Hub) record(vm string, st actuator.Status) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.history[vm]
+	if r == nil {
+		r = &ring{}
+		h.history[vm] = r
+	}
+	r.pts[r.next] = pointOf(st)
+	r.next = (r.next + 1) % historyLen
+	r.n = min(r.n+1, historyLen)
+}
+
+// History returns the VM's recent points, oldest first.
+func (h *Hub) History(vm string) []Point {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.history[vm]
+	if r == nil {
+		return []Point{}
+	}
+	out := make([]Point, 0, r.n)
+	for i := range r.n {
+		out = append(out, r.pts[(r.next-r.n+i+historyLen)%historyLen])
+	}
+	return out
+}
+
+// serveStream is GET /v1/stream: server-sent events. Query: vm (one VM),
+// types (comma-separated subset of report, decision, event, rejected).
+func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	vm := q.Get("vm")
+	if vm != "" && s.act.VM(vm) == nil {
+		writeError(w, http.StatusNotFound, "vm", fmt.Sprintf("no VM named %q", vm))
+		return
+	}
+	var types map[string]bool
+	if t := q.Get("types"); t != "" {
+		types = map[string]bool{}
+		for _, x := range strings.Split(t, ",") {
+			if !slices.Contains(streamTypes, x) {
+				writeError(w, http.StatusBadRequest, "types", fmt.Sprintf("unknown type %q (known: %s)", x, strings.Join(streamTypes, ", ")))
+				return
+			}
+			types[x] = true
+		}
+	}
+	c := s.hub.subscribe(vm, types)
+	if c == nil {
+		writeError(w, http.StatusServiceUnavailable, "", fmt.Sprintf("too many stream clients (at most %d)", maxClients))
+		return
+	}
+	defer s.hub.unsubscribe(c)
+
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	write := func(f func() error) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		return f() == nil && rc.Flush() == nil
+	}
+	// Tell the client how long to wait before reconnecting, and that it
+	// is connected (EventSource fires open on the first bytes).
+	if !write(func() error { _, err := fmt.Fprint(w, "retry: 2000\n: connected\n\n"); return err }) {
+		return
+	}
+	tick := time.NewTicker(keepalive)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.done:
+			return
+		case <-c.gone:
+			// Dropped for not reading: it will not see this, but a
+			// client that was merely slow might.
+			write(func() error { return writeMessage(w, 0, TypeMissed, mustJSON(MissedMessage{Missed: c.missed.Load()})) })
+			return
+		case <-tick.C:
+			if !write(func() error { _, err := fmt.Fprint(w, ": keepalive\n\n"); return err }) {
+				return
+			}
+		case m := <-c.ch:
+			ok := write(func() error {
+				if n := c.missed.Swap(0); n > 0 {
+					if err := writeMessage(w, 0, TypeMissed, mustJSON(MissedMessage{Missed: n})); err != nil {
+						return err
+					}
+				}
+				return writeMessage(w, m.id, m.typ, m.data)
+			})
+			if !ok {
+				return
+			}
+		}
+	}
+}
+
+func writeMessage(w http.ResponseWriter, id uint64, typ string, data []byte) error {
+	var err error
+	if id > 0 {
+		_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, typ, data)
+	} else {
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", typ, data)
+	}
+	return err
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only for our own fixed types
+	}
+	return b
+}

@@ -1,0 +1,194 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+)
+
+// blockingWriter is a ResponseWriter whose writes wait until released:
+// a client that does not read.
+type blockingWriter struct {
+	header  http.Header
+	release chan struct{}
+	mu      sync.Mutex
+	buf     bytes.Buffer
+}
+
+func newBlockingWriter() *blockingWriter {
+	return &blockingWriter{header: http.Header{}, release: make(chan struct{})}
+}
+
+func (w *blockingWriter) Header() http.Header { return w.header }
+func (w *blockingWriter) WriteHeader(int)     {}
+func (w *blockingWriter) Flush()              {}
+func (w *blockingWriter) Write(b []byte) (int, error) {
+	<-w.release
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(b)
+}
+func (w *blockingWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+func streamServer(h *Hub) *Server {
+	return &Server{hub: h, done: make(chan struct{}), log: hclog.NewNullLogger()}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A client that stops reading must not hold up the observer, and is told
+// how many messages it missed once it reads again.
+func TestStreamSlowClientIsToldWhatItMissed(t *testing.T) {
+	h := NewHub()
+	s := streamServer(h)
+	w := newBlockingWriter()
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequestWithContext(ctx, "GET", "/v1/stream?types=decision", nil)
+	done := make(chan struct{})
+	go func() { s.serveStream(w, req); close(done) }()
+	waitUntil(t, "the client to subscribe", func() bool { return h.Clients() == 1 })
+
+	start := time.Now()
+	const sent = clientBuffer + 44
+	for i := range sent {
+		h.Decision("web", engine.Decision{Rule: "steady", From: i, To: i}, time.Now())
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("publishing to a client that does not read took %v: the actuator would stall", d)
+	}
+	close(w.release)
+	waitUntil(t, "the buffered messages", func() bool { return strings.Count(w.String(), "event: decision") == clientBuffer })
+	cancel()
+	<-done
+	out := w.String()
+	if !strings.Contains(out, "event: missed\ndata: {\"missed\":44}\n\n") {
+		t.Fatalf("no missed message for the 44 dropped, got:\n%.600s", out)
+	}
+	if strings.Index(out, "event: missed") > strings.Index(out, "event: decision") {
+		t.Error("the missed message should come before the next message delivered")
+	}
+	if h.Clients() != 0 {
+		t.Errorf("%d clients after the request ended", h.Clients())
+	}
+}
+
+// A client that never reads is dropped, freeing its slot.
+func TestStreamStuckClientIsDropped(t *testing.T) {
+	h := NewHub()
+	s := streamServer(h)
+	w := newBlockingWriter()
+	req := httptest.NewRequest("GET", "/v1/stream", nil)
+	done := make(chan struct{})
+	go func() { s.serveStream(w, req); close(done) }()
+	waitUntil(t, "the client to subscribe", func() bool { return h.Clients() == 1 })
+	for range clientBuffer + dropAfterMissed {
+		h.Event(eventlog.Event{VM: "web", Kind: "scale_up"}, true)
+	}
+	if h.Clients() != 0 {
+		t.Fatalf("a client that missed %d messages is still subscribed", dropAfterMissed)
+	}
+	close(w.release)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler of a dropped client did not return")
+	}
+}
+
+func TestStreamFiltersAndLimits(t *testing.T) {
+	h := NewHub()
+	s := streamServer(h)
+	rec := httptest.NewRecorder()
+	s.serveStream(rec, httptest.NewRequest("GET", "/v1/stream?types=report,bogus", nil))
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"field":"types"`) {
+		t.Fatalf("unknown type: %d %s", rec.Code, rec.Body)
+	}
+	var held []*client
+	for range maxClients {
+		held = append(held, h.subscribe("", nil))
+	}
+	rec = httptest.NewRecorder()
+	s.serveStream(rec, httptest.NewRequest("GET", "/v1/stream", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("client %d: status %d, want 503", maxClients+1, rec.Code)
+	}
+	for _, c := range held {
+		h.unsubscribe(c)
+	}
+
+	// A client for one VM and one type gets only those.
+	c := h.subscribe("db", map[string]bool{TypeEvent: true})
+	defer h.unsubscribe(c)
+	h.Event(eventlog.Event{VM: "web", Kind: "scale_up"}, true)
+	h.Rejected("db", actuator.RejectMalformed)
+	h.Event(eventlog.Event{VM: "db", Kind: "scale_down"}, true)
+	select {
+	case m := <-c.ch:
+		if m.vm != "db" || m.typ != TypeEvent || !strings.Contains(string(m.data), "scale_down") {
+			t.Fatalf("got %s %s %s", m.typ, m.vm, m.data)
+		}
+	default:
+		t.Fatal("no message for the subscribed VM and type")
+	}
+	if len(c.ch) != 0 {
+		t.Fatalf("%d messages of other VMs or types delivered", len(c.ch))
+	}
+}
+
+func TestHistoryKeepsTheLastPoints(t *testing.T) {
+	h := NewHub()
+	t0 := time.Now()
+	for i := range historyLen + 10 {
+		h.Report("web", actuator.Status{Name: "web", Online: 1 + i%3,
+			Signals: actuator.Signals{At: t0.Add(time.Duration(i) * time.Second), Utilisation: float64(i)}})
+	}
+	pts := h.History("web")
+	if len(pts) != historyLen || pts[0].Utilisation != 10 || pts[len(pts)-1].Utilisation != historyLen+9 {
+		t.Fatalf("history: %d points, first %v, last %v", len(pts), pts[0].Utilisation, pts[len(pts)-1].Utilisation)
+	}
+	if got := h.History("nobody"); got == nil || len(got) != 0 {
+		t.Fatalf("history of an unknown VM: %v", got)
+	}
+}
+
+// The observer calls are on the VM goroutines' path: benchmark them with
+// clients attached.
+func BenchmarkHubReport(b *testing.B) {
+	h := NewHub()
+	for range 8 {
+		c := h.subscribe("", nil)
+		go func() {
+			for range c.ch {
+			}
+		}()
+	}
+	st := actuator.Status{Name: "web", Policy: engine.DefaultPolicy(), Online: 4, Current: 4,
+		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQSource: "schedstat", RunQP95: 0.002}}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.Report("web", st)
+	}
+}
