@@ -143,35 +143,36 @@ func TestHostileGuests(t *testing.T) {
 				name   string
 				run    func(c net.Conn)
 				reason string // expected Rejected reason, "" if the drop is silent on the wire
+				count  int    // how many rejections at least (default 1)
 			}{
-				{"garbage bytes", func(c net.Conn) { c.Write([]byte("\x00\xffGET / HTTP/1.1\r\n\r\n")) }, RejectHandshake},
-				{"frame just over the limit", func(c net.Conn) { c.Write(hdr(proto.TypeHello, proto.MaxPayload+1)) }, RejectHandshake},
-				{"frame far over the limit", func(c net.Conn) { c.Write(hdr(proto.TypeHello, math.MaxUint32)) }, RejectHandshake},
+				{"garbage bytes", func(c net.Conn) { c.Write([]byte("\x00\xffGET / HTTP/1.1\r\n\r\n")) }, RejectHandshake, 1},
+				{"frame just over the limit", func(c net.Conn) { c.Write(hdr(proto.TypeHello, proto.MaxPayload+1)) }, RejectHandshake, 1},
+				{"frame far over the limit", func(c net.Conn) { c.Write(hdr(proto.TypeHello, math.MaxUint32)) }, RejectHandshake, 1},
 				{"slow-loris partial frame", func(c net.Conn) {
 					b := mustMarshal(t, hello())
 					for i := 0; i < 3; i++ { // one byte a little slower than never
 						c.Write(b[i : i+1])
 						time.Sleep(400 * time.Millisecond)
 					}
-				}, RejectHandshake},
+				}, RejectHandshake, 1},
 				{"msgpack bomb: huge declared array", func(c net.Conn) {
 					c.Write(append(hdr(proto.TypeHello, 11), 0x81, 0xa4, 'c', 'p', 'u', 's', 0xdd, 0xff, 0xff, 0xff, 0xff))
-				}, RejectHandshake},
+				}, RejectHandshake, 1},
 				{"msgpack bomb: deep nesting", func(c net.Conn) {
 					deep := bytes.Repeat([]byte{0x91}, 100000)
 					c.Write(append(hdr(proto.TypeHello, uint32(len(deep))), deep...))
-				}, RejectHandshake},
+				}, RejectHandshake, 1},
 				{"wrong protocol version", func(c net.Conn) {
 					h := hello()
 					h.MinVersion, h.MaxVersion = 7, 9
 					c.Write(mustMarshal(t, h))
-				}, RejectHandshake},
+				}, RejectHandshake, 1},
 				{"replayed and out-of-order reports", func(c net.Conn) {
 					c.Write(mustMarshal(t, hello()))
 					for _, seq := range []uint64{5, 5, 3, 4} {
 						c.Write(mustMarshal(t, &proto.Report{Seq: seq, IntervalNanos: int64(interval), Online: proto.NewCPUSet(0), Present: proto.NewCPUSet(0)}))
 					}
-				}, RejectReplayed},
+				}, RejectReplayed, 3},
 				{"absurd values", func(c net.Conn) {
 					c.Write(mustMarshal(t, hello()))
 					// Encoded by hand: Marshal of a valid message cannot carry NaN
@@ -187,7 +188,7 @@ func TestHostileGuests(t *testing.T) {
 						r.Online, r.Present = proto.NewCPUSet(0), proto.NewCPUSet(0)
 						c.Write(append(hdr(proto.TypeReport, 0)[:0], frameNoValidate(t, r)...))
 					}
-				}, RejectInvalid},
+				}, RejectInvalid, 5},
 				{"greedy but well-formed: 10⁵ tasks waiting", func(c net.Conn) {
 					c.Write(mustMarshal(t, hello()))
 					for i := uint64(1); i < 30; i++ {
@@ -195,7 +196,7 @@ func TestHostileGuests(t *testing.T) {
 							CPUs: []proto.CPUStat{{CPU: 0, Busy: 1}}, RunDelay: []proto.RunDelay{{CPU: 0, WaitNanos: uint64(1e5 * float64(interval))}}}))
 						time.Sleep(interval)
 					}
-				}, ""},
+				}, "", 0},
 			}
 			for _, a := range attacks {
 				r.rec.mu.Lock()
@@ -208,7 +209,7 @@ func TestHostileGuests(t *testing.T) {
 					waitFor(t, 15*time.Second, a.name+": rejected as "+a.reason, func() bool {
 						r.rec.mu.Lock()
 						defer r.rec.mu.Unlock()
-						return r.rec.rejected[a.reason] > before
+						return r.rec.rejected[a.reason] >= before+max(a.count, 1)
 					})
 				}
 				c.Close()

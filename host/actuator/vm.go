@@ -83,6 +83,7 @@ type VM struct {
 	procRoot          string
 	maxBackoff        time.Duration
 	unreachableLogged bool
+	skewLogged        bool
 
 	mu       sync.Mutex // guards the snapshot fields below for Status
 	snapshot Status
@@ -317,6 +318,16 @@ func (v *VM) handle(ctx context.Context, ev any, decide bool) {
 			v.log.Warn("report ignored: sequence number not increasing", "seq", r.Seq, "last", v.lastSeq)
 			return
 		}
+		if err := checkClock(r, ev.at); err != nil {
+			v.obs.rejected(v.name, RejectInvalid)
+			v.log.Warn("report ignored", "seq", r.Seq, "reason", err)
+			return
+		}
+		if skew := time.Duration(r.WallUnixNanos - ev.at.UnixNano()); (skew > 5*time.Minute || skew < -5*time.Minute) && !v.skewLogged {
+			v.skewLogged = true
+			v.log.Warn("guest clock differs from the host's; reports are stamped with the host's time, so scaling is unaffected",
+				"skew", skew.Round(time.Second), "hint", "run NTP or chrony in the guest")
+		}
 		v.lastSeq = r.Seq
 		if r.Dropped > 0 {
 			v.log.Warn("agent dropped reports while the actuator was unreachable", "dropped", r.Dropped)
@@ -337,6 +348,20 @@ func (v *VM) handle(ctx context.Context, ev any, decide bool) {
 		// An Ack nobody waits for (its command timed out): nothing to do.
 		v.log.Debug("late ack ignored", "id", ev.a.ID, "ok", ev.a.OK)
 	}
+}
+
+// checkClock refuses reports whose wall clock is not a clock at all: more
+// than a day ahead of the host or before 2001. A merely skewed guest clock
+// is tolerated (reports are stamped on arrival), and logged once.
+func checkClock(r *proto.Report, at time.Time) error {
+	wall := time.Unix(0, r.WallUnixNanos)
+	switch {
+	case wall.After(at.Add(24 * time.Hour)):
+		return fmt.Errorf("report %d is dated %s, more than a day ahead of the host", r.Seq, wall.UTC().Format(time.RFC3339))
+	case r.WallUnixNanos != 0 && wall.Before(time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)):
+		return fmt.Errorf("report %d is dated %s, before 2001", r.Seq, wall.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // signalsOf summarises a report for status and the API.
