@@ -300,7 +300,8 @@ func TestStreamCarriesReportsDecisionsAndEvents(t *testing.T) {
 				}
 			case api.TypeDecision:
 				var d api.DecisionMessage
-				if err := json.Unmarshal(data, &d); err != nil || d.VM != "web" || d.Decision.Rule == "" {
+				if err := json.Unmarshal(data, &d); err != nil || d.VM != "web" || d.Decision.Rule == "" ||
+					d.Explanation.Rule != d.Decision.Rule || d.Explanation.Text == "" {
 					t.Errorf("decision %s: %v", data, err)
 				}
 			case api.TypeEvent:

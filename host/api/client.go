@@ -266,14 +266,15 @@ func (v *VM) UnmarshalJSON(b []byte) error {
 
 // UnmarshalJSON reads a decision message written by the server.
 func (m *DecisionMessage) UnmarshalJSON(b []byte) error {
+	type plain DecisionMessage
 	var aux struct {
-		VM       string       `json:"vm"`
-		At       time.Time    `json:"at"`
+		plain
 		Decision decisionJSON `json:"decision"`
 	}
 	if err := json.Unmarshal(b, &aux); err != nil {
 		return err
 	}
-	*m = DecisionMessage{VM: aux.VM, At: aux.At, Decision: aux.Decision.decision()}
+	*m = DecisionMessage(aux.plain)
+	m.Decision = aux.Decision.decision()
 	return nil
 }

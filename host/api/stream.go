@@ -31,6 +31,10 @@ type DecisionMessage struct {
 	VM       string          `json:"vm"`
 	At       time.Time       `json:"at"`
 	Decision engine.Decision `json:"decision"`
+	// Hotspot and Explanation are as in the VM view once this decision
+	// is the VM's last.
+	Hotspot     bool        `json:"hotspot"`
+	Explanation Explanation `json:"explanation"`
 }
 
 // EventMessage is the data of an "event" stream message: the event as it
@@ -94,13 +98,14 @@ type Hub struct {
 	mu      sync.Mutex
 	clients map[*client]struct{}
 	history map[string]*ring
+	policy  map[string]engine.Policy // each VM's policy at its last report
 }
 
 var _ actuator.Observer = (*Hub)(nil)
 
 // NewHub returns a hub with no clients.
 func NewHub() *Hub {
-	return &Hub{clients: map[*client]struct{}{}, history: map[string]*ring{}}
+	return &Hub{clients: map[*client]struct{}{}, history: map[string]*ring{}, policy: map[string]engine.Policy{}}
 }
 
 type client struct {
@@ -184,7 +189,14 @@ func (h *Hub) Report(vm string, st actuator.Status) {
 
 // Decision implements actuator.Observer.
 func (h *Hub) Decision(vm string, d engine.Decision, at time.Time) {
-	h.publish(TypeDecision, vm, DecisionMessage{VM: vm, At: at, Decision: d})
+	h.mu.Lock()
+	p, ok := h.policy[vm]
+	h.mu.Unlock()
+	if !ok {
+		p = engine.DefaultPolicy() // no report yet: only Upper is used, to mark samples
+	}
+	x, hot := explanationOf(d, at, p)
+	h.publish(TypeDecision, vm, DecisionMessage{VM: vm, At: at, Decision: d, Hotspot: hot, Explanation: x})
 }
 
 // Event implements actuator.Observer.
@@ -244,6 +256,7 @@ func (h *Hub) record(vm string, st actuator.Status) {
 		r = &ring{}
 		h.history[vm] = r
 	}
+	h.policy[vm] = st.Policy
 	r.pts[r.next] = pointOf(st)
 	r.next = (r.next + 1) % historyLen
 	r.n = min(r.n+1, historyLen)

@@ -61,10 +61,16 @@ type ExplainedSample struct {
 
 func viewOf(st actuator.Status) VM {
 	sanitiseSignals(&st.Signals)
-	d := st.LastDecision
+	x, hot := explanationOf(st.LastDecision, st.LastDecisionAt, st.Policy)
+	return VM{Status: st, Hotspot: hot, Explanation: x}
+}
+
+// explanationOf explains decision d taken at at under policy p, and says
+// whether it found a hotspot.
+func explanationOf(d engine.Decision, at time.Time, p engine.Policy) (Explanation, bool) {
 	ev := d.Evidence
-	x := Explanation{Action: d.Action.String(), Rule: d.Rule, From: d.From, To: d.To, At: st.LastDecisionAt,
-		Reason: d.Reason, Upper: st.Policy.Upper, Above: ev.Above, K: ev.K, N: ev.N,
+	x := Explanation{Action: d.Action.String(), Rule: d.Rule, From: d.From, To: d.To, At: at,
+		Reason: d.Reason, Upper: p.Upper, Above: ev.Above, K: ev.K, N: ev.N,
 		Forecast: finite(ev.Forecast), PeakDemand: finite(ev.PeakDemand), Percentile: ev.Percentile,
 		WindowSamples: ev.Samples, Samples: make([]ExplainedSample, len(ev.Utilisation))}
 	for i, u := range ev.Utilisation {
@@ -80,7 +86,7 @@ func viewOf(st actuator.Status) VM {
 		}
 	}
 	x.Text = explain(x)
-	return VM{Status: st, Hotspot: hot, Explanation: x}
+	return x, hot
 }
 
 // explain renders an explanation as a paragraph.

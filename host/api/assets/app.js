@@ -305,12 +305,17 @@
     renderCard(v);
   }
 
-  async function loadAll() {
+  async function loadTable() {
     const list = await api('GET', '/v1/vms');
     const h = list.host;
     $('#host').textContent = h.vcpu_budget ? `host: ${h.vcpus} of ${h.vcpu_budget} vCPUs` : `host: ${h.vcpus} vCPUs`;
+    for (const v of list.vms) update(v);
+    return list;
+  }
+
+  async function loadAll() {
+    const list = await loadTable();
     for (const v of list.vms) {
-      update(v);
       const hist = await api('GET', `/v1/vms/${encodeURIComponent(v.name)}/history`);
       for (const p of hist.points) addPoint(v.name, p);
     }
@@ -336,14 +341,22 @@
         });
         break;
       case 'decision': {
+        // Reports come before the decision taken on them: this is newer
+        // than the decision in the last report's view.
         const v = state.vms.get(data.vm);
-        if (v) { v.last_decision = data.decision; v.last_decision_at = data.at; renderRow(v); }
+        if (v) {
+          Object.assign(v, { last_decision: data.decision, last_decision_at: data.at, hotspot: data.hotspot,
+            explanation: data.explanation, target_vcpus: data.decision.to });
+          renderRow(v);
+          renderCard(v);
+        }
         break;
       }
       case 'event':
         addEvent(data.event);
-        // The size changed: fetch the VM now rather than at its next report.
-        api('GET', `/v1/vms/${encodeURIComponent(data.event.vm)}`).then(update, () => {});
+        // The size changed: refresh the table and the host's total now
+        // rather than at the next report.
+        loadTable().catch(() => {});
         break;
       case 'missed':
         state.missed += data.missed;

@@ -1,0 +1,284 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/input"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+	"github.com/hotplugheaven/hotplug/host/api"
+	"github.com/hotplugheaven/hotplug/host/api/apitest"
+	"github.com/hotplugheaven/hotplug/host/engine"
+)
+
+// chartState is what the page's chart of a VM holds, read from
+// window.hotplug.
+type chartState struct {
+	Times   []float64 `json:"times"`
+	VCPUs   []float64 `json:"vcpus"`
+	Drawn   int       `json:"drawn"`
+	Markers []struct {
+		Kind  string  `json:"kind"`
+		Title string  `json:"title"`
+		X     float64 `json:"x"`
+		Y     float64 `json:"y"`
+	} `json:"markers"`
+	Events []struct {
+		Time   time.Time `json:"time"`
+		Kind   string    `json:"kind"`
+		Reason string    `json:"reason"`
+		From   int       `json:"from"`
+		To     int       `json:"to"`
+	} `json:"events"`
+}
+
+// chartJS returns the state of the chart of vm when ready(c) holds, else
+// false (for Poll).
+const chartJS = `(() => {
+	const c = window.hotplug && window.hotplug.charts.get(%q);
+	if (!c) return false;
+	const s = {
+		times: c.data[0], vcpus: c.data[3], drawn: c.u.data[0].length,
+		events: c.events.map(e => ({time: e.time, kind: e.kind, reason: e.reason, from: e.from, to: e.to})),
+		markers: [...c.el.querySelectorAll('.marker')].map(m => {
+			const r = m.getBoundingClientRect();
+			return {kind: m.dataset.kind, title: m.title, x: r.left + r.width / 2, y: r.top + r.height / 2};
+		}),
+	};
+	return (%s) ? s : false;
+})()`
+
+func pollChart(t *testing.T, ctx context.Context, vm, cond string) chartState {
+	t.Helper()
+	st, err := chromedp.Run(ctx, chromedp.Poll[chartState](fmt.Sprintf(chartJS, vm, cond),
+		chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second)))
+	if err != nil {
+		t.Fatalf("waiting for the chart of %s (%s): %v", vm, cond, err)
+	}
+	return st
+}
+
+func poll(t *testing.T, ctx context.Context, what, expr string) {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
+	}
+}
+
+// TestDashboardInABrowser loads the dashboard in headless Chromium against
+// a real actuator with fake VMs, over TCP with a token: the page asks for
+// the token, charts live data, shows the vCPU step and a marker with the
+// reason after a scaling event, and pauses and resumes a VM.
+func TestDashboardInABrowser(t *testing.T) {
+	chrome, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: this test needs a real browser (Debian: apt-get install --no-install-recommends chromium)")
+	}
+	start := time.Now()
+	r := apitest.Start(t,
+		apitest.Spec{Name: "web", App: true, Demand: 0.3, Interval: 200 * time.Millisecond,
+			Policy: func(p *engine.Policy) { p.CooldownDown = engine.Duration(time.Second) }},
+		apitest.Spec{Name: "db", Demand: 0.2, Interval: 200 * time.Millisecond})
+	const token = "dashboard-test-token-0123456789"
+	tok, err := api.NewToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stopServe := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { r.Server.Serve(sctx, ln, tok); close(served) }()
+	defer func() { stopServe(); <-served }()
+	url := "http://" + ln.Addr().String() + "/"
+	client := api.NewTCPClient(url, token)
+
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chrome),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox, // as root, Chromium's sandbox cannot start
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 1200),
+	)
+	defer cancelAlloc()
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	defer cancelBrowser()
+	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
+	defer cancel()
+
+	// Every console error and uncaught exception fails the test; every
+	// request must stay on the actuator (no CDN).
+	var mu sync.Mutex
+	var problems []string
+	console := chromedp.Console(ctx)
+	requests := chromedp.Events(ctx, network.RequestWillBeSent)
+	go func() {
+		for m, err := range console {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleException || m.Type == chromedp.ConsoleError {
+				// The 401 of the first load is expected: it is how the
+				// page learns it needs the token.
+				if strings.Contains(m.Text, "401") {
+					continue
+				}
+				mu.Lock()
+				problems = append(problems, string(m.Type)+": "+m.Text)
+				mu.Unlock()
+			}
+		}
+	}()
+	go func() {
+		for ev, err := range requests {
+			if err != nil {
+				return
+			}
+			u := ev.Request.URL
+			if !strings.HasPrefix(u, url) && !strings.HasPrefix(u, "data:") && u != "about:blank" {
+				mu.Lock()
+				problems = append(problems, "request outside the actuator: "+u)
+				mu.Unlock()
+			}
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range problems {
+			t.Error("browser: " + p)
+		}
+	}()
+
+	// The token form, then the table.
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(url),
+		chromedp.WaitVisible(chromedp.CSS("#login")),
+		chromedp.SendKeys(chromedp.CSS("#token"), token),
+		chromedp.Click(chromedp.CSS("#login button")),
+		chromedp.WaitVisible(chromedp.CSS(`#vms tr[data-vm="web"] td.name`)),
+		chromedp.WaitVisible(chromedp.CSS(`#vms tr[data-vm="db"] td.name`)),
+	); err != nil {
+		t.Fatalf("loading the dashboard: %v", err)
+	}
+	poll(t, ctx, "the live stream", `document.querySelector('#live').classList.contains('on')`)
+	before := pollChart(t, ctx, "web", `s.times.length >= 5 && s.drawn === s.times.length`)
+	for _, v := range before.VCPUs {
+		if v != 1 {
+			t.Fatalf("web before load: vCPU series %v, want 1s", before.VCPUs)
+		}
+	}
+
+	// Load: the engine scales web up; the chart must step.
+	r.VMs["web"].Guest.SetDemand(2.5)
+	after := pollChart(t, ctx, "web",
+		`s.events.length >= 1 && s.markers.some(m => m.kind === 'scale_up') && s.vcpus[s.vcpus.length-1] >= 3 && s.drawn === s.times.length`)
+	ev := after.Events[0]
+	if ev.Kind != "scale_up" || ev.From != 1 || ev.To < 3 {
+		t.Fatalf("event on the chart: %+v", ev)
+	}
+	evAt := float64(ev.Time.UnixNano()) / 1e9
+	sawBefore, sawAfter := false, false
+	for i, x := range after.Times {
+		if x < evAt && after.VCPUs[i] == 1 {
+			sawBefore = true
+		}
+		if x > evAt && after.VCPUs[i] >= 3 {
+			sawAfter = true
+		}
+	}
+	if !sawBefore || !sawAfter {
+		t.Fatalf("no vCPU step around the event at %v: times %v vcpus %v", evAt, after.Times, after.VCPUs)
+	}
+	var up *struct {
+		Kind  string  `json:"kind"`
+		Title string  `json:"title"`
+		X     float64 `json:"x"`
+		Y     float64 `json:"y"`
+	}
+	for i := range after.Markers {
+		if after.Markers[i].Kind == "scale_up" {
+			up = &after.Markers[i]
+		}
+	}
+	if !strings.Contains(up.Title, "scale_up 1 → ") || !strings.Contains(up.Title, ev.Reason) || !strings.Contains(up.Title, "plug") {
+		t.Fatalf("marker title %q lacks the event's reason %q and steps", up.Title, ev.Reason)
+	}
+	// Hovering the marker shows the reason.
+	if err := chromedp.Do(ctx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, up.X, up.Y)); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, ctx, "the marker's tooltip", `(() => { const t = document.querySelector('#tip');
+		return t && !t.hidden && t.textContent.includes('samples above'); })()`)
+
+	// Pause from the page: the API agrees, and a scale-down the engine
+	// asks for does not happen.
+	pauseBtn := chromedp.CSS(`#vms button[data-vm="web"][data-action="pause"]`)
+	if err := chromedp.Do(ctx, chromedp.Click(pauseBtn)); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, ctx, "the row to show paused", `(() => {
+		const tr = document.querySelector('#vms tr[data-vm="web"]');
+		return tr.querySelector('td.state').textContent.includes('paused') && tr.querySelector('button').dataset.action === 'resume'; })()`)
+	v, err := client.VM(ctx, "web")
+	if err != nil || !v.Paused {
+		t.Fatalf("after clicking Pause the API says paused=%v (%v)", v.Paused, err)
+	}
+	plugged := r.VMs["web"].QMP.Plugged()
+	r.VMs["web"].Guest.SetDemand(0.1)
+	apitest.WaitFor(t, 20*time.Second, "a scale-down decision while paused", func() bool {
+		v, err := client.VM(ctx, "web")
+		return err == nil && v.LastDecision.Action == engine.ScaleDown
+	})
+	time.Sleep(400 * time.Millisecond)
+	if got := r.VMs["web"].QMP.Plugged(); got != plugged {
+		t.Fatalf("web went from %d to %d vCPUs while paused", plugged, got)
+	}
+
+	// Resume from the page: scaling starts again and the chart steps down.
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#vms button[data-vm="web"][data-action="resume"]`))); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, ctx, "the row to show scaling again", `(() => {
+		const tr = document.querySelector('#vms tr[data-vm="web"]');
+		return !tr.querySelector('td.state').textContent.includes('paused') && tr.querySelector('button').dataset.action === 'pause'; })()`)
+	if v, err := client.VM(ctx, "web"); err != nil || v.Paused {
+		t.Fatalf("after clicking Resume the API says paused=%v (%v)", v.Paused, err)
+	}
+	down := pollChart(t, ctx, "web", `s.markers.some(m => m.kind === 'scale_down') && s.vcpus[s.vcpus.length-1] < `+strconv.Itoa(plugged))
+	if len(down.Events) < 2 {
+		t.Fatalf("events on the chart after the scale-down: %+v", down.Events)
+	}
+	// The app's response time and SLA are charted for web.
+	poll(t, ctx, "the response-time and SLA series", `(() => { const c = hotplug.charts.get('web');
+		return c.apps && c.u.series.length === 6 && c.data[5].some(v => v === 50); })()`)
+
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(t.ArtifactDir(), "dashboard.png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s (%d bytes); the whole test took %v", shot, len(png), time.Since(start).Round(time.Millisecond))
+}
