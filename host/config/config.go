@@ -31,6 +31,8 @@ type Config struct {
 	// Defaults apply to every VM's policy before its own policy table.
 	Defaults engine.Policy `toml:"defaults"`
 	VMs      []VM          `toml:"vm"`
+	// API is where the HTTP API is served (api.go).
+	API API `toml:"api"`
 }
 
 // VM is one managed virtual machine.
@@ -142,6 +144,7 @@ func (c *Config) applyDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	c.API.applyDefaults()
 	for i := range c.VMs {
 		vm := &c.VMs[i]
 		if vm.Hypervisor == "" {
@@ -183,6 +186,7 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.EventLog) {
 		field("event_log", "must be an absolute path, got %q", c.EventLog)
 	}
+	c.API.validate(field)
 	if err := c.Defaults.Validate(); err != nil {
 		field("defaults."+fieldOf(err), "%s", msgOf(err))
 	}
