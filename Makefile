@@ -58,6 +58,13 @@ fuzz:
 	  done; \
 	done
 
+# Regenerates bpf/*_bpfel.{go,o} from bpf/*.c with bpf2go (a go.mod tool)
+# and Debian's clang (apt-get install clang llvm libbpf-dev). The same bytes
+# every time; `go test ./bpf` checks that the committed files are fresh.
+.PHONY: bpf
+bpf:
+	$(GO) generate ./bpf
+
 clean:
 	rm -rf $(BIN) build/out
 

@@ -1,0 +1,191 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+/*
+ * runqlat.c — run-queue latency: how long a runnable task waits for a CPU,
+ * from the moment it becomes runnable (woken, newly created, or preempted
+ * while still TASK_RUNNING) to the moment it is switched in. Waits go into a
+ * log2 histogram of microseconds in a per-CPU array that user space sums
+ * and differences each interval (guest/runq).
+ *
+ * Two sets of programs do the same work: tp_btf (kernel 5.5+, typed
+ * arguments read directly) and raw_tp (4.17+, arguments read with
+ * bpf_probe_read_kernel). The loader attaches one set, never both. Both use
+ * CO-RE, so they need kernel BTF (/sys/kernel/btf/vmlinux) to load.
+ *
+ * Written for Hot-Plug Heaven after the design of runqlat in BCC's
+ * libbpf-tools; no code was copied.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define TASK_RUNNING 0
+/* Slot i counts waits in [2^i, 2^(i+1)) µs; slot 0 also takes waits under
+ * 1 µs and the last slot everything from 2^(MAX_SLOTS-1) µs (36 min) up. */
+#define MAX_SLOTS 32
+/* Tasks runnable but not yet running, at most. A full map loses waits
+ * (counted in hist.lost) rather than failing. */
+#define MAX_QUEUED 10240
+
+struct hist {
+	__u64 slots[MAX_SLOTS];
+	/* Waits not recorded: the start map was full or busy. */
+	__u64 lost;
+};
+
+/* Options, set from Go before loading (the verifier then prunes the
+ * branches they switch off). */
+
+/* count_preempted: a task switched out while still TASK_RUNNING
+ * (preempted, or yielding) goes back on the run queue; time until it runs
+ * again is a wait like any other. Without it, CPU-bound tasks that never
+ * sleep would never show as waiting. */
+const volatile bool count_preempted = true;
+
+/* pid → CLOCK_MONOTONIC ns at which the task became runnable. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_QUEUED);
+	__type(key, __u32);
+	__type(value, __u64);
+} start SEC(".maps");
+
+/* One histogram per CPU (slot 0 of a per-CPU array): no contention between
+ * CPUs; user space adds them up. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hist);
+} hists SEC(".maps");
+
+/* task_struct before 5.14 (commit 2f064a59a11f): `long state`. */
+struct task_struct___pre514 {
+	long state;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct hist *this_hist(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&hists, &zero);
+}
+
+static __always_inline int enqueue(__u32 pid)
+{
+	__u64 ts;
+	struct hist *h;
+
+	/* pid 0 is each CPU's idle task: it never waits. */
+	if (!pid)
+		return 0;
+	ts = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&start, &pid, &ts, BPF_ANY) != 0) {
+		h = this_hist();
+		if (h)
+			__sync_fetch_and_add(&h->lost, 1);
+	}
+	return 0;
+}
+
+/* log2 of a 64-bit value, rounded down; 0 for 0. No loops, so every
+ * kernel's verifier accepts it. */
+static __always_inline __u64 log2_u64(__u64 v)
+{
+	__u64 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline int switch_in(__u32 pid)
+{
+	/* slot is 64-bit: with a u32, clang compares a zero-extended copy
+	 * and indexes with the original, and the verifier sees no bound. */
+	__u64 *tsp, now, us, slot;
+	struct hist *h;
+
+	if (!pid)
+		return 0;
+	tsp = bpf_map_lookup_elem(&start, &pid);
+	if (!tsp)
+		return 0;
+	now = bpf_ktime_get_ns();
+	/* A timestamp from another CPU can be a little ahead of ours. */
+	us = now > *tsp ? (now - *tsp) / 1000 : 0;
+	bpf_map_delete_elem(&start, &pid);
+
+	slot = log2_u64(us);
+	if (slot >= MAX_SLOTS)
+		slot = MAX_SLOTS - 1;
+	h = this_hist();
+	if (h)
+		__sync_fetch_and_add(&h->slots[slot], 1);
+	return 0;
+}
+
+/* ---- tp_btf: typed arguments, read directly ---- */
+
+static __always_inline long btf_task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return t->__state;
+	return ((struct task_struct___pre514 *)t)->state;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(btf_wakeup, struct task_struct *p)
+{
+	return enqueue(p->pid);
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(btf_wakeup_new, struct task_struct *p)
+{
+	return enqueue(p->pid);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(btf_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	if (count_preempted && btf_task_state(prev) == TASK_RUNNING)
+		enqueue(prev->pid);
+	return switch_in(next->pid);
+}
+
+/* ---- raw_tp: untyped arguments, read with bpf_probe_read_kernel ---- */
+
+static __always_inline long raw_task_state(struct task_struct *t)
+{
+	if (bpf_core_field_exists(t->__state))
+		return BPF_CORE_READ(t, __state);
+	return BPF_CORE_READ((struct task_struct___pre514 *)t, state);
+}
+
+SEC("raw_tp/sched_wakeup")
+int BPF_PROG(raw_wakeup, struct task_struct *p)
+{
+	return enqueue(BPF_CORE_READ(p, pid));
+}
+
+SEC("raw_tp/sched_wakeup_new")
+int BPF_PROG(raw_wakeup_new, struct task_struct *p)
+{
+	return enqueue(BPF_CORE_READ(p, pid));
+}
+
+SEC("raw_tp/sched_switch")
+int BPF_PROG(raw_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	if (count_preempted && raw_task_state(prev) == TASK_RUNNING)
+		enqueue(BPF_CORE_READ(prev, pid));
+	return switch_in(BPF_CORE_READ(next, pid));
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
