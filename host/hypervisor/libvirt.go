@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
@@ -104,6 +105,11 @@ type Libvirt struct {
 	// opSem serialises Plug and Unplug: two concurrent Plugs would pick
 	// the same free slot.
 	opSem chan struct{}
+
+	// staleMu guards stale: vCPUs already reported as enabled in libvirt
+	// but gone from QEMU, so the warning is logged once per vCPU.
+	staleMu sync.Mutex
+	stale   map[int]bool
 }
 
 var _ Hypervisor = (*Libvirt)(nil)
@@ -557,14 +563,29 @@ func (lv *Libvirt) slots(ctx context.Context) ([]lvSlot, error) {
 				s.Ref = strconv.Itoa(v.id)
 				s.Removable = v.hotpluggable
 			}
-			if !lv.opts.LibvirtViewOnly && s.libvirtEnabled && !s.Plugged {
-				lv.log.Debug("libvirt reports a vCPU enabled that QEMU has not plugged (an unplug libvirt did not see complete)", "vcpu", v.id)
-			}
+			lv.noteStale(v.id, !lv.opts.LibvirtViewOnly && s.libvirtEnabled && !s.Plugged)
 			out[i] = s
 		}
 		return nil
 	})
 	return out, err
+}
+
+// noteStale logs, once, that libvirt counts vCPU id enabled while QEMU has
+// removed it.
+func (lv *Libvirt) noteStale(id int, stale bool) {
+	lv.staleMu.Lock()
+	defer lv.staleMu.Unlock()
+	if stale == lv.stale[id] {
+		return
+	}
+	if lv.stale == nil {
+		lv.stale = map[int]bool{}
+	}
+	lv.stale[id] = stale
+	if stale {
+		lv.log.Warn("libvirt still counts a vCPU enabled that QEMU has removed (libvirt missed the unplug completing); the slot stays unused until libvirtd is restarted", "vcpu", id)
+	}
 }
 
 // State reads the domain's vCPU slots. Index is libvirt's vCPU id (the
