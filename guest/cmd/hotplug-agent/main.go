@@ -19,6 +19,7 @@ import (
 	"github.com/hotplugheaven/hotplug/guest/agent"
 	"github.com/hotplugheaven/hotplug/guest/applog"
 	"github.com/hotplugheaven/hotplug/guest/collector"
+	"github.com/hotplugheaven/hotplug/guest/runq"
 	"github.com/hotplugheaven/hotplug/guest/transport"
 )
 
@@ -45,6 +46,10 @@ type fileConfig struct {
 	SysRoot       string   `toml:"sys_root"`
 	AppsDir       string   `toml:"apps_dir"`  // per-application log configs (gray-box)
 	StateDir      string   `toml:"state_dir"` // log positions kept across restarts
+
+	// RunQSource is the best run-queue latency source to try: auto (=
+	// ebpf), ebpf, raw_tp, schedstat, psi or off (see guest/runq).
+	RunQSource string `toml:"runq_source"`
 }
 
 type duration struct{ time.Duration }
@@ -67,6 +72,7 @@ func defaults() fileConfig {
 		OnlineTimeout: duration{20 * time.Second}, QueueSize: 12,
 		LogLevel: "info", LogFormat: "text",
 		AppsDir: applog.DefaultDir, StateDir: applog.DefaultStateDir,
+		RunQSource: string(runq.ModeAuto),
 	}
 }
 
@@ -160,6 +166,11 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hotplug-agent: log_level: must be trace, debug, info, warn or error, got %q\n", cfg.LogLevel)
 		return 2
 	}
+	runqMode, err := runq.ParseMode(cfg.RunQSource)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-agent: runq_source: %v\n", err)
+		return 2
+	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "hotplug-agent", Level: level, Output: stderr,
 		JSONFormat: cfg.LogFormat == "json", DisableTime: os.Getenv("JOURNAL_STREAM") != ""})
 
@@ -185,11 +196,16 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
 		return 2
 	}
+	extras := []agent.Extra{apps}
+	if rq := openRunQ(runqMode, cfg.ProcRoot, cfg.SysRoot, logger); rq != nil {
+		defer rq.Close()
+		extras = append(extras, rq)
+	}
 	a, err := agent.New(agent.Config{
 		Interval: cfg.Interval.Duration, AutoOnline: *cfg.AutoOnline, OnlineTimeout: cfg.OnlineTimeout.Duration,
 		QueueSize: cfg.QueueSize, Version: version,
 		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot},
-		Extras:    []agent.Extra{apps},
+		Extras:    extras,
 	}, dialer, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
@@ -207,4 +223,22 @@ func run(args []string, stderr io.Writer) int {
 	}
 	logger.Info("stopped")
 	return 0
+}
+
+// openRunQ opens the run-queue latency source and says once which one and
+// why. It never stops the agent: without a source, reports carry no
+// RunQueue and the host sizes on utilisation and schedstat alone.
+func openRunQ(mode runq.Mode, procRoot, sysRoot string, logger hclog.Logger) *runq.Source {
+	rq, err := runq.New(runq.Options{Mode: mode, ProcRoot: procRoot, SysRoot: sysRoot})
+	switch {
+	case err == nil && len(rq.Choice().Skipped) == 0:
+		logger.Info("run-queue latency source", "source", rq.Choice().Source, "why", rq.Choice().String())
+	case err == nil:
+		logger.Warn("run-queue latency source (fallback)", "source", rq.Choice().Source, "why", rq.Choice().String())
+	case mode == runq.ModeOff:
+		logger.Info("run-queue latency not measured (runq_source = \"off\")")
+	default:
+		logger.Warn("run-queue latency not measured", "why", err)
+	}
+	return rq
 }
