@@ -5,6 +5,7 @@
 #   make test    everything CI runs, end-to-end tests with real QEMU included
 #   make bench   benchmarks, figures only (no pass/fail on speed)
 #   make fuzz    a short run of every fuzz target (FUZZTIME=10s each)
+#   make deb     hotplug-agent and hotplug-actuator .deb packages in build/deb
 
 GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -67,6 +68,14 @@ bpf:
 
 clean:
 	rm -rf $(BIN) build/out
+
+# hotplug-agent_<version>_amd64.deb and hotplug-actuator_<version>_amd64.deb
+# (packaging/README.md). DEB_VERSION comes from git describe through
+# packaging/version.sh (e.g. 0.0.0+62.g92416d5); set it to override.
+DEB_OUT ?= build/deb
+.PHONY: deb
+deb:
+	GO=$(GO) packaging/build-deb.sh $(DEB_OUT)
 
 # Also drops the cached guest kernel (re-downloaded by make deps).
 distclean: clean
