@@ -45,6 +45,10 @@ type Options struct {
 	NoAgent bool
 	// VMKeys are extra TOML lines for the actuator's [[vm]] table.
 	VMKeys string
+	// Files are put into the guest's initramfs, next to the agent.
+	Files map[string]testvm.File
+	// Before are shell lines run in the guest before the agent starts.
+	Before string
 	// ActuatorLog receives the actuator's log (default: a file in Dir).
 	ActuatorLog io.Writer
 	// Logf reports progress (default: discard).
@@ -170,10 +174,14 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if opts.NoAgent {
 		start = udevOnline
 	}
-	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Files: map[string]testvm.File{
+	files := map[string]testvm.File{
 		"/usr/bin/hotplug-agent": {HostPath: agentBin, Mode: 0o755},
-		"/etc/testvm/start.sh":   {Data: []byte(start), Mode: 0o755},
-	}})
+		"/etc/testvm/start.sh":   {Data: []byte(opts.Before + "\n" + start), Mode: 0o755},
+	}
+	for p, f := range opts.Files {
+		files[p] = f
+	}
+	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Files: files})
 	if err != nil {
 		return nil, err
 	}
