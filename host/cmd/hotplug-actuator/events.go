@@ -4,64 +4,149 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/host/config"
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
 
 func cmdEvents(args []string, stdout, stderr io.Writer) int {
-	fs, cfgPath, _ := flags("events", stderr)
-	logPath := fs.String("log", "", "event log file (default: event_log of the configuration)")
-	vm := fs.String("vm", "", "only this VM")
-	since := fs.String("since", "", "only events at or after this time (RFC 3339, or a duration like 1h meaning that long ago)")
-	asJSON := fs.Bool("json", false, "print JSON lines")
-	follow := fs.Bool("follow", false, "keep printing new events as they are committed")
-	if fs.Parse(args) != nil {
+	f := newClientFlags("events", stderr)
+	logPath := f.fs.String("log", "", "read this event log file directly, without the actuator (offline)")
+	vm := f.fs.String("vm", "", "only this VM")
+	since := f.fs.String("since", "", "only events at or after this time (RFC 3339, or a duration like 1h meaning that long ago)")
+	until := f.fs.String("until", "", "only events before this time (RFC 3339, or a duration meaning that long ago)")
+	follow := f.fs.Bool("follow", false, "keep printing new events as they are committed")
+	pos, ok := f.parse(args)
+	if !ok {
 		return 2
 	}
-	path := *logPath
-	if path == "" {
-		cfg, err := config.Load(*cfgPath)
-		if err != nil {
-			fmt.Fprintf(stderr, "hotplug-actuator events: %v (or pass --log FILE)\n", err)
-			return 2
-		}
-		path = cfg.EventLog
+	if len(pos) > 0 {
+		return f.usage("takes no arguments, got %q (for one VM: --vm %s)", pos[0], pos[0])
 	}
 	filter := eventlog.Filter{VM: *vm}
-	if *since != "" {
-		if d, err := time.ParseDuration(*since); err == nil {
-			filter.Since = time.Now().Add(-d)
-		} else if t, err := time.Parse(time.RFC3339, *since); err == nil {
-			filter.Since = t
+	for _, t := range []struct {
+		flag, v string
+		dst     *time.Time
+	}{{"--since", *since, &filter.Since}, {"--until", *until, &filter.Until}} {
+		if t.v == "" {
+			continue
+		}
+		if d, err := time.ParseDuration(t.v); err == nil {
+			*t.dst = time.Now().Add(-d)
+		} else if at, err := time.Parse(time.RFC3339, t.v); err == nil {
+			*t.dst = at
 		} else {
-			fmt.Fprintf(stderr, "hotplug-actuator events: --since: want RFC 3339 time or a duration, got %q\n", *since)
-			return 2
+			return f.usage("%s: want RFC 3339 time or a duration, got %q", t.flag, t.v)
 		}
 	}
+	print := func(ev eventlog.Event) {
+		if *f.json {
+			b, _ := json.Marshal(ev)
+			fmt.Fprintf(stdout, "%s\n", b)
+			return
+		}
+		fmt.Fprintln(stdout, formatEvent(ev))
+	}
+	if *logPath != "" {
+		return eventsFromFile(*logPath, filter, *follow, print, stderr)
+	}
+	c, err := f.client()
+	if err != nil {
+		return f.fail(err)
+	}
+	ctx, cancel := interruptible()
+	defer cancel()
+	if err := eventsFromAPI(ctx, c, filter, *follow, print); err != nil {
+		if errors.Is(err, api.ErrUnreachable) {
+			return f.fail(fmt.Errorf("%w; to read the event log file without the actuator, use --log FILE", err))
+		}
+		return f.fail(err)
+	}
+	return 0
+}
+
+// eventsFromAPI prints the events the API has, page by page, then with
+// follow the new ones from the stream. The stream is opened first, so an
+// event committed while the pages are read is not lost; one already
+// printed is not printed twice.
+func eventsFromAPI(ctx context.Context, c *api.Client, filter eventlog.Filter, follow bool, print func(eventlog.Event)) error {
+	var live chan eventlog.Event
+	streamErr := make(chan error, 1)
+	if follow {
+		live = make(chan eventlog.Event, 1024)
+		connected := make(chan struct{})
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go func() {
+			streamErr <- c.Stream(sctx, filter.VM, []string{api.TypeEvent}, func() { close(connected) },
+				func(typ string, data []byte) error {
+					var m api.EventMessage
+					if typ != api.TypeEvent || json.Unmarshal(data, &m) != nil || !m.Committed {
+						return nil
+					}
+					select {
+					case live <- m.Event:
+						return nil
+					default:
+						return errors.New("events arrive faster than they can be printed; some were missed")
+					}
+				})
+		}()
+		select {
+		case <-connected:
+		case err := <-streamErr:
+			return err
+		}
+	}
+	q := api.EventQuery{Filter: filter, Limit: api.MaxEventsLimit}
+	var last uint64
+	for {
+		page, err := c.Events(ctx, q)
+		if err != nil {
+			return err
+		}
+		for _, ev := range page.Events {
+			print(ev)
+			last = ev.Seq
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		q.After = last
+	}
+	if !follow {
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-streamErr:
+			return err
+		case ev := <-live:
+			if ev.Seq > last && (filter.Until.IsZero() || ev.Time.Before(filter.Until)) {
+				print(ev)
+				last = ev.Seq
+			}
+		}
+	}
+}
+
+// eventsFromFile reads the event log file itself: for when the actuator
+// is not running, or on another machine with a copy of the file.
+func eventsFromFile(path string, filter eventlog.Filter, follow bool, print func(eventlog.Event), stderr io.Writer) int {
 	f, err := os.Open(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-actuator events: %v\n", err)
 		return 1
 	}
 	defer f.Close()
-	print := func(evs []eventlog.Event) {
-		for _, ev := range evs {
-			if *asJSON {
-				b, _ := json.Marshal(ev)
-				fmt.Fprintf(stdout, "%s\n", b)
-				continue
-			}
-			fmt.Fprintln(stdout, formatEvent(ev))
-		}
-	}
 	// Read up to the end of the last whole line; the rest may be an event
 	// being written right now.
 	data, err := io.ReadAll(f)
@@ -78,11 +163,13 @@ func cmdEvents(args []string, stdout, stderr io.Writer) int {
 	if skipped > 0 {
 		fmt.Fprintf(stderr, "hotplug-actuator events: %d line(s) in %s are not events and were skipped\n", skipped, path)
 	}
-	print(evs)
-	if !*follow {
+	for _, ev := range evs {
+		print(ev)
+	}
+	if !follow {
 		return 0
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := interruptible()
 	defer stop()
 	offset := int64(whole)
 	buf := make([]byte, 64<<10)
@@ -103,7 +190,9 @@ func cmdEvents(args []string, stdout, stderr io.Writer) int {
 		}
 		if i := bytes.LastIndexByte(pending, '\n'); i >= 0 {
 			evs, _, _ := eventlog.Read(bytes.NewReader(pending[:i+1]), filter)
-			print(evs)
+			for _, ev := range evs {
+				print(ev)
+			}
 			pending = append(pending[:0], pending[i+1:]...)
 		}
 	}

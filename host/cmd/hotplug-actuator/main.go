@@ -18,14 +18,22 @@ const usage = `hotplug-actuator — Hot-Plug Heaven host actuator
 
 Usage:
   hotplug-actuator run    [--config FILE]       run the actuator (the default command)
-  hotplug-actuator events [--config FILE | --log FILE] [--vm NAME] [--since TIME] [--json] [--follow]
-                                                print scaling events from the event log
+  hotplug-actuator status [--json]              table of every VM (through the API)
+  hotplug-actuator explain VM [--json]          one VM, and which rule fired on which samples
+  hotplug-actuator events [--vm NAME] [--since TIME] [--until TIME] [--follow] [--json]
+                                                scaling events (through the API; --log FILE reads the file offline)
+  hotplug-actuator pause VM | resume VM         stop or restart scaling of a VM
+  hotplug-actuator set-vcpus VM N               resize a VM now, within its policy
   hotplug-actuator check  [--config FILE]       validate the configuration and exit
   hotplug-actuator --version
 
 The configuration (TOML, default %s) lists the VMs: for each, its QMP
 socket, the channel its agent reports on, and its scaling policy. Every key
 is documented in the packaged example configuration and the README.
+
+The commands that talk to a running actuator use its API socket (api.socket
+of the configuration, default /run/hotplug-actuator/api.sock; --socket PATH),
+or --url URL --token-file FILE over TCP. The API is documented in docs/api.md.
 `
 
 func main() {
@@ -44,6 +52,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args, stdout, stderr)
 	case "events":
 		return cmdEvents(args, stdout, stderr)
+	case "status":
+		return cmdStatus(args, stdout, stderr)
+	case "explain":
+		return cmdExplain(args, stdout, stderr)
+	case "pause":
+		return cmdPause(args, stdout, stderr)
+	case "resume":
+		return cmdResume(args, stdout, stderr)
+	case "set-vcpus":
+		return cmdSetVCPUs(args, stdout, stderr)
 	case "simulate":
 		return cmdSimulate(args, stdout, stderr)
 	case "version":

@@ -72,6 +72,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 		logger.Warn("event log ended in a torn line (crash while writing?); cut it off", "path", cfg.EventLog, "bytes", events.Repaired)
 	}
 
+	apiL, err := openAPI(cfg.API, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-actuator: %v\n", err)
+		return 1
+	}
+	defer apiL.close()
+
 	var hub *channel.VsockHub
 	vms := make([]actuator.VMConfig, 0, len(cfg.VMs))
 	for _, vm := range cfg.VMs {
@@ -102,13 +109,19 @@ func cmdRun(args []string, stderr io.Writer) int {
 		vms = append(vms, actuator.VMConfig{Name: vm.Name, Policy: vm.Policy, Hypervisor: hyp, Channel: ch,
 			CommandTimeout: vm.CommandTimeout.D(), BlackBox: *vm.BlackBox, AgentTimeout: vm.AgentTimeout.D()})
 	}
-	act, err := actuator.New(vms, events, cfg.HostVCPUBudget, logger)
+	act, err := actuator.New(vms, events, cfg.HostVCPUBudget, logger, apiL.observers()...)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-actuator: %v\n", err)
 		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	waitAPI, err := apiL.serve(ctx, act, cfg.EventLog, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-actuator: %v\n", err)
+		return 1
+	}
+	defer waitAPI()
 	logger.Info("starting", "version", version, "config", *path, "vms", len(vms), "event_log", cfg.EventLog,
 		"host_vcpu_budget", cfg.HostVCPUBudget)
 	act.Run(ctx)

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/hotplugheaven/hotplug/host/api"
+	"github.com/hotplugheaven/hotplug/host/config"
+)
+
+// clientFlags are the flags of every command that talks to the API.
+type clientFlags struct {
+	fs        *flag.FlagSet
+	name      string
+	stderr    io.Writer
+	config    *string
+	socket    *string
+	url       *string
+	tokenFile *string
+	json      *bool
+}
+
+func newClientFlags(name string, stderr io.Writer) *clientFlags {
+	fs := flag.NewFlagSet("hotplug-actuator "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return &clientFlags{fs: fs, name: name, stderr: stderr,
+		config:    fs.String("config", defaultConfig, "configuration file, for api.socket (when it exists and --socket is not given)"),
+		socket:    fs.String("socket", "", "API unix socket (default: api.socket of the configuration, else "+config.DefaultAPISocket+")"),
+		url:       fs.String("url", "", "API over TCP instead, e.g. http://host:9470 (needs --token-file)"),
+		tokenFile: fs.String("token-file", "", "file with the bearer token for --url"),
+		json:      fs.Bool("json", false, "print JSON"),
+	}
+}
+
+// parse parses flags placed anywhere among the arguments and returns the
+// positional ones.
+func (c *clientFlags) parse(args []string) ([]string, bool) {
+	var pos []string
+	for {
+		if err := c.fs.Parse(args); err != nil {
+			return nil, false
+		}
+		rest := c.fs.Args()
+		if len(rest) == 0 {
+			return pos, true
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// client builds the API client the flags ask for.
+func (c *clientFlags) client() (*api.Client, error) {
+	if *c.url != "" {
+		if *c.tokenFile == "" {
+			return nil, errors.New("--url needs --token-file (the API over TCP requires the bearer token)")
+		}
+		b, err := os.ReadFile(*c.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		return api.NewTCPClient(*c.url, strings.TrimSpace(string(b))), nil
+	}
+	if *c.socket != "" {
+		return api.NewUnixClient(*c.socket), nil
+	}
+	socket := config.DefaultAPISocket
+	explicit := false
+	c.fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	if _, err := os.Stat(*c.config); err == nil || explicit {
+		cfg, err := config.Load(*c.config)
+		if err != nil {
+			return nil, fmt.Errorf("%v (or pass --socket PATH)", err)
+		}
+		socket = cfg.API.Socket
+	}
+	return api.NewUnixClient(socket), nil
+}
+
+// fail prints err as one line and returns the exit status.
+func (c *clientFlags) fail(err error) int {
+	var ce *api.ClientError
+	switch {
+	case errors.As(err, &ce):
+		fmt.Fprintf(c.stderr, "hotplug-actuator %s: %s\n", c.name, oneLine(ce.Message))
+	case errors.Is(err, context.Canceled):
+		return 0 // interrupted by the user
+	default:
+		fmt.Fprintf(c.stderr, "hotplug-actuator %s: %s\n", c.name, oneLine(err.Error()))
+	}
+	return 1
+}
+
+// usage prints a usage error and returns 2.
+func (c *clientFlags) usage(format string, a ...any) int {
+	fmt.Fprintf(c.stderr, "hotplug-actuator %s: %s\n", c.name, fmt.Sprintf(format, a...))
+	return 2
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// printJSON writes v indented.
+func printJSON(w io.Writer, v any) {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	fmt.Fprintf(w, "%s\n", b)
+}
+
+// interruptible is a context ended by Ctrl-C or SIGTERM.
+func interruptible() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+}
