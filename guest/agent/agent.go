@@ -44,6 +44,8 @@ type Config struct {
 	// run-queue latency, application logs. They run in the sampling loop,
 	// one after the other, and must not block.
 	Extras []Extra
+	// StatusFile, if not nil, is rewritten every sample (status.go).
+	StatusFile *StatusWriter
 }
 
 // Extra adds its measurements to a report. Fill must return quickly; an
@@ -163,6 +165,7 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 	logged := false
 	extraErr := map[string]string{}
 	sample := func() {
+		defer a.cfg.StatusFile.write(a)
 		r, err := a.sampler.Sample()
 		if !logged {
 			// The first Sample reads every source; say once which are used.

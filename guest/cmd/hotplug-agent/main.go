@@ -50,6 +50,8 @@ type fileConfig struct {
 	// RunQSource is the best run-queue latency source to try: auto (=
 	// ebpf), ebpf, raw_tp, schedstat, psi or off (see guest/runq).
 	RunQSource string `toml:"runq_source"`
+	// StatusFile is rewritten every sample for `hotplug-agent status`; "" for none.
+	StatusFile string `toml:"status_file"`
 }
 
 type duration struct{ time.Duration }
@@ -73,6 +75,7 @@ func defaults() fileConfig {
 		LogLevel: "info", LogFormat: "text",
 		AppsDir: applog.DefaultDir, StateDir: applog.DefaultStateDir,
 		RunQSource: string(runq.ModeAuto),
+		StatusFile: agent.DefaultStatusFile,
 	}
 }
 
@@ -80,6 +83,7 @@ const usage = `hotplug-agent — Hot-Plug Heaven guest agent
 
 Usage:
   hotplug-agent [flags]           run the agent (normally from systemd)
+  hotplug-agent status [--json]   what the running agent sees (from its status file)
   hotplug-agent --version         print the version
 
 The agent samples /proc and /sys every interval, sends the measurements to
@@ -100,6 +104,9 @@ func main() {
 func run(args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "logstat" {
 		return cmdLogstat(args[1:], os.Stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "status" {
+		return cmdStatus(args[1:], os.Stdout, stderr)
 	}
 	fs := flag.NewFlagSet("hotplug-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -205,7 +212,7 @@ func run(args []string, stderr io.Writer) int {
 		Interval: cfg.Interval.Duration, AutoOnline: *cfg.AutoOnline, OnlineTimeout: cfg.OnlineTimeout.Duration,
 		QueueSize: cfg.QueueSize, Version: version,
 		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot},
-		Extras:    extras,
+		Extras:    extras, StatusFile: agent.NewStatusWriter(cfg.StatusFile),
 	}, dialer, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
