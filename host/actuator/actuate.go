@@ -124,6 +124,9 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 	if v.sess == nil {
 		return rec.step("plug", time.Now(), errNoAgent)
 	}
+	if err := v.allowPlug(ctx); err != nil {
+		return rec.step("plug", time.Now(), err)
+	}
 	if !v.budget.Reserve(v.name, v.current) {
 		return rec.step("plug", time.Now(), fmt.Errorf("host vCPU budget exhausted"))
 	}
@@ -135,6 +138,7 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 		v.refresh(ctx)
 		return rec.step("plug", start, err)
 	}
+	v.plugged()
 	rec.step("plug", start, nil)
 	if !v.refresh(ctx) {
 		// Plugged but the state cannot be read back: count it ourselves

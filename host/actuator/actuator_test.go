@@ -458,3 +458,32 @@ func TestObserversAreTold(t *testing.T) {
 		return len(rec.events) > 0 && rec.reports > 3 && rec.decisions > 3
 	})
 }
+
+// TestTCGLifetimeLimitRefusesInsteadOfCrashing: QEMU under TCG aborts a VM
+// that starts more than maxcpus vCPUs in its life. With 2 slots and one
+// boot vCPU, one plug is allowed; after scaling down, the next scale-up is
+// refused with a clear reason, and the VM survives.
+func TestTCGLifetimeLimitRefusesInsteadOfCrashing(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{MaxCPUs: 2, BootCPUs: 1}})
+	vm := r.vms[0]
+	vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+	waitFor(t, 10*time.Second, "the one allowed plug", func() bool { return vm.qmp.Plugged() == 2 })
+	vm.guest.set(func(g *fakeGuest) { g.demand = 0.05 })
+	waitFor(t, 10*time.Second, "scale-down", func() bool { return vm.qmp.Plugged() == 1 })
+	vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+	waitFor(t, 10*time.Second, "a refused scale-up", func() bool {
+		for _, ev := range r.eventsOf("vm1") {
+			if ev.Kind == "scale_up" && ev.Outcome == eventlog.OutcomeFailed {
+				return strings.Contains(ev.Steps[0].Error, "at most maxcpus vCPUs in a VM's life") &&
+					strings.Contains(ev.Steps[0].Error, "2 of 2 used")
+			}
+		}
+		return false
+	})
+	if n := vm.qmp.Plugged(); n != 1 {
+		t.Fatalf("plugged %d after the refusal", n)
+	}
+	if !r.act.VM("vm1").Status().Reachable {
+		t.Fatal("the VM's QEMU is gone: the limit was not enforced")
+	}
+}

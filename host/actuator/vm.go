@@ -82,6 +82,7 @@ type VM struct {
 	meter             *hostMeter
 	procRoot          string
 	maxBackoff        time.Duration
+	life              lifetime
 	unreachableLogged bool
 	skewLogged        bool
 

@@ -67,6 +67,15 @@ type QEMUOptions struct {
 	UnplugTimeout time.Duration
 	// Logger, nil to discard.
 	Logger hclog.Logger
+	// ProcRoot is the host's /proc (tests); default /proc.
+	ProcRoot string
+}
+
+func (o QEMUOptions) procRoot() string {
+	if o.ProcRoot == "" {
+		return "/proc"
+	}
+	return o.ProcRoot
 }
 
 // DefaultUnplugTimeout is QEMUOptions.UnplugTimeout's default.

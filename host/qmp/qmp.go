@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"os"
@@ -289,6 +290,26 @@ func encode(id uint64, cmd string, args any) ([]byte, error) {
 
 // Greeting is what QEMU said when the connection opened.
 func (c *Client) Greeting() Greeting { return c.greeting }
+
+// PeerPID returns the process id of the QEMU at the other end of the
+// socket (SO_PEERCRED), or 0 when the kernel does not say.
+func (c *Client) PeerPID() int {
+	uc, ok := c.conn.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}
 
 // Execute runs a QMP command and decodes its "return" member into result
 // (skipped when result is nil). args is marshalled as "arguments"; nil sends

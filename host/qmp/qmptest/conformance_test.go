@@ -111,6 +111,7 @@ var session = []string{
 	`{"execute": 1}`,
 	`{"execute": "device_del", "arguments": [1]}`,
 	`{"execute": "query-status"}`,
+	`{"execute": "query-kvm"}`,
 	// Switch to the modern CPU hotplug interface as a booting guest would.
 	`{"execute": "qom-get", "arguments": {"path": "PM", "property": "cpu-hotplug-legacy"}}`,
 	`{"execute": "qom-set", "arguments": {"path": "PM", "property": "cpu-hotplug-legacy", "value": "x"}}`,

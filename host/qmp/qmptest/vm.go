@@ -349,6 +349,11 @@ func (s *Server) dispatchLocked(cmd string, args map[string]json.RawMessage) (an
 			})
 		}
 		return out, nil
+	case "query-kvm":
+		if e := noArgs(args); e != nil {
+			return nil, e
+		}
+		return map[string]any{"enabled": v.cfg.Accel == "kvm", "present": true}, nil
 	case "query-status":
 		if e := noArgs(args); e != nil {
 			return nil, e

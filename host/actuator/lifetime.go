@@ -1,0 +1,86 @@
+package actuator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/hotplugheaven/hotplug/host/hypervisor"
+)
+
+// lifetime tracks a hypervisor's limit on vCPUs started over the VM's life
+// (QEMU under TCG aborts the VM past it): before each plug the actuator
+// checks that one more is allowed, and refuses with a clear error rather
+// than crash the VM.
+type lifetime struct {
+	checked bool
+	info    hypervisor.Lifetime
+	used    int // vCPUs started since the hypervisor started, boot ones included
+}
+
+// allowPlug reports an error when one more plug would pass the limit.
+func (v *VM) allowPlug(ctx context.Context) error {
+	lim, ok := v.hyp.(hypervisor.LifetimeLimiter)
+	if !ok {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	info, err := lim.VCPULifetime(cctx)
+	cancel()
+	if err != nil {
+		if info.Limited {
+			return fmt.Errorf("cannot check the hypervisor's lifetime vCPU limit, not plugging: %w", err)
+		}
+		return err
+	}
+	if !info.Limited {
+		return nil
+	}
+	if !v.life.checked || !info.Started.Equal(v.life.info.Started) {
+		// A new hypervisor process (or our first look): count the plugs
+		// this VM got since it started, from the event log, which
+		// survives our restarts; at least as many as are plugged now.
+		plugs := v.plugsSince(info.Started)
+		removable := 0
+		for _, s := range v.state.Slots {
+			if s.Plugged && s.Removable {
+				removable++
+			}
+		}
+		v.life = lifetime{checked: true, info: info, used: info.Boot + max(plugs, removable)}
+		v.log.Info("hypervisor limits vCPUs over the VM's life", "max", info.Max, "used", v.life.used,
+			"since", info.Started, "why", info.Why)
+	}
+	if v.life.used >= info.Max {
+		return fmt.Errorf("%s: %d of %d used since the VM started at %s; restart the VM (or run it under KVM) to plug again",
+			info.Why, v.life.used, info.Max, info.Started.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// plugged records a successful plug against the lifetime limit.
+func (v *VM) plugged() {
+	if v.life.checked {
+		v.life.used++
+	}
+}
+
+// plugsSince counts successful plug steps for this VM in the event log
+// after t.
+func (v *VM) plugsSince(t time.Time) int {
+	evs, _, err := eventlog.ReadFile(v.events.Path(), eventlog.Filter{VM: v.name, Since: t})
+	if err != nil {
+		v.log.Warn("cannot read the event log to count earlier plugs", "error", err)
+		return 0
+	}
+	n := 0
+	for _, ev := range evs {
+		for _, s := range ev.Steps {
+			if s.Name == "plug" && s.OK {
+				n++
+			}
+		}
+	}
+	return n
+}
