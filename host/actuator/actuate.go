@@ -57,6 +57,20 @@ func (v *VM) newRecord(kind string, d engine.Decision) *record {
 
 // commit writes the event. A failure to write is logged loudly and counted
 // by the event log; scaling goes on.
+// started writes the action's first line before anything is touched, so
+// that an actuator killed in the middle leaves a trace the next one finds
+// (see recover).
+func (v *VM) started(r *record) {
+	ev := r.ev
+	ev.Outcome, ev.Result = eventlog.OutcomeStarted, v.current
+	if err := v.events.Append(&ev); err != nil {
+		v.log.Error("scaling event NOT recorded", "error", err)
+		v.obs.event(ev, false)
+		return
+	}
+	r.ev.Action = ev.Seq
+}
+
 func (v *VM) commit(r *record) {
 	r.ev.Result = v.current
 	r.ev.DurationMS = ms(time.Since(r.start))
@@ -78,6 +92,7 @@ func (v *VM) act(ctx context.Context, d engine.Decision) {
 	if blind {
 		rec.ev.Reason = "black-box (no agent): " + rec.ev.Reason
 	}
+	v.started(rec)
 	for err == nil && v.current != d.To {
 		switch {
 		case d.Action == engine.ScaleUp && blind:
@@ -339,6 +354,7 @@ func (v *VM) guestSets() (present, possible proto.CPUSet) {
 func (v *VM) reconcile(ctx context.Context, present, online proto.CPUSet) {
 	stray := present.Difference(online)
 	if stray.Len() == 0 {
+		v.recovered(ctx, fmt.Sprintf("guest online %s, present %s: nothing plugged but offline", online, present), nil)
 		return
 	}
 	d := engine.Decision{Action: engine.ScaleUp, From: v.current, To: v.current, Rule: "reconcile",
@@ -355,7 +371,44 @@ func (v *VM) reconcile(ctx context.Context, present, online proto.CPUSet) {
 		rec.ev.Outcome = eventlog.OutcomeFailed
 	}
 	v.refresh(ctx)
+	if len(v.unfinished) > 0 {
+		// This reconcile is the recovery of an interrupted action.
+		v.recovered(ctx, rec.ev.Reason+"; onlined them", rec)
+		return
+	}
 	v.commit(rec)
+}
+
+// loadUnfinished finds, in the event log, this VM's actions that a previous
+// actuator started and did not finish.
+func (v *VM) loadUnfinished() {
+	evs, _, err := eventlog.ReadFile(v.events.Path(), eventlog.Filter{VM: v.name, WithStarted: true})
+	if err != nil {
+		v.log.Warn("cannot read the event log for interrupted actions", "error", err)
+		return
+	}
+	v.unfinished = eventlog.Unfinished(evs, v.name)
+	for _, ev := range v.unfinished {
+		v.log.Warn("a previous actuator stopped in the middle of an action; it will be reconciled when the agent connects",
+			"action", ev.Seq, "kind", ev.Kind, "from", ev.From, "to", ev.To, "at", ev.Time)
+	}
+}
+
+// recovered writes one recover line per interrupted action, saying what
+// state was found and what was done (rec, when reconcile had to act).
+func (v *VM) recovered(ctx context.Context, found string, rec *record) {
+	for _, u := range v.unfinished {
+		r := &record{start: time.Now()}
+		r.ev = eventlog.Event{Time: r.start, VM: v.name, Kind: "recover", From: u.Result, To: v.current, Rule: "reconcile",
+			Action: u.Seq, Outcome: eventlog.OutcomeOK,
+			Reason: fmt.Sprintf("actuator stopped during %s %d→%d (action %d); hypervisor has %d vCPUs; %s",
+				u.Kind, u.From, u.To, u.Seq, v.current, found)}
+		if rec != nil {
+			r.ev.Steps, r.ev.Outcome = rec.ev.Steps, rec.ev.Outcome
+		}
+		v.commit(r)
+	}
+	v.unfinished = nil
 }
 
 // command sends c to the agent and waits for its Ack, still taking in

@@ -487,3 +487,49 @@ func TestTCGLifetimeLimitRefusesInsteadOfCrashing(t *testing.T) {
 		t.Fatal("the VM's QEMU is gone: the limit was not enforced")
 	}
 }
+
+// TestRecoverInterruptedAction: an actuator killed between plug and online
+// leaves a started line and a CPU plugged but offline. The next actuator
+// onlines it when the agent connects and writes a recover line naming the
+// interrupted action.
+func TestRecoverInterruptedAction(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "events.jsonl")
+	l, _ := eventlog.Open(path)
+	started := &eventlog.Event{Time: time.Now().Add(-time.Minute), VM: "vm1", Kind: "scale_up", From: 1, To: 2, Result: 1,
+		Rule: "hotspot", Outcome: eventlog.OutcomeStarted}
+	l.Append(started)
+	l.Close()
+
+	srv := qmptest.Start(t, &qmptest.Config{BootCPUs: 2}) // the plug happened
+	guest := newFakeGuest(t, srv)
+	guest.set(func(g *fakeGuest) { g.online = proto.NewCPUSet(0) }) // the online did not
+	events, _ := eventlog.Open(path)
+	defer events.Close()
+	ch := newPipeChannel()
+	act, err := New([]VMConfig{{Name: "vm1", Policy: fastPolicy(), Channel: ch,
+		Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{})}}, events, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { act.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	go guest.run(ctx, ch, interval)
+	waitFor(t, 10*time.Second, "the stray CPU onlined", func() bool { return guest.onlineCount() == 2 })
+	waitFor(t, 5*time.Second, "a recover line", func() bool {
+		evs, _, _ := eventlog.ReadFile(path, eventlog.Filter{})
+		for _, ev := range evs {
+			if ev.Kind == "recover" && ev.Action == started.Seq && ev.Outcome == eventlog.OutcomeOK &&
+				strings.Contains(ev.Reason, "actuator stopped during scale_up 1→2") && stepNames(ev) == "online" {
+				return true
+			}
+		}
+		return false
+	})
+	all, _, _ := eventlog.ReadFile(path, eventlog.Filter{WithStarted: true})
+	if u := eventlog.Unfinished(all, "vm1"); len(u) != 0 {
+		t.Fatalf("still unfinished after recovery: %+v", u)
+	}
+}

@@ -80,6 +80,7 @@ type VM struct {
 	agentTimeout      time.Duration
 	agentSeen         time.Time // last time an agent session existed (or start)
 	meter             *hostMeter
+	unfinished        []eventlog.Event // actions a previous actuator did not finish
 	procRoot          string
 	maxBackoff        time.Duration
 	life              lifetime
@@ -236,6 +237,7 @@ func (v *VM) Run(ctx context.Context) {
 
 	v.refresh(ctx)
 	v.agentSeen = time.Now()
+	v.loadUnfinished()
 	tick := time.NewTicker(v.policyInterval())
 	defer tick.Stop()
 	for {

@@ -27,6 +27,11 @@ const (
 	OutcomeFailed     = "failed"      // a step failed and nothing changed
 	OutcomeRolledBack = "rolled_back" // a step failed and earlier steps were undone
 	OutcomePartial    = "partial"     // the VM moved, but not all the way to the target
+	// OutcomeStarted marks an action's first line, written before it
+	// touches anything; the action's final line names it in Action. A
+	// started line with no final line is an action the actuator did not
+	// live to finish (see Unfinished).
+	OutcomeStarted = "started"
 )
 
 // Step is one stage of an action (plug, online, confirm, offline, unplug…).
@@ -58,6 +63,9 @@ type Event struct {
 	Steps      []Step          `json:"steps,omitempty"`
 	Outcome    string          `json:"outcome"`
 	DurationMS float64         `json:"duration_ms"`
+	// Action is the Seq of the action's started line, on its final line and
+	// on the recover line of an interrupted action.
+	Action uint64 `json:"action,omitempty"`
 }
 
 // Log appends events to one file. It is safe for concurrent use.
@@ -182,10 +190,14 @@ type Filter struct {
 	VM    string    // empty: all VMs
 	Since time.Time // zero: from the start
 	Until time.Time // zero: to the end
+	// WithStarted includes actions' started lines, which are bookkeeping
+	// for recovery; by default only final lines are returned.
+	WithStarted bool
 }
 
 func (f Filter) match(ev *Event) bool {
-	return (f.VM == "" || ev.VM == f.VM) &&
+	return (f.WithStarted || ev.Outcome != OutcomeStarted) &&
+		(f.VM == "" || ev.VM == f.VM) &&
 		(f.Since.IsZero() || !ev.Time.Before(f.Since)) &&
 		(f.Until.IsZero() || ev.Time.Before(f.Until))
 }
@@ -207,6 +219,31 @@ func Read(r io.Reader, f Filter) (events []Event, skipped int, err error) {
 		}
 	}
 	return events, skipped, sc.Err()
+}
+
+// Unfinished returns the started lines of vm's actions that have no final
+// line: the actions an actuator was stopped in the middle of.
+func Unfinished(events []Event, vm string) []Event {
+	open := map[uint64]Event{}
+	var order []uint64
+	for _, ev := range events {
+		if ev.VM != vm {
+			continue
+		}
+		if ev.Outcome == OutcomeStarted {
+			open[ev.Seq] = ev
+			order = append(order, ev.Seq)
+			continue
+		}
+		delete(open, ev.Action)
+	}
+	var out []Event
+	for _, seq := range order {
+		if ev, ok := open[seq]; ok {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 // ReadFile reads the log at path.

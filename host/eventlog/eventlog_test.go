@@ -169,3 +169,24 @@ func TestConcurrentAppends(t *testing.T) {
 		}
 	}
 }
+
+func TestUnfinished(t *testing.T) {
+	evs := []Event{
+		{Seq: 1, VM: "a", Outcome: OutcomeStarted},
+		{Seq: 2, VM: "a", Outcome: OutcomeOK, Action: 1},
+		{Seq: 3, VM: "b", Outcome: OutcomeStarted},
+		{Seq: 4, VM: "a", Outcome: OutcomeStarted},
+		{Seq: 5, VM: "a", Kind: "reconcile", Outcome: OutcomeOK},
+	}
+	got := Unfinished(evs, "a")
+	if len(got) != 1 || got[0].Seq != 4 {
+		t.Fatalf("unfinished for a: %+v", got)
+	}
+	if got := Unfinished(evs, "b"); len(got) != 1 || got[0].Seq != 3 {
+		t.Fatalf("unfinished for b: %+v", got)
+	}
+	evs = append(evs, Event{Seq: 6, VM: "a", Kind: "recover", Outcome: OutcomeOK, Action: 4})
+	if got := Unfinished(evs, "a"); len(got) != 0 {
+		t.Fatalf("recovered action still unfinished: %+v", got)
+	}
+}
