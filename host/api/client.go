@@ -174,6 +174,9 @@ func (c *Client) Events(ctx context.Context, q EventQuery) (EventsPage, error) {
 	if q.Limit > 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
+	if q.IncludeStarted {
+		v.Set("started", "true")
+	}
 	var p EventsPage
 	return p, c.call(ctx, http.MethodGet, "/v1/events?"+v.Encode(), nil, &p)
 }

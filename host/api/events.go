@@ -40,7 +40,15 @@ type EventQuery struct {
 	After uint64
 	// Limit is the page size, 1 to MaxEventsLimit.
 	Limit int
+	// IncludeStarted also returns the line the actuator writes when an
+	// action starts (outcome "started"), bookkeeping for recovery after a
+	// crash; by default only the line with the action's result is.
+	IncludeStarted bool
 }
+
+// outcomeStarted is the event log's outcome of an action's first line
+// (eventlog.OutcomeStarted).
+const outcomeStarted = "started"
 
 // parseEventQuery reads vm, since, until, cursor and limit; an error names
 // the parameter.
@@ -65,6 +73,13 @@ func parseEventQuery(r *http.Request) (EventQuery, *apiError) {
 			return eq, badRequest("cursor", fmt.Sprintf("want the next_cursor of a previous page (a number), got %q", v))
 		}
 		eq.After = n
+	}
+	if v := q.Get("started"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return eq, badRequest("started", fmt.Sprintf("want true or false, got %q", v))
+		}
+		eq.IncludeStarted = b
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -101,7 +116,7 @@ func ReadEvents(path string, q EventQuery) (EventsPage, error) {
 			page.SkippedLines++
 			continue
 		}
-		if ev.Seq <= q.After || !matches(q.Filter, &ev) {
+		if ev.Seq <= q.After || !matches(q, &ev) {
 			continue
 		}
 		if len(page.Events) == q.Limit {
@@ -116,8 +131,10 @@ func ReadEvents(path string, q EventQuery) (EventsPage, error) {
 	return page, nil
 }
 
-func matches(f eventlog.Filter, ev *eventlog.Event) bool {
-	return (f.VM == "" || ev.VM == f.VM) &&
+func matches(q EventQuery, ev *eventlog.Event) bool {
+	f := q.Filter
+	return (q.IncludeStarted || ev.Outcome != outcomeStarted) &&
+		(f.VM == "" || ev.VM == f.VM) &&
 		(f.Since.IsZero() || !ev.Time.Before(f.Since)) &&
 		(f.Until.IsZero() || ev.Time.Before(f.Until))
 }

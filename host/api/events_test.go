@@ -94,6 +94,28 @@ func seqs(from, to, step uint64) []uint64 {
 	return out
 }
 
+// An action's first line (outcome "started", written before it acts, for
+// recovery) is bookkeeping: left out unless asked for.
+func TestReadEventsLeavesOutStartedLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	l, err := eventlog.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, outcome := range []string{"started", eventlog.OutcomeOK} {
+		l.Append(&eventlog.Event{Time: time.Now(), VM: "a", Kind: "scale_up", From: 1, To: 2, Outcome: outcome})
+	}
+	l.Close()
+	p, err := ReadEvents(path, EventQuery{Limit: 10})
+	if err != nil || len(p.Events) != 1 || p.Events[0].Outcome != eventlog.OutcomeOK {
+		t.Fatalf("default: %+v %v", p.Events, err)
+	}
+	p, err = ReadEvents(path, EventQuery{Limit: 10, IncludeStarted: true})
+	if err != nil || len(p.Events) != 2 || p.Events[0].Outcome != "started" {
+		t.Fatalf("with started: %+v %v", p.Events, err)
+	}
+}
+
 func TestReadEventsMissingLogIsEmpty(t *testing.T) {
 	p, err := ReadEvents(filepath.Join(t.TempDir(), "none.jsonl"), EventQuery{Limit: 10})
 	if err != nil || p.Events == nil || len(p.Events) != 0 {
@@ -109,14 +131,15 @@ func TestEventQueryErrorsNameTheParameter(t *testing.T) {
 		{"limit=0", "limit"},
 		{"limit=1001", "limit"},
 		{"limit=ten", "limit"},
+		{"started=maybe", "started"},
 	} {
 		_, err := parseEventQuery(httptest.NewRequest("GET", "/v1/events?"+tc.query, nil))
 		if err == nil || err.Field != tc.field || err.status != 400 || !strings.HasPrefix(err.Error.Error, tc.field+": ") {
 			t.Errorf("%s: got %+v, want a 400 naming %s", tc.query, err, tc.field)
 		}
 	}
-	q, err := parseEventQuery(httptest.NewRequest("GET", "/v1/events?vm=a&since=2025-01-01T00:00:00Z&cursor=12&limit=1000", nil))
-	if err != nil || q.VM != "a" || q.After != 12 || q.Limit != 1000 || q.Since.IsZero() {
+	q, err := parseEventQuery(httptest.NewRequest("GET", "/v1/events?vm=a&since=2025-01-01T00:00:00Z&cursor=12&limit=1000&started=true", nil))
+	if err != nil || q.VM != "a" || q.After != 12 || q.Limit != 1000 || q.Since.IsZero() || !q.IncludeStarted {
 		t.Fatalf("good query: %+v %v", q, err)
 	}
 }

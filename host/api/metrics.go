@@ -48,7 +48,7 @@ var _ actuator.Observer = (*Metrics)(nil)
 func NewMetrics() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.actions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "scaling_actions_total",
-		Help: "Scaling events committed, by VM, kind (scale_up, scale_down, reconcile, rollback) and outcome (ok, failed, rolled_back, partial)."},
+		Help: "Scaling actions finished, by VM, kind (scale_up, scale_down, reconcile, recover, …) and outcome (ok, failed, rolled_back, partial)."},
 		[]string{"vm", "kind", "outcome"})
 	m.logErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "event_log_write_errors_total",
 		Help: "Scaling events that could not be written to the event log."}, []string{"vm"})
@@ -101,6 +101,9 @@ func (m *Metrics) Rejected(vm, reason string) { m.rejected.WithLabelValues(vm, r
 func (m *Metrics) Event(ev eventlog.Event, committed bool) {
 	if !committed {
 		m.logErrors.WithLabelValues(ev.VM).Inc()
+	}
+	if ev.Outcome == outcomeStarted {
+		return // an action's first line; its result comes as another event
 	}
 	m.actions.WithLabelValues(ev.VM, ev.Kind, ev.Outcome).Inc()
 	for _, s := range ev.Steps {

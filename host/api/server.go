@@ -25,6 +25,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
 
 // Options configure a Server.
@@ -61,9 +62,13 @@ type Server struct {
 
 // Request limits.
 const (
-	maxBody        = 64 << 10
-	maxHeaderBytes = 32 << 10
-	controlTimeout = 10 * time.Minute // a manual resize may unplug several CPUs, each waiting for the guest
+	maxBody          = 64 << 10
+	maxHeaderBytes   = 32 << 10
+	controlTimeout   = 10 * time.Minute // a manual resize may unplug several CPUs, each waiting for the guest
+	jsonWriteTimeout = 30 * time.Second
+	// maxConns bounds open connections per listener: a client that opens
+	// many and sends nothing cannot exhaust the actuator.
+	maxConns = 256
 )
 
 // New builds the server. It opens no socket: see Serve.
@@ -119,6 +124,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, token *Token) error
 	if token != nil {
 		h = token.require(h)
 	}
+	ln = netutil.LimitListener(ln, maxConns)
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: maxHeaderBytes, ErrorLog: stdLog(s.log),
 		BaseContext: func(net.Listener) context.Context { return ctx }}
@@ -313,6 +319,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 		b, _ = json.Marshal(Error{Error: "encoding the answer: " + err.Error()})
 	}
+	// A client that does not read its answer must not hold the handler
+	// for ever (the server has no WriteTimeout: streams last).
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(jsonWriteTimeout))
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

@@ -215,6 +215,7 @@
   }
 
   function addEvent(ev) {
+    if (ev.outcome === 'started') return; // an action's first line: its result follows
     const c = chartFor(ev.vm, false);
     if (c.events.some((e) => e.seq === ev.seq)) return;
     c.events.push(ev);

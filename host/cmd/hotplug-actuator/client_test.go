@@ -164,7 +164,7 @@ func TestEventsThroughTheAPI(t *testing.T) {
 		t.Fatalf("events --vm web: %d %s %s", code, out, errs)
 	}
 	code, out, _ = cli(t, r, "events", "--json")
-	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], `{"seq":1`) {
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], `{"seq":`) {
 		t.Fatalf("events --json:\n%s", out)
 	}
 
