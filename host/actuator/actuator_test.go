@@ -3,6 +3,7 @@ package actuator
 import (
 	"context"
 	"errors"
+	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -42,7 +43,7 @@ type rig struct {
 type rigVM struct {
 	name  string
 	qmp   *qmptest.Server
-	guest *fakeGuest
+	guest *fakeguest.Guest
 	ch    *pipeChannel
 }
 
@@ -68,7 +69,7 @@ func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
 	for _, s := range specs {
 		srv := qmptest.Start(t, s.qmp)
 		v := &rigVM{name: s.name, qmp: srv, ch: newPipeChannel()}
-		v.guest = newFakeGuest(t, srv)
+		v.guest = fakeguest.New(srv)
 		p := fastPolicy()
 		if s.policy != nil {
 			s.policy(&p)
@@ -86,7 +87,7 @@ func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
 	go func() { r.act.Run(ctx); close(r.done) }()
 	for i, v := range r.vms {
 		if !specs[i].noGuest {
-			go v.guest.run(ctx, v.ch, interval)
+			go v.guest.Run(ctx, v.ch.dialer(t), interval)
 		}
 	}
 	t.Cleanup(r.stop)
@@ -141,13 +142,13 @@ func stepNames(ev eventlog.Event) string {
 func TestScaleUpThenDown(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1"})
 	vm := r.vms[0]
-	vm.guest.set(func(g *fakeGuest) { g.demand = 2 }) // two busy loops on one vCPU
-	waitFor(t, 10*time.Second, "scale-up to 3 (ceil(2/0.7))", func() bool { return vm.qmp.Plugged() == 3 && vm.guest.onlineCount() == 3 })
+	vm.guest.SetDemand(2) // two busy loops on one vCPU
+	waitFor(t, 10*time.Second, "scale-up to 3 (ceil(2/0.7))", func() bool { return vm.qmp.Plugged() == 3 && vm.guest.OnlineCount() == 3 })
 
-	vm.guest.set(func(g *fakeGuest) { g.demand = 0.05 })
+	vm.guest.SetDemand(0.05)
 	waitFor(t, 15*time.Second, "scale-down to 1", func() bool { return vm.qmp.Plugged() == 1 && len(r.eventsOf("vm1")) == 3 })
-	if vm.guest.onlineCount() != 1 {
-		t.Fatalf("guest has %d online after scale-down", vm.guest.onlineCount())
+	if vm.guest.OnlineCount() != 1 {
+		t.Fatalf("guest has %d online after scale-down", vm.guest.OnlineCount())
 	}
 
 	evs := r.eventsOf("vm1")
@@ -174,7 +175,8 @@ func TestScaleUpThenDown(t *testing.T) {
 func TestOnlineFailureRollsBack(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1"})
 	vm := r.vms[0]
-	vm.guest.set(func(g *fakeGuest) { g.demand, g.refuseOnline = 2, true })
+	vm.guest.SetDemand(2)
+	vm.guest.SetRefuseOnline(true)
 	waitFor(t, 10*time.Second, "a rolled-back scale-up", func() bool {
 		evs := r.eventsOf("vm1")
 		return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
@@ -196,14 +198,14 @@ func TestOnlineFailureRollsBack(t *testing.T) {
 func TestUnplugTimeoutRollsBack(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{BootCPUs: 1}, unplugTimeout: time.Second})
 	vm := r.vms[0]
-	vm.guest.set(func(g *fakeGuest) { g.demand = 1.5 })
+	vm.guest.SetDemand(1.5)
 	waitFor(t, 10*time.Second, "scale-up", func() bool {
 		evs := r.eventsOf("vm1")
 		return len(evs) == 1 && evs[0].Outcome == eventlog.OutcomeOK
 	})
 	before := vm.qmp.Plugged()
 	vm.qmp.SetGuestIgnoresUnplug(true)
-	vm.guest.set(func(g *fakeGuest) { g.demand = 0 })
+	vm.guest.SetDemand(0)
 	waitFor(t, 15*time.Second, "a rolled-back scale-down", func() bool {
 		for _, ev := range r.eventsOf("vm1") {
 			if ev.Kind == "scale_down" && ev.Outcome == eventlog.OutcomeRolledBack {
@@ -221,8 +223,8 @@ func TestUnplugTimeoutRollsBack(t *testing.T) {
 	if stepNames(ev) != "offline,unplug,rollback_online" || !strings.Contains(ev.Steps[1].Error, "did not complete") {
 		t.Fatalf("scale-down event %+v", ev)
 	}
-	if vm.qmp.Plugged() != before || vm.guest.onlineCount() != before {
-		t.Fatalf("after rollback: plugged %d, online %d, want both %d", vm.qmp.Plugged(), vm.guest.onlineCount(), before)
+	if vm.qmp.Plugged() != before || vm.guest.OnlineCount() != before {
+		t.Fatalf("after rollback: plugged %d, online %d, want both %d", vm.qmp.Plugged(), vm.guest.OnlineCount(), before)
 	}
 }
 
@@ -233,7 +235,7 @@ func TestGreedyGuestCappedByPolicyAndBudget(t *testing.T) {
 		vmSpec{name: "greedy", policy: func(p *engine.Policy) { p.MaxVCPUs = 3 }},
 		vmSpec{name: "other"})
 	for _, v := range r.vms {
-		v.guest.set(func(g *fakeGuest) { g.demand = 5000 }) // 5,000 runnable tasks waiting
+		v.guest.SetDemand(5000) // 5,000 runnable tasks waiting
 	}
 	// Who gets the budget first is a race; that it is never exceeded is not.
 	waitFor(t, 15*time.Second, "the budget to be used up", func() bool {
@@ -251,11 +253,12 @@ func TestReconcileOnConnect(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{BootCPUs: 2},
 		policy: func(p *engine.Policy) { p.MinVCPUs = 2 }, noGuest: true})
 	vm := r.vms[0]
-	vm.guest.set(func(g *fakeGuest) { g.online = g.online.Difference(g.online); g.online.Add(0); g.demand = 1 })
+	vm.guest.SetOnline(proto.NewCPUSet(0))
+	vm.guest.SetDemand(1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go vm.guest.run(ctx, vm.ch, interval)
-	waitFor(t, 10*time.Second, "reconcile", func() bool { return vm.guest.onlineCount() == 2 })
+	go vm.guest.Run(ctx, vm.ch.dialer(t), interval)
+	waitFor(t, 10*time.Second, "reconcile", func() bool { return vm.guest.OnlineCount() == 2 })
 	evs := r.eventsOf("vm1")
 	if len(evs) == 0 || evs[0].Kind != "reconcile" || evs[0].Outcome != eventlog.OutcomeOK {
 		t.Fatalf("events %+v", evs)
@@ -268,7 +271,7 @@ func TestReconcileOnConnect(t *testing.T) {
 func TestBadGuestDoesNotHurtOthers(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "good"}, vmSpec{name: "evil", noGuest: true}, vmSpec{name: "dead", noGuest: true})
 	r.vms[2].qmp.Crash()
-	r.vms[0].guest.set(func(g *fakeGuest) { g.demand = 2 })
+	r.vms[0].guest.SetDemand(2)
 
 	evil := r.vms[1].ch.dial(t)
 	evil.SetDeadline(time.Now().Add(5 * time.Second))
@@ -290,7 +293,7 @@ func TestHypervisorComesBack(t *testing.T) {
 	path := vm.qmp.Path()
 	vm.qmp.Crash()
 	waitFor(t, 10*time.Second, "the VM to be marked unreachable", func() bool {
-		vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+		vm.guest.SetDemand(2)
 		return !r.act.VMs()[0].Status().Reachable
 	})
 	srv, err := qmptest.NewServer(path, nil)
@@ -298,7 +301,7 @@ func TestHypervisorComesBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	vm.guest.set(func(g *fakeGuest) { g.qmp = srv })
+	vm.guest.SetQMP(srv)
 	waitFor(t, 15*time.Second, "scale-up on the restarted QEMU", func() bool { return srv.Plugged() >= 2 })
 }
 
@@ -324,8 +327,8 @@ func TestOversizedAndTruncatedFrames(t *testing.T) {
 			// A well-behaved agent gets through afterwards.
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
-			go vm.guest.run(ctx, vm.ch, interval)
+			vm.guest.SetDemand(2)
+			go vm.guest.Run(ctx, vm.ch.dialer(t), interval)
 			waitFor(t, 15*time.Second, "scale-up after the bad connection", func() bool { return vm.qmp.Plugged() >= 2 })
 		})
 	}
@@ -383,7 +386,7 @@ func TestOperatorControls(t *testing.T) {
 	if err := ctl.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+	vm.guest.SetDemand(2)
 	waitFor(t, 5*time.Second, "a scale-up decision while paused", func() bool {
 		st := ctl.Status()
 		return st.Paused && st.LastDecision.Action == engine.ScaleUp
@@ -440,7 +443,7 @@ func TestObserversAreTold(t *testing.T) {
 	defer events.Close()
 	srv := qmptest.Start(t, nil)
 	ch := newPipeChannel()
-	guest := newFakeGuest(t, srv)
+	guest := fakeguest.New(srv)
 	act, err := New([]VMConfig{{Name: "vm1", Policy: fastPolicy(), Channel: ch, Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{})}},
 		events, 0, nil, rec)
 	if err != nil {
@@ -450,8 +453,8 @@ func TestObserversAreTold(t *testing.T) {
 	done := make(chan struct{})
 	go func() { act.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	go guest.run(ctx, ch, interval)
-	guest.set(func(g *fakeGuest) { g.demand = 2 })
+	go guest.Run(ctx, ch.dialer(t), interval)
+	guest.SetDemand(2)
 	waitFor(t, 10*time.Second, "an event", func() bool {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
@@ -466,11 +469,11 @@ func TestObserversAreTold(t *testing.T) {
 func TestTCGLifetimeLimitRefusesInsteadOfCrashing(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{MaxCPUs: 2, BootCPUs: 1}})
 	vm := r.vms[0]
-	vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+	vm.guest.SetDemand(2)
 	waitFor(t, 10*time.Second, "the one allowed plug", func() bool { return vm.qmp.Plugged() == 2 })
-	vm.guest.set(func(g *fakeGuest) { g.demand = 0.05 })
+	vm.guest.SetDemand(0.05)
 	waitFor(t, 10*time.Second, "scale-down", func() bool { return vm.qmp.Plugged() == 1 })
-	vm.guest.set(func(g *fakeGuest) { g.demand = 2 })
+	vm.guest.SetDemand(2)
 	waitFor(t, 10*time.Second, "a refused scale-up", func() bool {
 		for _, ev := range r.eventsOf("vm1") {
 			if ev.Kind == "scale_up" && ev.Outcome == eventlog.OutcomeFailed {
@@ -502,8 +505,8 @@ func TestRecoverInterruptedAction(t *testing.T) {
 	l.Close()
 
 	srv := qmptest.Start(t, &qmptest.Config{BootCPUs: 2}) // the plug happened
-	guest := newFakeGuest(t, srv)
-	guest.set(func(g *fakeGuest) { g.online = proto.NewCPUSet(0) }) // the online did not
+	guest := fakeguest.New(srv)
+	guest.SetOnline(proto.NewCPUSet(0)) // the online did not
 	events, _ := eventlog.Open(path)
 	defer events.Close()
 	ch := newPipeChannel()
@@ -516,8 +519,8 @@ func TestRecoverInterruptedAction(t *testing.T) {
 	done := make(chan struct{})
 	go func() { act.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	go guest.run(ctx, ch, interval)
-	waitFor(t, 10*time.Second, "the stray CPU onlined", func() bool { return guest.onlineCount() == 2 })
+	go guest.Run(ctx, ch.dialer(t), interval)
+	waitFor(t, 10*time.Second, "the stray CPU onlined", func() bool { return guest.OnlineCount() == 2 })
 	waitFor(t, 5*time.Second, "a recover line", func() bool {
 		evs, _, _ := eventlog.ReadFile(path, eventlog.Filter{})
 		for _, ev := range evs {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"math"
 	"net"
 	"path/filepath"
@@ -27,7 +28,7 @@ type transportRig struct {
 	connect func(t *testing.T) net.Conn // a new connection from the hostile guest
 	rec     *recorder
 	act     *Actuator
-	good    *fakeGuest
+	good    *fakeguest.Guest
 	goodQMP *qmptest.Server
 	evilQMP *qmptest.Server
 }
@@ -81,7 +82,7 @@ func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connec
 		t.Fatal(err)
 	}
 	goodCh := newPipeChannel()
-	r.good = newFakeGuest(t, r.goodQMP)
+	r.good = fakeguest.New(r.goodQMP)
 	evilPolicy := fastPolicy()
 	evilPolicy.MaxVCPUs = 2
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
@@ -97,7 +98,7 @@ func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connec
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.act.Run(ctx); close(done) }()
-	go r.good.run(ctx, goodCh, interval)
+	go r.good.Run(ctx, goodCh.dialer(t), interval)
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -133,7 +134,7 @@ func TestHostileGuests(t *testing.T) {
 	for _, mk := range hostileTransports(t) {
 		r := mk()
 		t.Run(r.name, func(t *testing.T) {
-			r.good.set(func(g *fakeGuest) { g.demand = 2 })
+			r.good.SetDemand(2)
 			var before runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)
@@ -254,7 +255,7 @@ func TestReconnectFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := startTransportRig(t, "tcp", tcp, nil, 0) // default backoff: the flood's brake
-	r.good.set(func(g *fakeGuest) { g.demand = 2 })
+	r.good.SetDemand(2)
 	var wg sync.WaitGroup
 	stop := time.Now().Add(3 * time.Second)
 	attempts := 0

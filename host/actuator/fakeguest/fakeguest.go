@@ -1,0 +1,240 @@
+// Package fakeguest plays a Linux guest running hotplug-agent, for tests of
+// the actuator: it speaks the real protocol over any connection, reports a
+// demand the test sets, and onlines and offlines CPUs on command. Its CPUs
+// are wired to a qmptest VM: the CPUs QEMU has plugged are present,
+// numbered as Linux does on x86 (lowest free number first; APIC id = core
+// id = CPU number for QEMU's default topology).
+//
+// It is test support: no shipped binary may import it. Where it simplifies
+// (no real /proc, CPUs appear in the guest as soon as QEMU plugs them) it
+// says so here rather than pretend.
+package fakeguest
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hotplugheaven/hotplug/host/qmp/qmptest"
+	"github.com/hotplugheaven/hotplug/proto"
+)
+
+// Guest is one fake guest.
+type Guest struct {
+	mu            sync.Mutex
+	qmp           *qmptest.Server
+	online        proto.CPUSet
+	demand        float64
+	refuseOnline  bool
+	refuseOffline bool
+	commands      []proto.Command
+	sessions      int
+}
+
+// New returns a guest whose boot CPUs (those plugged in qmp now) are online.
+func New(qmp *qmptest.Server) *Guest {
+	g := &Guest{qmp: qmp}
+	for i := 0; i < qmp.Plugged(); i++ {
+		g.online.Add(i)
+	}
+	return g
+}
+
+// SetDemand sets the CPUs' worth of work the guest wants; beyond its online
+// CPUs the rest is reported as runnable tasks waiting (run delay).
+func (g *Guest) SetDemand(d float64) { g.mu.Lock(); g.demand = d; g.mu.Unlock() }
+
+// SetRefuseOnline makes every online command fail, as a guest whose kernel
+// cannot bring a CPU up.
+func (g *Guest) SetRefuseOnline(v bool) { g.mu.Lock(); g.refuseOnline = v; g.mu.Unlock() }
+
+// SetRefuseOffline makes every offline command fail (EBUSY).
+func (g *Guest) SetRefuseOffline(v bool) { g.mu.Lock(); g.refuseOffline = v; g.mu.Unlock() }
+
+// SetOnline sets the online CPUs (e.g. a CPU left offline by a crash).
+func (g *Guest) SetOnline(s proto.CPUSet) { g.mu.Lock(); g.online = s.Clone(); g.mu.Unlock() }
+
+// SetQMP rewires the guest to another qmptest VM (a restarted QEMU).
+func (g *Guest) SetQMP(s *qmptest.Server) { g.mu.Lock(); g.qmp = s; g.mu.Unlock() }
+
+// Commands returns the commands received so far.
+func (g *Guest) Commands() []proto.Command {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]proto.Command(nil), g.commands...)
+}
+
+// Sessions is how many sessions (Hello accepted) the guest has had.
+func (g *Guest) Sessions() int { g.mu.Lock(); defer g.mu.Unlock(); return g.sessions }
+
+func (g *Guest) present() proto.CPUSet {
+	g.mu.Lock()
+	q := g.qmp
+	g.mu.Unlock()
+	var s proto.CPUSet
+	for i := 0; i < q.Plugged(); i++ {
+		s.Add(i)
+	}
+	return s
+}
+
+// Sets returns the present and online CPUs; an unplugged CPU cannot stay
+// online.
+func (g *Guest) Sets() (present, online proto.CPUSet) {
+	present = g.present()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, c := range g.online.Slice() {
+		if !present.Has(c) {
+			g.online.Remove(c)
+		}
+	}
+	return present, g.online.Clone()
+}
+
+// OnlineCount is the number of online CPUs.
+func (g *Guest) OnlineCount() int {
+	_, online := g.Sets()
+	return online.Len()
+}
+
+func (g *Guest) hello(interval time.Duration) *proto.Hello {
+	present, online := g.Sets()
+	return &proto.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "fakeguest",
+		Possible: proto.NewCPUSet(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), Present: present, Online: online,
+		Topology: topo(online), IntervalNanos: int64(interval)}
+}
+
+func topo(s proto.CPUSet) []proto.CPUTopology {
+	var out []proto.CPUTopology
+	for _, c := range s.Slice() {
+		out = append(out, proto.CPUTopology{CPU: uint16(c), APICID: uint32(c)})
+	}
+	return out
+}
+
+// Run connects with dial and serves until ctx ends, reconnecting after the
+// actuator drops the connection, like the real agent.
+func (g *Guest) Run(ctx context.Context, dial func(context.Context) (net.Conn, error), interval time.Duration) {
+	for ctx.Err() == nil {
+		conn, err := dial(ctx)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		g.Session(ctx, conn, interval)
+		conn.Close()
+	}
+}
+
+// Session runs one connection: Hello, then reports every interval and
+// commands answered, until either side fails.
+func (g *Guest) Session(ctx context.Context, conn net.Conn, interval time.Duration) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	w := proto.NewWriter(conn)
+	r := proto.NewReader(conn, 0)
+	if w.Write(g.hello(interval)) != nil {
+		return
+	}
+	if m, err := r.Next(); err != nil || m.(*proto.Welcome).Error != "" {
+		return
+	}
+	g.mu.Lock()
+	g.sessions++
+	g.mu.Unlock()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		var seq uint64
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			seq++
+			if w.Write(g.report(seq, interval)) != nil {
+				return
+			}
+		}
+	}()
+	for {
+		m, err := r.Next()
+		if err != nil {
+			return
+		}
+		c, ok := m.(*proto.Command)
+		if !ok {
+			return
+		}
+		if w.Write(g.execute(c)) != nil {
+			return
+		}
+	}
+}
+
+func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
+	present, online := g.Sets()
+	g.mu.Lock()
+	demand := g.demand
+	g.mu.Unlock()
+	now := time.Now().UnixNano()
+	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: now,
+		IntervalNanos: int64(interval), Online: online, Present: present, MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29}
+	n := float64(max(online.Len(), 1))
+	busy := min(demand, n)
+	for _, c := range online.Slice() {
+		r.CPUs = append(r.CPUs, proto.CPUStat{CPU: uint16(c), Busy: float32(busy / n), Idle: float32(1 - busy/n)})
+	}
+	if wait := demand - busy; wait > 0 {
+		r.RunDelay = []proto.RunDelay{{CPU: 0, WaitNanos: uint64(wait * float64(interval))}}
+	}
+	return r
+}
+
+func (g *Guest) execute(c *proto.Command) *proto.Ack {
+	g.mu.Lock()
+	g.commands = append(g.commands, *c)
+	refuseOn, refuseOff := g.refuseOnline, g.refuseOffline
+	g.mu.Unlock()
+	ack := &proto.Ack{ID: c.ID}
+	for _, n := range c.Offline.Slice() {
+		ack.Topology = append(ack.Topology, proto.CPUTopology{CPU: uint16(n), APICID: uint32(n)})
+		if n == 0 || refuseOff {
+			ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(n), Error: "device or resource busy"})
+			continue
+		}
+		g.mu.Lock()
+		g.online.Remove(n)
+		g.mu.Unlock()
+	}
+	for _, n := range c.Online.Slice() {
+		// A hot-added CPU appears in the guest a little after device_add.
+		deadline := time.Now().Add(2 * time.Second)
+		for !g.present().Has(n) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if refuseOn || !g.present().Has(n) {
+			ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(n), Error: "no such CPU"})
+			continue
+		}
+		g.mu.Lock()
+		g.online.Add(n)
+		g.mu.Unlock()
+		ack.Topology = append(ack.Topology, proto.CPUTopology{CPU: uint16(n), APICID: uint32(n)})
+	}
+	ack.Present, ack.Online = g.Sets()
+	ack.OK = len(ack.Failed) == 0
+	if !ack.OK {
+		ack.Error = "failed"
+	}
+	return ack
+}
