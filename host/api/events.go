@@ -46,9 +46,8 @@ type EventQuery struct {
 	IncludeStarted bool
 }
 
-// outcomeStarted is the event log's outcome of an action's first line
-// (eventlog.OutcomeStarted).
-const outcomeStarted = "started"
+// outcomeStarted is the event log's outcome of an action's first line.
+const outcomeStarted = eventlog.OutcomeStarted
 
 // parseEventQuery reads vm, since, until, cursor and limit; an error names
 // the parameter.

@@ -102,7 +102,7 @@ func TestReadEventsLeavesOutStartedLines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, outcome := range []string{"started", eventlog.OutcomeOK} {
+	for _, outcome := range []string{eventlog.OutcomeStarted, eventlog.OutcomeOK} {
 		l.Append(&eventlog.Event{Time: time.Now(), VM: "a", Kind: "scale_up", From: 1, To: 2, Outcome: outcome})
 	}
 	l.Close()
