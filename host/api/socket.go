@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -62,14 +63,20 @@ func ListenUnix(path, group string) (net.Listener, error) {
 	if err := os.Chmod(tmp, SocketMode); err != nil {
 		return fail(err)
 	}
-	if gid >= 0 {
-		if err := os.Chown(tmp, -1, gid); err != nil {
-			return fail(fmt.Errorf("setting group %s: %w", group, err))
-		}
-	}
 	st, err := os.Lstat(tmp)
 	if err != nil {
 		return fail(err)
+	}
+	// A service run with that group (systemd Group=) makes the socket
+	// with it already; chown would need CAP_CHOWN, which a hardened unit
+	// does not grant.
+	if gid >= 0 && st.Sys().(*syscall.Stat_t).Gid != uint32(gid) {
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			return fail(fmt.Errorf("setting group %s: %w (run the service with Group=%s, or give it CAP_CHOWN)", group, err, group))
+		}
+		if st, err = os.Lstat(tmp); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(err)
