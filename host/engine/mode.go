@@ -12,8 +12,11 @@ type mode interface {
 
 // modes maps Policy.Mode to a constructor.
 var modes = map[string]func(Policy) mode{
-	ModeSandpiper: func(Policy) mode { return sandpiper{} },
-	ModeGraybox:   func(Policy) mode { return graybox{} },
+	ModeSandpiper:  func(Policy) mode { return sandpiper{} },
+	ModeGraybox:    func(Policy) mode { return graybox{} },
+	ModeThreshold:  func(Policy) mode { return threshold{} },
+	ModeVPA:        func(Policy) mode { return vpa{} },
+	ModePredictive: func(Policy) mode { return predictive{} },
 }
 
 // mode returns the policy's mode name, defaulting to Sandpiper.

@@ -50,6 +50,25 @@ type Policy struct {
 	// above it make a hotspot even below Upper utilisation — tasks are
 	// waiting for a CPU. Zero disables the rule.
 	RunQThreshold Duration `toml:"runq_p95_threshold" json:"runq_p95_threshold"`
+
+	// The keys below belong to one mode each and are checked only when
+	// that mode is selected.
+
+	// RemoveBelow (threshold): one vCPU is removed when utilisation of the
+	// current allocation is below it.
+	RemoveBelow float64 `toml:"remove_below" json:"remove_below,omitempty"`
+	// VPAPercentile, VPAMargin and VPAHalfLife (vpa): the recommendation is
+	// the VPAPercentile of a histogram of CPU usage whose samples lose half
+	// their weight every VPAHalfLife, times 1 + VPAMargin.
+	VPAPercentile float64  `toml:"vpa_percentile" json:"vpa_percentile,omitempty"`
+	VPAMargin     float64  `toml:"vpa_margin" json:"vpa_margin,omitempty"`
+	VPAHalfLife   Duration `toml:"vpa_half_life" json:"vpa_half_life,omitempty"`
+	// ForecastHalfLife and MinGain (predictive): the forecast of the next
+	// interval's demand weighs each past sample by half every
+	// ForecastHalfLife; a vCPU is worth holding only if it lowers the
+	// forecast probability of overload by at least MinGain.
+	ForecastHalfLife Duration `toml:"forecast_half_life" json:"forecast_half_life,omitempty"`
+	MinGain          float64  `toml:"min_gain" json:"min_gain,omitempty"`
 }
 
 // DefaultPolicy is a conservative policy for a production VM: 5 s samples,
@@ -65,6 +84,10 @@ func DefaultPolicy() Policy {
 		CooldownUp:    Duration(30 * time.Second),
 		CooldownDown:  Duration(2 * time.Minute),
 		RunQThreshold: Duration(10 * time.Millisecond),
+
+		RemoveBelow:   0.2,
+		VPAPercentile: 0.9, VPAMargin: 0.15, VPAHalfLife: Duration(24 * time.Hour),
+		ForecastHalfLife: Duration(4 * time.Hour), MinGain: 0.011,
 	}
 }
 
@@ -117,6 +140,34 @@ func (p Policy) Validate() error {
 		return bad("cooldown_down", "must not be negative, got %v", p.CooldownDown)
 	case p.RunQThreshold < 0:
 		return bad("runq_p95_threshold", "must not be negative (0 disables), got %v", p.RunQThreshold)
+	}
+	return p.validateModeKeys(bad)
+}
+
+// validateModeKeys checks the keys of the selected mode only, so a policy
+// for another mode need not carry them.
+func (p Policy) validateModeKeys(bad func(field, format string, a ...any) error) error {
+	switch p.mode() {
+	case ModeThreshold:
+		if !(p.RemoveBelow > 0 && p.RemoveBelow < p.Upper) {
+			return bad("remove_below", "must be in (0, upper=%v), got %v", p.Upper, p.RemoveBelow)
+		}
+	case ModeVPA:
+		switch {
+		case !(p.VPAPercentile > 0 && p.VPAPercentile <= 1):
+			return bad("vpa_percentile", "must be in (0, 1], got %v", p.VPAPercentile)
+		case !(p.VPAMargin >= 0 && p.VPAMargin <= 10):
+			return bad("vpa_margin", "must be in [0, 10], got %v", p.VPAMargin)
+		case p.VPAHalfLife.D() < time.Minute:
+			return bad("vpa_half_life", "must be at least 1m, got %v", p.VPAHalfLife)
+		}
+	case ModePredictive:
+		switch {
+		case p.ForecastHalfLife.D() < p.Interval.D():
+			return bad("forecast_half_life", "must be at least interval=%v, got %v", p.Interval, p.ForecastHalfLife)
+		case !(p.MinGain > 0 && p.MinGain < 1):
+			return bad("min_gain", "must be in (0, 1), got %v", p.MinGain)
+		}
 	}
 	return nil
 }
