@@ -157,6 +157,16 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 		<-served
 		r.events.Close()
 	})
+	// Tests act on VMs at once: wait until every agent is connected and
+	// has reported.
+	WaitFor(t, 10*time.Second, "every fake agent to connect and report", func() bool {
+		for _, v := range r.Act.VMs() {
+			if st := v.Status(); !st.Connected || st.ReportsSeen == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	return r
 }
 
