@@ -204,6 +204,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	cfg := fmt.Sprintf(`event_log = %q
 log_level = "debug"
 
+[api]
+socket = %q
+
 [[vm]]
 name = "guest"
 qmp = %q
@@ -217,7 +220,7 @@ path = %q
 
 [vm.policy]
 %s
-`, s.EventLog, s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy)
+`, s.EventLog, filepath.Join(opts.Dir, "api.sock"), s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy)
 	if err := os.WriteFile(s.Config, []byte(cfg), 0o644); err != nil {
 		s.VM.Stop()
 		return nil, err

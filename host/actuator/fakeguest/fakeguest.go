@@ -30,11 +30,13 @@ type Guest struct {
 	refuseOffline bool
 	commands      []proto.Command
 	sessions      int
+	cmdDelay      time.Duration
+	received      chan struct{} // signalled when a command arrives
 }
 
 // New returns a guest whose boot CPUs (those plugged in qmp now) are online.
 func New(qmp *qmptest.Server) *Guest {
-	g := &Guest{qmp: qmp}
+	g := &Guest{qmp: qmp, received: make(chan struct{}, 64)}
 	for i := 0; i < qmp.Plugged(); i++ {
 		g.online.Add(i)
 	}
@@ -51,6 +53,13 @@ func (g *Guest) SetRefuseOnline(v bool) { g.mu.Lock(); g.refuseOnline = v; g.mu.
 
 // SetRefuseOffline makes every offline command fail (EBUSY).
 func (g *Guest) SetRefuseOffline(v bool) { g.mu.Lock(); g.refuseOffline = v; g.mu.Unlock() }
+
+// SetCommandDelay makes the guest take d before carrying out each command
+// (a slow guest; or a window for a test to kill the actuator in).
+func (g *Guest) SetCommandDelay(d time.Duration) { g.mu.Lock(); g.cmdDelay = d; g.mu.Unlock() }
+
+// Received is signalled once per command as it arrives, before the delay.
+func (g *Guest) Received() <-chan struct{} { return g.received }
 
 // SetOnline sets the online CPUs (e.g. a CPU left offline by a crash).
 func (g *Guest) SetOnline(s proto.CPUSet) { g.mu.Lock(); g.online = s.Clone(); g.mu.Unlock() }
@@ -203,8 +212,13 @@ func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
 func (g *Guest) execute(c *proto.Command) *proto.Ack {
 	g.mu.Lock()
 	g.commands = append(g.commands, *c)
-	refuseOn, refuseOff := g.refuseOnline, g.refuseOffline
+	refuseOn, refuseOff, delay := g.refuseOnline, g.refuseOffline, g.cmdDelay
 	g.mu.Unlock()
+	select {
+	case g.received <- struct{}{}:
+	default:
+	}
+	time.Sleep(delay)
 	ack := &proto.Ack{ID: c.ID}
 	for _, n := range c.Offline.Slice() {
 		ack.Topology = append(ack.Topology, proto.CPUTopology{CPU: uint16(n), APICID: uint32(n)})
