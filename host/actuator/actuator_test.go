@@ -536,3 +536,30 @@ func TestRecoverInterruptedAction(t *testing.T) {
 		t.Fatalf("still unfinished after recovery: %+v", u)
 	}
 }
+
+// TestNewHelloOnTheSameStream: on virtio-serial a restarted agent's Hello
+// arrives on the connection the old one used; it starts a new session.
+func TestNewHelloOnTheSameStream(t *testing.T) {
+	r := newRig(t, 0, vmSpec{name: "vm1", noGuest: true})
+	vm := r.vms[0]
+	c := vm.ch.dial(t)
+	defer c.Close()
+	w, rd := proto.NewWriter(c), proto.NewReader(c, 0)
+	hello := &proto.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "v1", Possible: proto.NewCPUSet(0, 1, 2, 3),
+		Present: proto.NewCPUSet(0), Online: proto.NewCPUSet(0), IntervalNanos: int64(interval)}
+	for _, version := range []string{"v1", "v2"} {
+		hello.AgentVersion = version
+		if err := w.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, err := rd.Next()
+		if err != nil {
+			t.Fatalf("%s: no Welcome: %v", version, err)
+		}
+		if wl, ok := m.(*proto.Welcome); !ok || wl.Error != "" {
+			t.Fatalf("%s: %+v", version, m)
+		}
+		waitFor(t, 5*time.Second, "session of "+version, func() bool { return r.act.VM("vm1").Status().Agent == version })
+	}
+}

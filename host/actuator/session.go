@@ -30,8 +30,9 @@ const (
 var sessionIDs atomic.Uint64
 
 var (
-	errSilent      = errors.New("agent silent")
-	errAgentClosed = errors.New("agent closed the connection")
+	errSilent         = errors.New("agent silent")
+	errAgentClosed    = errors.New("agent closed the connection")
+	errAgentRestarted = errors.New("agent restarted")
 )
 
 // session is one accepted, greeted agent connection.
@@ -118,23 +119,43 @@ func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (
 		}
 		return false, err
 	}
-	v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
-		"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
-	if !v.deliver(ctx, evSession{s: s}) {
-		return true, ctx.Err()
-	}
-	err = v.readLoop(ctx, s, r)
-	if ctx.Err() == nil {
-		switch {
-		case errors.Is(err, errSilent):
-			v.obs.rejected(v.name, RejectSilent)
-		case !errors.Is(err, errAgentClosed):
-			v.obs.rejected(v.name, RejectFraming)
+	for {
+		v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
+			"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
+		if !v.deliver(ctx, evSession{s: s}) {
+			return true, ctx.Err()
 		}
+		err = v.readLoop(ctx, s, r)
+		var again *rehello
+		if errors.As(err, &again) {
+			// A restarted agent on a stream that outlived it (virtio-serial:
+			// the host never sees the guest close the port) says Hello
+			// again: end the old session and greet the new one.
+			v.deliver(ctx, evClosed{s: s, err: errAgentRestarted})
+			v.log.Info("agent restarted: new Hello on the same stream")
+			if s, err = v.greet(conn, again.hello); err != nil {
+				v.obs.rejected(v.name, RejectHandshake)
+				return true, err
+			}
+			continue
+		}
+		if ctx.Err() == nil {
+			switch {
+			case errors.Is(err, errSilent):
+				v.obs.rejected(v.name, RejectSilent)
+			case !errors.Is(err, errAgentClosed):
+				v.obs.rejected(v.name, RejectFraming)
+			}
+		}
+		v.deliver(ctx, evClosed{s: s, err: err})
+		return true, err
 	}
-	v.deliver(ctx, evClosed{s: s, err: err})
-	return true, err
 }
+
+// rehello is readLoop's way of saying a new Hello arrived.
+type rehello struct{ hello *proto.Hello }
+
+func (r *rehello) Error() string { return "agent sent a new Hello" }
 
 // handshake waits for a Hello, skipping what an earlier connection left in
 // the stream, and answers it.
@@ -176,20 +197,24 @@ func (v *VM) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*ses
 		if err != nil {
 			return nil, fmt.Errorf("bad Hello: %w", err)
 		}
-		hello := m.(*proto.Hello)
-		w := proto.NewWriter(conn)
-		version, err := proto.Negotiate(hello)
-		if err != nil {
-			_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-			_ = w.Write(&proto.Welcome{Error: err.Error()})
-			return nil, err
-		}
-		s := &session{id: sessionIDs.Add(1), conn: conn, w: w, hello: hello, version: version}
-		if err := s.send(&proto.Welcome{Version: version, VM: v.name, IntervalNanos: int64(v.policyInterval())}); err != nil {
-			return nil, fmt.Errorf("sending Welcome: %w", err)
-		}
-		return s, nil
+		return v.greet(conn, m.(*proto.Hello))
 	}
+}
+
+// greet answers a Hello: the common version, or why there is none.
+func (v *VM) greet(conn net.Conn, hello *proto.Hello) (*session, error) {
+	w := proto.NewWriter(conn)
+	version, err := proto.Negotiate(hello)
+	if err != nil {
+		_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = w.Write(&proto.Welcome{Error: err.Error()})
+		return nil, err
+	}
+	s := &session{id: sessionIDs.Add(1), conn: conn, w: w, hello: hello, version: version}
+	if err := s.send(&proto.Welcome{Version: version, VM: v.name, IntervalNanos: int64(v.policyInterval())}); err != nil {
+		return nil, fmt.Errorf("sending Welcome: %w", err)
+	}
+	return s, nil
 }
 
 // readLoop forwards messages until the connection fails or the agent goes
@@ -224,6 +249,8 @@ func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
 			ev = evReport{s: s, r: m, at: time.Now()}
 		case *proto.Ack:
 			ev = evAck{s: s, a: m}
+		case *proto.Hello:
+			return &rehello{hello: m}
 		default:
 			return fmt.Errorf("agent sent %v after Hello", t)
 		}
