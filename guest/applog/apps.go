@@ -97,6 +97,9 @@ func New(cfgs []App, o Options) (*Apps, error) {
 // Name implements agent.Extra.
 func (a *Apps) Name() string { return "applog" }
 
+// Len is the number of applications configured.
+func (a *Apps) Len() int { return len(a.apps) }
+
 // Run tails every log until ctx ends, then saves the positions.
 func (a *Apps) Run(ctx context.Context) error {
 	var wg sync.WaitGroup

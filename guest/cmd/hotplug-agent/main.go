@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/hotplugheaven/hotplug/proto"
 	"io"
 	"os"
 	"os/signal"
@@ -83,6 +84,7 @@ const usage = `hotplug-agent — Hot-Plug Heaven guest agent
 
 Usage:
   hotplug-agent [flags]           run the agent (normally from systemd)
+  hotplug-agent check [flags]     validate agent.toml and apps.d/*.toml, then exit
   hotplug-agent status [--json]   what the running agent sees (from its status file)
   hotplug-agent --version         print the version
 
@@ -107,6 +109,12 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "status" {
 		return cmdStatus(args[1:], os.Stdout, stderr)
+	}
+	// check validates the configuration (agent.toml, apps.d) and exits:
+	// 0 when the agent would start, 2 with the reason otherwise.
+	checkOnly := len(args) > 0 && args[0] == "check"
+	if checkOnly {
+		args = args[1:]
 	}
 	fs := flag.NewFlagSet("hotplug-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -202,6 +210,14 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)
 		return 2
+	}
+	if checkOnly {
+		if cfg.Interval.Duration < proto.MinInterval || cfg.Interval.Duration > proto.MaxInterval {
+			fmt.Fprintf(stderr, "hotplug-agent: interval: must be between %v and %v, got %v\n", proto.MinInterval, proto.MaxInterval, cfg.Interval.Duration)
+			return 2
+		}
+		fmt.Printf("%s: OK (transport %s, %d application log(s))\n", *configPath, dialer.String(), apps.Len())
+		return 0
 	}
 	extras := []agent.Extra{apps}
 	if rq := openRunQ(runqMode, cfg.ProcRoot, cfg.SysRoot, logger); rq != nil {

@@ -36,3 +36,20 @@ func TestBadConfigIsOneClearLine(t *testing.T) {
 		t.Fatalf("explicit missing config file: exit %d", code)
 	}
 }
+
+func TestCheckCommand(t *testing.T) {
+	dir := t.TempDir()
+	apps := filepath.Join(dir, "apps.d")
+	os.MkdirAll(apps, 0o755)
+	cfg := filepath.Join(dir, "agent.toml")
+	os.WriteFile(cfg, []byte("transport = \"tcp\"\ntcp_address = \"127.0.0.1:1\"\napps_dir = \""+apps+"\"\nstate_dir = \""+dir+"\"\nstatus_file = \"\"\n"), 0o644)
+	var errb bytes.Buffer
+	if code := run([]string{"check", "--config", cfg}, &errb); code != 0 {
+		t.Fatalf("good config: exit %d: %s", code, errb.String())
+	}
+	os.WriteFile(filepath.Join(apps, "web.toml"), []byte("name = \"web\"\npath = \"/var/log/x.log\"\nformat = \"nginx\"\nsla_typo = 1\n"), 0o644)
+	errb.Reset()
+	if code := run([]string{"check", "--config", cfg}, &errb); code != 2 || !strings.Contains(errb.String(), "web.toml") {
+		t.Fatalf("bad app config: exit %d: %s", code, errb.String())
+	}
+}
