@@ -279,11 +279,37 @@ func matchPatterns(patterns, name string) bool {
 		return true
 	}
 	for _, p := range strings.FieldsFunc(patterns, func(r rune) bool { return r == '|' || r == ',' }) {
-		if ok, _ := filepath.Match(strings.ReplaceAll(p, "[", "\\["), name); ok {
+		if simpleMatch(p, name) {
 			return true
 		}
 	}
 	return false
+}
+
+// simpleMatch is RTStrSimplePatternMatch: '*' matches any run of
+// characters ('/' included), '?' any one.
+func simpleMatch(pattern, s string) bool {
+	for len(pattern) > 0 {
+		switch pattern[0] {
+		case '*':
+			for i := len(s); i >= 0; i-- {
+				if simpleMatch(pattern[1:], s[i:]) {
+					return true
+				}
+			}
+			return false
+		case '?':
+			if s == "" {
+				return false
+			}
+		default:
+			if s == "" || s[0] != pattern[0] {
+				return false
+			}
+		}
+		pattern, s = pattern[1:], s[1:]
+	}
+	return s == ""
 }
 
 var validFlags = map[string]bool{"TRANSIENT": true, "RDONLYGUEST": true, "RDONLYHOST": true, "READONLY": true, "TRANSRESET": true}
