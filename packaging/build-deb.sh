@@ -56,6 +56,10 @@ copyright() {
 	mods=$("$GO" version -m "$bin" | awk '$1 == "dep" || $1 == "=>" { print $2, $3 }')
 	{
 		echo
+		echo "--- Hot-Plug Heaven (LICENSE) ---"
+		echo
+		cat LICENSE
+		echo
 		echo "Go standard library $("$GO" env GOVERSION)"
 		echo "$mods" | sed 's/^/Go module /'
 		echo
