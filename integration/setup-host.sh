@@ -21,7 +21,10 @@ set -euo pipefail
 #   xz-utils, zstd   unpack compressed kernel modules (newer Debian kernels)
 #   apt, dpkg        apt-get download + dpkg-deb -x fetch the guest kernel
 #                    (always present on Debian)
-packages=(qemu-system-x86 busybox-static cpio xz-utils zstd)
+#   chromium         the dashboard's browser test (host/api), driven by chromedp
+#   debootstrap, e2fsprogs, lintian
+#                    the .deb proof: a Debian rootfs, its ext4 image, package lint
+packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
