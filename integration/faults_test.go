@@ -96,12 +96,7 @@ func newProcRig(t *testing.T, n int, eventLog string) *procRig {
 	})
 	cfg := fmt.Sprintf("event_log = %q\nlog_level = \"debug\"\n[api]\nsocket = %q\n", r.events, filepath.Join(r.dir, "api.sock"))
 	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
+		addr := freePort(t)
 		v := &procVM{name: fmt.Sprintf("vm%d", i), qmp: qmptest.Start(t, &qmptest.Config{MaxCPUs: 16}), addr: addr}
 		v.guest = fakeguest.New(v.qmp)
 		r.vms = append(r.vms, v)
@@ -127,6 +122,28 @@ listen = %q
 	}
 	return r
 }
+
+// freePort picks a TCP port below Linux's ephemeral range (32768+), so
+// that the fake agents' own outgoing connections cannot take it before the
+// actuator binds it.
+func freePort(t *testing.T) string {
+	t.Helper()
+	base := 10000 + int(time.Now().UnixNano()%15000)
+	for p := base; p < base+5000; p++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			ln.Close()
+			if !portsTaken[p] {
+				portsTaken[p] = true
+				return fmt.Sprintf("127.0.0.1:%d", p)
+			}
+		}
+	}
+	t.Fatal("no free TCP port below the ephemeral range")
+	return ""
+}
+
+var portsTaken = map[int]bool{}
 
 // startAgent (re)starts a VM's agent: a new process, sequence from 1.
 func (r *procRig) startAgent(v *procVM) {
