@@ -53,3 +53,35 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatalf("bad app config: exit %d: %s", code, errb.String())
 	}
 }
+
+// TestPackagedConfigChecks: the agent.toml shipped in the .deb, with every
+// setting uncommented, passes `hotplug-agent check` — its keys cannot drift
+// from the binary's.
+func TestPackagedConfigChecks(t *testing.T) {
+	b, err := os.ReadFile("../../../packaging/hotplug-agent/agent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if len(line) > 1 && line[0] == '#' && line[1] >= 'a' && line[1] <= 'z' && strings.Contains(line, " = ") {
+			line = line[1:]
+			n++
+		}
+		out = append(out, line)
+	}
+	if n < 10 {
+		t.Fatalf("only %d settings found", n)
+	}
+	dir := t.TempDir()
+	text := strings.Join(out, "\n")
+	// Point the paths somewhere this test may use.
+	text = strings.ReplaceAll(text, `"/etc/hotplug-agent/apps.d"`, `"`+dir+`"`)
+	p := filepath.Join(dir, "agent.toml")
+	os.WriteFile(p, []byte(text), 0o644)
+	var errb bytes.Buffer
+	if code := run([]string{"check", "--config", p}, &errb); code != 0 {
+		t.Fatalf("packaged agent.toml, uncommented: exit %d: %s", code, errb.String())
+	}
+}
