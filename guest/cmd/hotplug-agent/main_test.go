@@ -77,7 +77,9 @@ func TestPackagedConfigChecks(t *testing.T) {
 	dir := t.TempDir()
 	text := strings.Join(out, "\n")
 	// Point the paths somewhere this test may use.
-	text = strings.ReplaceAll(text, `"/etc/hotplug-agent/apps.d"`, `"`+dir+`"`)
+	apps := filepath.Join(dir, "apps.d")
+	os.MkdirAll(apps, 0o755)
+	text = strings.ReplaceAll(text, `"/etc/hotplug-agent/apps.d"`, `"`+apps+`"`)
 	p := filepath.Join(dir, "agent.toml")
 	os.WriteFile(p, []byte(text), 0o644)
 	var errb bytes.Buffer
