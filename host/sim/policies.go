@@ -39,14 +39,25 @@ func VPAPolicy() engine.Policy {
 
 // PredictivePolicy is the forecast-driven mode as tuned on the development
 // day (PlanetLab 2011-03-03, 300 s samples): a 4 h half-life, a window of
-// two days, no warm-up beyond one sample, and MinGain 1.1 %, the largest
-// of a sweep whose overload time stayed below 1 % on that day.
+// three half-lives (older samples would weigh less than an eighth; a
+// two-day window decided the same), no warm-up beyond one sample, and
+// MinGain 1.1 %, the largest of a sweep whose overload time stayed below
+// 1 % on that day.
 func PredictivePolicy() engine.Policy {
 	p := engine.DefaultPolicy()
 	p.Mode = engine.ModePredictive
 	p.ForecastHalfLife, p.MinGain = engine.Duration(4*time.Hour), 0.011
-	p.K, p.N, p.Window = 1, 1, 576
+	p.K, p.N, p.Window = 1, 1, 144
 	p.CooldownUp, p.CooldownDown = 0, 0
+	return p
+}
+
+// PredictiveLeanPolicy is the same mode at a cheaper operating point:
+// MinGain 4 %, the largest (in steps of 0.5 %) at which it used both fewer
+// vCPU-hours and less overload time than vpa on the development day.
+func PredictiveLeanPolicy() engine.Policy {
+	p := PredictivePolicy()
+	p.MinGain = 0.04
 	return p
 }
 
@@ -63,6 +74,7 @@ func DefaultPolicies() []Policy {
 		{Name: engine.ModeSandpiper, Engine: engine.DefaultPolicy()},
 		{Name: engine.ModeVPA, Engine: VPAPolicy()},
 		{Name: engine.ModePredictive, Engine: PredictivePolicy()},
+		{Name: engine.ModePredictive + "-lean", Engine: PredictiveLeanPolicy()},
 	}
 }
 

@@ -106,7 +106,7 @@ func TestSimulateFixtures(t *testing.T) {
 		}
 	}
 	// The timeline VM is the first whose peak reaches half its size.
-	if rep.Timeline == nil || rep.Timeline.VM != "metis_mcs_suffolk_edu_ rnp_dcc_ufjf" || len(rep.Timeline.Alloc) != 7 || len(rep.Timeline.Alloc[6]) != 288 {
+	if rep.Timeline == nil || rep.Timeline.VM != "metis_mcs_suffolk_edu_ rnp_dcc_ufjf" || len(rep.Timeline.Alloc) != 8 || len(rep.Timeline.Alloc[7]) != 288 {
 		t.Fatalf("timeline %+v", rep.Timeline)
 	}
 }
@@ -191,11 +191,11 @@ forecast_half_life = "12h"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 8 || got[6].Engine.MinGain != 0.02 || got[6].Engine.ForecastHalfLife != PredictivePolicy().ForecastHalfLife {
+	if len(got) != 9 || got[6].Engine.MinGain != 0.02 || got[6].Engine.ForecastHalfLife != PredictivePolicy().ForecastHalfLife {
 		t.Fatalf("predictive not overlaid: %+v", got[6].Engine)
 	}
-	if got[7].Name != "pred-slow" || got[7].Engine.Mode != engine.ModePredictive || got[7].Engine.ForecastHalfLife.D() != 12*time.Hour {
-		t.Fatalf("pred-slow not added: %+v", got[7])
+	if got[8].Name != "pred-slow" || got[8].Engine.Mode != engine.ModePredictive || got[8].Engine.ForecastHalfLife.D() != 12*time.Hour {
+		t.Fatalf("pred-slow not added: %+v", got[8])
 	}
 	if DefaultPolicies()[6].Engine.MinGain == 0.02 {
 		t.Fatal("the defaults were changed")
@@ -224,7 +224,7 @@ func TestWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	var doc map[string][]map[string]any
-	if err := json.Unmarshal(b.Bytes(), &doc); err != nil || len(doc) != 1 || len(doc["policies"]) != 7 {
+	if err := json.Unmarshal(b.Bytes(), &doc); err != nil || len(doc) != 1 || len(doc["policies"]) != 8 {
 		t.Fatalf("JSON %v: %s", err, b.String())
 	}
 	for _, k := range []string{"policy", "vms", "vcpu_hours", "vcpu_hours_vs_requested", "vcpu_hours_vs_oracle", "overload_time_fraction", "actions_per_vm_day"} {
@@ -234,13 +234,13 @@ func TestWriters(t *testing.T) {
 	}
 	b.Reset()
 	WriteCSV(&b, rep)
-	if lines := strings.Split(strings.TrimSpace(b.String()), "\n"); len(lines) != 8 || !strings.HasPrefix(lines[1], "static-requested,4,768,1,") {
+	if lines := strings.Split(strings.TrimSpace(b.String()), "\n"); len(lines) != 9 || !strings.HasPrefix(lines[1], "static-requested,4,768,1,") {
 		t.Fatalf("CSV:\n%s", b.String())
 	}
 	b.Reset()
 	WriteTable(&b, rep)
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
-	if len(lines) != 9 || !strings.HasPrefix(lines[1], "| ---") {
+	if len(lines) != 10 || !strings.HasPrefix(lines[1], "| ---") {
 		t.Fatalf("table:\n%s", b.String())
 	}
 	for _, l := range lines {

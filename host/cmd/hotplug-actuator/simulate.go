@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -108,6 +109,12 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 			chosen = append(chosen, pols[i])
 		}
 		pols = chosen
+	}
+	if os.Getenv("GOGC") == "" {
+		// A batch run whose live heap is small (a trace per worker) but
+		// whose engines allocate per decision: fewer collections for a
+		// somewhat larger heap make it about a third faster.
+		debug.SetGCPercent(400)
 	}
 	act := sim.Actuation{PlugTime: *plug, UnplugTime: *unplug, Initial: *initial}
 	traces := sim.Read(fs.Args(), sim.ReadOptions{Format: sim.Format(*input), Requested: *requested})

@@ -40,7 +40,7 @@ func TestSimulateCommand(t *testing.T) {
 			t.Errorf("%s: %d VMs, want 5", p.Policy, p.VMs)
 		}
 	}
-	if got := strings.Join(names, ","); got != "static-requested,static-peak,oracle,threshold,sandpiper,vpa,predictive" {
+	if got := strings.Join(names, ","); got != "static-requested,static-peak,oracle,threshold,sandpiper,vpa,predictive,predictive-lean" {
 		t.Fatalf("policies %s", got)
 	}
 	// Bad files are reported by name and line, and skipped.
