@@ -119,8 +119,18 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	if err := g.StopLoad(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitLibvirt(ctx, t, g, 4*time.Minute, "back to 1 vCPU in the guest and in QEMU", func(online, plugged int) bool {
-		return online == 1 && plugged == 1 && count("scale_down") > 0
+	// The actuator commits an event after its last step, a moment after
+	// the guest and QEMU show the change.
+	backAtOne := func() bool {
+		for _, ev := range readEvents() {
+			if ev.Kind == "scale_down" && ev.Result == 1 {
+				return true
+			}
+		}
+		return false
+	}
+	waitLibvirt(ctx, t, g, 4*time.Minute, "back to 1 vCPU in the guest, in QEMU and in the event log", func(online, plugged int) bool {
+		return online == 1 && plugged == 1 && backAtOne()
 	})
 	libvirtCount, err := g.LibvirtCurrent(ctx)
 	if err != nil {
@@ -143,6 +153,11 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	t.Logf("scale-down: load stop → 1 vCPU in %v over %d scale-downs; unplug steps %s ms (libvirt waits 5 s for QEMU's DEVICE_DELETED, which TCG never sends for a CPU); libvirt still counts %d live vCPUs, QEMU has 1",
 		time.Since(loadStop).Round(100*time.Millisecond), downs, strings.Join(unplugMS, "; "), libvirtCount)
 	for _, ev := range readEvents() {
+		var steps []string
+		for _, st := range ev.Steps {
+			steps = append(steps, fmt.Sprintf("%s %.0f ms", st.Name, st.DurationMS))
+		}
+		t.Logf("event %s %d → %d (result %d) %s, rule %s: %s", ev.Kind, ev.From, ev.To, ev.Result, ev.Outcome, ev.Rule, strings.Join(steps, ", "))
 		if ev.Outcome != eventlog.OutcomeOK {
 			t.Errorf("event with outcome %s: %+v", ev.Outcome, ev)
 		}
