@@ -55,6 +55,9 @@ func TestRunqlatSpec(t *testing.T) {
 	if s := spec.Maps[RunqlatMapStart]; s == nil || s.Type != ebpf.Hash || s.KeySize != 4 || s.ValueSize != 8 {
 		t.Errorf("start map: %+v", s)
 	}
+	if s := spec.Maps[RunqlatMapStartTask]; s == nil || s.Type != ebpf.TaskStorage || s.ValueSize != 8 {
+		t.Errorf("start_task map: %+v", s)
+	}
 	var count bool
 	if v := spec.Variables[RunqlatVarCountPreempted]; v == nil || !v.Constant() {
 		t.Errorf("count_preempted is not a const volatile: %+v", v)

@@ -8,10 +8,16 @@
  * log2 histogram of microseconds in a per-CPU array that user space sums
  * and differences each interval (guest/runq).
  *
- * Two sets of programs do the same work: tp_btf (kernel 5.5+, typed
- * arguments read directly) and raw_tp (4.17+, arguments read with
- * bpf_probe_read_kernel). The loader attaches one set, never both. Both use
- * CO-RE, so they need kernel BTF (/sys/kernel/btf/vmlinux) to load.
+ * Two sets of programs do the same work: tp_btf (kernel 5.11+: typed
+ * arguments read directly, start times in task-local storage) and raw_tp
+ * (4.17+: arguments read with bpf_probe_read_kernel, start times in a hash
+ * map keyed by pid). The loader loads one set and its map, never both. Both
+ * use CO-RE, so they need kernel BTF (/sys/kernel/btf/vmlinux) to load.
+ *
+ * Cost matters: sched_switch fires on every context switch. Task storage
+ * is a pointer chase where the hash map hashes and locks a bucket, and the
+ * histogram is per-CPU and written only from sched_switch (rq lock held,
+ * interrupts off), so its counters need no atomic instructions.
  *
  * Written for Hot-Plug Heaven after the design of runqlat in BCC's
  * libbpf-tools; no code was copied.
@@ -25,13 +31,14 @@
 /* Slot i counts waits in [2^i, 2^(i+1)) µs; slot 0 also takes waits under
  * 1 µs and the last slot everything from 2^(MAX_SLOTS-1) µs (36 min) up. */
 #define MAX_SLOTS 32
-/* Tasks runnable but not yet running, at most. A full map loses waits
- * (counted in hist.lost) rather than failing. */
+/* raw_tp set: tasks runnable but not yet running, at most. A full map
+ * loses waits (counted in hist.lost) rather than failing. */
 #define MAX_QUEUED 10240
 
 struct hist {
 	__u64 slots[MAX_SLOTS];
-	/* Waits not recorded: the start map was full or busy. */
+	/* Waits not recorded: no room for the start time (map full, busy,
+	 * or task storage not allocatable). */
 	__u64 lost;
 };
 
@@ -44,13 +51,21 @@ struct hist {
  * sleep would never show as waiting. */
 const volatile bool count_preempted = true;
 
-/* pid → CLOCK_MONOTONIC ns at which the task became runnable. */
+/* raw_tp set: pid → CLOCK_MONOTONIC ns at which the task became runnable. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_QUEUED);
 	__type(key, __u32);
 	__type(value, __u64);
 } start SEC(".maps");
+
+/* tp_btf set: the same, in the task itself; 0 means not waiting. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} start_task SEC(".maps");
 
 /* One histogram per CPU (slot 0 of a per-CPU array): no contention between
  * CPUs; user space adds them up. */
@@ -72,20 +87,27 @@ static __always_inline struct hist *this_hist(void)
 	return bpf_map_lookup_elem(&hists, &zero);
 }
 
+/* Wake-ups and switches run with interrupts off and a program does not
+ * nest on its own CPU, so plain increments of the per-CPU counters are
+ * safe. */
+static __always_inline void count_lost(void)
+{
+	struct hist *h = this_hist();
+
+	if (h)
+		h->lost++;
+}
+
 static __always_inline int enqueue(__u32 pid)
 {
 	__u64 ts;
-	struct hist *h;
 
 	/* pid 0 is each CPU's idle task: it never waits. */
 	if (!pid)
 		return 0;
 	ts = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&start, &pid, &ts, BPF_ANY) != 0) {
-		h = this_hist();
-		if (h)
-			__sync_fetch_and_add(&h->lost, 1);
-	}
+	if (bpf_map_update_elem(&start, &pid, &ts, BPF_ANY) != 0)
+		count_lost();
 	return 0;
 }
 
@@ -104,29 +126,36 @@ static __always_inline __u64 log2_u64(__u64 v)
 	return r;
 }
 
-static __always_inline int switch_in(__u32 pid)
+/* record puts the wait that started at start into this CPU's histogram. */
+static __always_inline void record(__u64 start)
 {
 	/* slot is 64-bit: with a u32, clang compares a zero-extended copy
 	 * and indexes with the original, and the verifier sees no bound. */
-	__u64 *tsp, now, us, slot;
+	__u64 now, us, slot;
 	struct hist *h;
+
+	now = bpf_ktime_get_ns();
+	/* A timestamp from another CPU can be a little ahead of ours. */
+	us = now > start ? (now - start) / 1000 : 0;
+	slot = log2_u64(us);
+	if (slot >= MAX_SLOTS)
+		slot = MAX_SLOTS - 1;
+	h = this_hist();
+	if (h)
+		h->slots[slot]++;
+}
+
+static __always_inline int switch_in(__u32 pid)
+{
+	__u64 *tsp;
 
 	if (!pid)
 		return 0;
 	tsp = bpf_map_lookup_elem(&start, &pid);
 	if (!tsp)
 		return 0;
-	now = bpf_ktime_get_ns();
-	/* A timestamp from another CPU can be a little ahead of ours. */
-	us = now > *tsp ? (now - *tsp) / 1000 : 0;
+	record(*tsp);
 	bpf_map_delete_elem(&start, &pid);
-
-	slot = log2_u64(us);
-	if (slot >= MAX_SLOTS)
-		slot = MAX_SLOTS - 1;
-	h = this_hist();
-	if (h)
-		__sync_fetch_and_add(&h->slots[slot], 1);
 	return 0;
 }
 
@@ -139,24 +168,50 @@ static __always_inline long btf_task_state(struct task_struct *t)
 	return ((struct task_struct___pre514 *)t)->state;
 }
 
+static __always_inline int btf_enqueue(struct task_struct *p)
+{
+	__u64 *ts;
+
+	if (!p->pid)
+		return 0;
+	ts = bpf_task_storage_get(&start_task, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!ts) {
+		count_lost();
+		return 0;
+	}
+	*ts = bpf_ktime_get_ns();
+	return 0;
+}
+
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(btf_wakeup, struct task_struct *p)
 {
-	return enqueue(p->pid);
+	return btf_enqueue(p);
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(btf_wakeup_new, struct task_struct *p)
 {
-	return enqueue(p->pid);
+	return btf_enqueue(p);
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(btf_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
+	__u64 *ts;
+
 	if (count_preempted && btf_task_state(prev) == TASK_RUNNING)
-		enqueue(prev->pid);
-	return switch_in(next->pid);
+		btf_enqueue(prev);
+	if (!next->pid)
+		return 0;
+	/* No F_CREATE: a task that never became runnable under us has no
+	 * storage, and needs none. */
+	ts = bpf_task_storage_get(&start_task, next, 0, 0);
+	if (!ts || !*ts)
+		return 0;
+	record(*ts);
+	*ts = 0;
+	return 0;
 }
 
 /* ---- raw_tp: untyped arguments, read with bpf_probe_read_kernel ---- */

@@ -25,6 +25,7 @@ type RunqlatHist struct {
 const (
 	RunqlatMapHists          = "hists"
 	RunqlatMapStart          = "start"
+	RunqlatMapStartTask      = "start_task"
 	RunqlatProgBtfSwitch     = "btf_switch"
 	RunqlatProgBtfWakeup     = "btf_wakeup"
 	RunqlatProgBtfWakeupNew  = "btf_wakeup_new"
@@ -88,8 +89,9 @@ type RunqlatProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type RunqlatMapSpecs struct {
-	Hists *ebpf.MapSpec `ebpf:"hists"`
-	Start *ebpf.MapSpec `ebpf:"start"`
+	Hists     *ebpf.MapSpec `ebpf:"hists"`
+	Start     *ebpf.MapSpec `ebpf:"start"`
+	StartTask *ebpf.MapSpec `ebpf:"start_task"`
 }
 
 // RunqlatVariableSpecs contains global variables before they are loaded into the kernel.
@@ -119,14 +121,16 @@ func (o *RunqlatObjects) Close() error {
 //
 // It can be passed to LoadRunqlatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RunqlatMaps struct {
-	Hists *ebpf.Map `ebpf:"hists"`
-	Start *ebpf.Map `ebpf:"start"`
+	Hists     *ebpf.Map `ebpf:"hists"`
+	Start     *ebpf.Map `ebpf:"start"`
+	StartTask *ebpf.Map `ebpf:"start_task"`
 }
 
 func (m *RunqlatMaps) Close() error {
 	return _RunqlatClose(
 		m.Hists,
 		m.Start,
+		m.StartTask,
 	)
 }
 

@@ -10,7 +10,8 @@
  *   bpftool btf dump file vmlinux format c > vmlinux-full.h
  *
  * then trimmed by hand to the definitions below, copied verbatim (a struct
- * keeps only the fields this program reads). Trimming is safe because of
+ * keeps only the fields this program reads; an enum only the values it
+ * uses). Trimming is safe because of
  * CO-RE: struct task_struct carries preserve_access_index, so clang records
  * each field access by name and the loader (cilium/ebpf) rewrites the offset
  * from the running kernel's BTF. Nothing here is tied to 6.1's layout.
@@ -57,6 +58,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
 	BPF_MAP_TYPE_PERCPU_HASH = 5,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
 
 enum {
@@ -64,6 +66,14 @@ enum {
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
 	BPF_F_LOCK = 4,
+};
+
+enum {
+	BPF_F_NO_PREALLOC = 1,
+};
+
+enum {
+	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
 };
 
 /* Kernels since 5.14 name the run state __state (unsigned int); runqlat.c

@@ -6,8 +6,8 @@
 // Sources, best first (proto.RunQSource*):
 //
 //  1. eBPF tp_btf programs (bpf/runqlat.c): a log2 histogram of every wait,
-//     from which p50/p95/p99 are computed. Needs kernel BTF, kernel 5.5+
-//     and root (or CAP_BPF with CAP_PERFMON).
+//     from which p50/p95/p99 are computed. Needs kernel BTF, kernel 5.11+
+//     (task storage) and root (or CAP_BPF with CAP_PERFMON).
 //  2. The same program as raw_tp (kernel 4.17+ with BTF), when tp_btf
 //     cannot load or attach.
 //  3. /proc/schedstat run_delay and pcount: the mean wait per timeslice;

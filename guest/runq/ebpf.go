@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -27,7 +28,7 @@ var (
 type progSet int
 
 const (
-	tpBTF progSet = iota // BTF-typed raw tracepoints, kernel 5.5+
+	tpBTF progSet = iota // BTF-typed raw tracepoints and task storage, kernel 5.11+
 	rawTP                // raw tracepoints, kernel 4.17+
 )
 
@@ -44,6 +45,15 @@ func (p progSet) detail() string {
 		kind = "raw_tp"
 	}
 	return "log2 histogram of every wait from " + kind + " programs on sched_wakeup, sched_wakeup_new and sched_switch"
+}
+
+// startMap is the map the set keeps start times in; the other set's is not
+// created (task storage would fail on a kernel before 5.11).
+func (p progSet) startMap() string {
+	if p == tpBTF {
+		return bpf.RunqlatMapStartTask
+	}
+	return bpf.RunqlatMapStart
 }
 
 // programs lists the set's programs in attach order: sched_switch first,
@@ -80,6 +90,10 @@ type ebpfSampler struct {
 // openEBPF loads one program set with CO-RE against the BTF at btfPath and
 // attaches it. Errors say why in terms an operator can act on.
 func openEBPF(set progSet, btfPath string, countPreempted bool) (sampler, error) {
+	// Parsing kernel BTF for CO-RE takes some 15 MiB that are garbage once
+	// the programs are loaded; hand them back to the OS rather than keep
+	// them in the agent's RSS for its whole life.
+	defer debug.FreeOSMemory()
 	if err := checkBTF(btfPath); err != nil {
 		return nil, err
 	}
@@ -112,6 +126,11 @@ func openEBPF(set progSet, btfPath string, countPreempted bool) (sampler, error)
 	for name := range spec.Programs {
 		if !keep[name] {
 			delete(spec.Programs, name)
+		}
+	}
+	for _, name := range []string{bpf.RunqlatMapStart, bpf.RunqlatMapStartTask} {
+		if name != set.startMap() {
+			delete(spec.Maps, name)
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
@@ -162,7 +181,7 @@ func explainLoad(set progSet, what string, err error) error {
 	case errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES):
 		return fmt.Errorf("%w: %s: run the agent as root, or with CAP_BPF and CAP_PERFMON (Linux 5.8+): %v", errNotPermitted, what, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
-		min := "5.5"
+		min := "5.11"
 		if set == rawTP {
 			min = "4.17"
 		}
