@@ -408,6 +408,11 @@ type Command struct {
 	ID      uint64 `msgpack:"id"`
 	Online  CPUSet `msgpack:"online,omitempty"`
 	Offline CPUSet `msgpack:"offline,omitempty"`
+	// WantOnline, when non-zero, asks the agent to online present but
+	// offline CPUs — waiting for hot-added ones to appear — until at least
+	// this many are online. It names no CPU because the guest's kernel,
+	// not the host, numbers a hot-added CPU.
+	WantOnline uint16 `msgpack:"want_online,omitempty"`
 	// IntervalNanos, when non-zero, sets the sampling interval.
 	IntervalNanos int64 `msgpack:"ivl,omitempty"`
 }
@@ -422,6 +427,9 @@ func (c *Command) Validate() error {
 	}
 	if c.Online.Len() > 0 && c.Offline.Len() > 0 && c.Online.Difference(c.Offline).Len() != c.Online.Len() {
 		return fmt.Errorf("%w: command %d: cpus both onlined and offlined", ErrInvalid, c.ID)
+	}
+	if c.WantOnline > MaxCPUs {
+		return fmt.Errorf("%w: command %d: want %d CPUs online, limit %d", ErrInvalid, c.ID, c.WantOnline, MaxCPUs)
 	}
 	if c.IntervalNanos != 0 {
 		return checkInterval(fmt.Sprintf("command %d", c.ID), c.IntervalNanos)

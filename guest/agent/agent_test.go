@@ -314,3 +314,36 @@ func TestExtrasFillReports(t *testing.T) {
 		}
 	}
 }
+
+// TestWantOnlineOnlinesTheHotAddedCPU: the actuator asks for one more CPU
+// online without naming it; the agent waits for the hot-added CPU to
+// appear — here as cpu6, not the lowest free number — and onlines it.
+func TestWantOnlineOnlinesTheHotAddedCPU(t *testing.T) {
+	opts := fixture(t)
+	act, _ := startAgent(t, opts, Config{OnlineTimeout: 5 * time.Second})
+	c, _ := act.accept(t, &proto.Welcome{Version: 1})
+	cpuDir := filepath.Join(opts.SysRoot, "devices/system/cpu")
+	// The kernel: once cpu6/online says 1, the online list says so too.
+	go func() {
+		time.Sleep(300 * time.Millisecond) // the ACPI handler is slow
+		os.MkdirAll(filepath.Join(cpuDir, "cpu6"), 0o755)
+		os.WriteFile(filepath.Join(cpuDir, "cpu6/online"), []byte("0\n"), 0o644)
+		os.WriteFile(filepath.Join(cpuDir, "present"), []byte("0-3,6\n"), 0o644)
+		for i := 0; i < 200; i++ {
+			if b, _ := os.ReadFile(filepath.Join(cpuDir, "cpu6/online")); strings.TrimSpace(string(b)) == "1" {
+				os.WriteFile(filepath.Join(cpuDir, "online"), []byte("0-3,6\n"), 0o644)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	a := c.ack(t, &proto.Command{ID: 7, WantOnline: 5})
+	if !a.OK || a.Online.String() != "0-3,6" {
+		t.Fatalf("ack %+v", a)
+	}
+	// Nothing more appears: the agent says so instead of hanging.
+	a = c.ack(t, &proto.Command{ID: 8, WantOnline: 6})
+	if a.OK || len(a.Failed) == 0 || !strings.Contains(a.Failed[0].Error, "no hot-added CPU appeared") {
+		t.Fatalf("ack %+v", a)
+	}
+}

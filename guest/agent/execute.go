@@ -44,6 +44,15 @@ func (a *Agent) execute(ctx context.Context, c *proto.Command) *proto.Ack {
 		cancel()
 		ack.Topology = append(ack.Topology, a.topologyOf(c.Online)...)
 	}
+	if c.WantOnline > 0 {
+		octx, cancel := context.WithTimeout(ctx, a.cfg.OnlineTimeout)
+		onlined, err := a.onlineUntil(octx, int(c.WantOnline))
+		cancel()
+		if err != nil {
+			fail(0, err)
+		}
+		ack.Topology = append(ack.Topology, a.topologyOf(onlined)...)
+	}
 	if c.IntervalNanos != 0 {
 		a.setInterval(time.Duration(c.IntervalNanos))
 	}
@@ -60,6 +69,38 @@ func (a *Agent) execute(ctx context.Context, c *proto.Command) *proto.Ack {
 		ack.Error = fmt.Sprintf("%d CPU change(s) failed", len(ack.Failed))
 	}
 	return ack
+}
+
+// onlineUntil onlines present but offline CPUs, waiting for hot-added ones
+// to appear in sysfs, until at least want CPUs are online or ctx ends. It
+// returns the CPUs it onlined.
+func (a *Agent) onlineUntil(ctx context.Context, want int) (proto.CPUSet, error) {
+	var onlined proto.CPUSet
+	for {
+		online, err := a.cpus.OnlineCPUs()
+		if err != nil {
+			return onlined, err
+		}
+		if online.Len() >= want {
+			return onlined, nil
+		}
+		present, err := a.cpus.Present()
+		if err != nil {
+			return onlined, err
+		}
+		for _, n := range present.Difference(online).Slice() {
+			if err := a.cpus.Online(ctx, n); err != nil {
+				return onlined, err
+			}
+			onlined.Add(n)
+			a.log.Info("cpu onlined", "cpu", n, "want_online", want)
+		}
+		select {
+		case <-ctx.Done():
+			return onlined, fmt.Errorf("%d of %d CPUs online: no hot-added CPU appeared (present %s)", online.Len(), want, present)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func (a *Agent) topologyOf(set proto.CPUSet) []proto.CPUTopology {

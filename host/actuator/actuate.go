@@ -186,35 +186,25 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 	return fmt.Errorf("%w: %v", errRolledBack, err)
 }
 
-// onlineNew asks the agent to online the CPU the guest gave the new slot.
-// Linux numbers a hot-added CPU with the lowest free number (x86,
-// arch/x86/kernel/acpi/boot.c), so that is what is asked for first; if the
-// guest chose another number, the Ack's present set says which.
+// onlineNew asks the agent to bring one more CPU online: the hot-added
+// one, under whatever number the guest's kernel gave it (Linux numbers it
+// by APIC id or by the lowest free number, depending on version; the host
+// cannot know).
 func (v *VM) onlineNew(ctx context.Context, slot hypervisor.Slot) (int, error) {
-	present, possible := v.guestSets()
-	want := possible.Difference(present).Min()
-	if want < 0 {
-		return 0, fmt.Errorf("guest has no possible CPU left to online (possible %s, present %s)", possible, present)
+	before := v.sess.hello.Online
+	if v.last != nil {
+		before = v.last.Online
 	}
-	ack, err := v.command(ctx, &proto.Command{Online: proto.NewCPUSet(want)})
-	if err == nil && ack.OK {
-		v.learnTopology(ack)
-		return ack.Online.Len(), nil
+	want := before.Len() + 1
+	ack, err := v.command(ctx, &proto.Command{WantOnline: uint16(want)})
+	if err = ackErr(ack, err); err != nil {
+		return 0, err
 	}
-	if ack != nil {
-		if stray := ack.Present.Difference(ack.Online); stray.Len() > 0 {
-			v.log.Warn("guest numbered the new CPU differently; onlining what it shows", "asked", want, "present_offline", stray.String())
-			ack2, err2 := v.command(ctx, &proto.Command{Online: stray})
-			if err2 == nil && ack2.OK {
-				v.learnTopology(ack2)
-				return ack2.Online.Len(), nil
-			}
-			err = ackErr(ack2, err2)
-		} else {
-			err = ackErr(ack, err)
-		}
+	v.learnTopology(ack)
+	if ack.Online.Len() < want {
+		return 0, fmt.Errorf("agent reports %d CPUs online (%s), %d wanted", ack.Online.Len(), ack.Online, want)
 	}
-	return 0, err
+	return ack.Online.Len(), nil
 }
 
 // unplugOne removes one vCPU: the guest offlines its highest removable CPU,
@@ -336,16 +326,6 @@ func (v *VM) learnTopology(ack *proto.Ack) {
 	for _, t := range ack.Topology {
 		v.apic[int(t.CPU)] = t.APICID
 	}
-}
-
-// guestSets returns the guest's present and possible sets as last seen.
-func (v *VM) guestSets() (present, possible proto.CPUSet) {
-	possible = v.sess.hello.Possible
-	present = v.sess.hello.Present
-	if v.last != nil {
-		present = v.last.Present
-	}
-	return present, possible
 }
 
 // reconcile makes the guest agree with the hypervisor after a (re)connect:

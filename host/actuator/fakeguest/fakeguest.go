@@ -12,6 +12,7 @@ package fakeguest
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -244,6 +245,38 @@ func (g *Guest) execute(c *proto.Command) *proto.Ack {
 		g.online.Add(n)
 		g.mu.Unlock()
 		ack.Topology = append(ack.Topology, proto.CPUTopology{CPU: uint16(n), APICID: uint32(n)})
+	}
+	if c.WantOnline > 0 {
+		// Online hot-added CPUs (they appear a little after device_add)
+		// until enough are online.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			present, online := g.Sets()
+			if online.Len() >= int(c.WantOnline) {
+				break
+			}
+			stray := present.Difference(online)
+			if refuseOn && stray.Len() > 0 {
+				for _, n := range stray.Slice() {
+					ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(n),
+						Error: fmt.Sprintf("cpu %d: write 1 to online: input/output error", n)})
+				}
+				break
+			}
+			if stray.Len() == 0 && time.Now().After(deadline) {
+				ack.Failed = append(ack.Failed, proto.CPUError{CPU: 0, Error: fmt.Sprintf("%d of %d CPUs online: no hot-added CPU appeared", online.Len(), c.WantOnline)})
+				break
+			}
+			for _, n := range stray.Slice() {
+				g.mu.Lock()
+				g.online.Add(n)
+				g.mu.Unlock()
+				ack.Topology = append(ack.Topology, proto.CPUTopology{CPU: uint16(n), APICID: uint32(n)})
+			}
+			if stray.Len() == 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 	}
 	ack.Present, ack.Online = g.Sets()
 	ack.OK = len(ack.Failed) == 0
