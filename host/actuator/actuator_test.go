@@ -44,7 +44,7 @@ type rigVM struct {
 	name  string
 	qmp   *qmptest.Server
 	guest *fakeguest.Guest
-	ch    *pipeChannel
+	ch    *fakeguest.PipeChannel
 }
 
 type vmSpec struct {
@@ -68,7 +68,7 @@ func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}})
 	for _, s := range specs {
 		srv := qmptest.Start(t, s.qmp)
-		v := &rigVM{name: s.name, qmp: srv, ch: newPipeChannel()}
+		v := &rigVM{name: s.name, qmp: srv, ch: fakeguest.NewPipeChannel()}
 		v.guest = fakeguest.New(srv)
 		p := fastPolicy()
 		if s.policy != nil {
@@ -87,7 +87,7 @@ func newRig(t *testing.T, budget int, specs ...vmSpec) *rig {
 	go func() { r.act.Run(ctx); close(r.done) }()
 	for i, v := range r.vms {
 		if !specs[i].noGuest {
-			go v.guest.Run(ctx, v.ch.dialer(t), interval)
+			go v.guest.Run(ctx, v.ch.Dial, interval)
 		}
 	}
 	t.Cleanup(r.stop)
@@ -257,7 +257,7 @@ func TestReconcileOnConnect(t *testing.T) {
 	vm.guest.SetDemand(1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go vm.guest.Run(ctx, vm.ch.dialer(t), interval)
+	go vm.guest.Run(ctx, vm.ch.Dial, interval)
 	waitFor(t, 10*time.Second, "reconcile", func() bool { return vm.guest.OnlineCount() == 2 })
 	evs := r.eventsOf("vm1")
 	if len(evs) == 0 || evs[0].Kind != "reconcile" || evs[0].Outcome != eventlog.OutcomeOK {
@@ -273,7 +273,7 @@ func TestBadGuestDoesNotHurtOthers(t *testing.T) {
 	r.vms[2].qmp.Crash()
 	r.vms[0].guest.SetDemand(2)
 
-	evil := r.vms[1].ch.dial(t)
+	evil := dialPipe(t, r.vms[1].ch)
 	evil.SetDeadline(time.Now().Add(5 * time.Second))
 	_, werr := evil.Write([]byte("GET / HTTP/1.1\r\n\r\n" + strings.Repeat("x", 70000)))
 	buf := make([]byte, 1)
@@ -316,7 +316,7 @@ func TestOversizedAndTruncatedFrames(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, 0, vmSpec{name: "vm1", noGuest: true})
 			vm := r.vms[0]
-			c := vm.ch.dial(t)
+			c := dialPipe(t, vm.ch)
 			c.SetDeadline(time.Now().Add(15 * time.Second))
 			c.Write(bad)
 			if name == "truncated" {
@@ -328,7 +328,7 @@ func TestOversizedAndTruncatedFrames(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			vm.guest.SetDemand(2)
-			go vm.guest.Run(ctx, vm.ch.dialer(t), interval)
+			go vm.guest.Run(ctx, vm.ch.Dial, interval)
 			waitFor(t, 15*time.Second, "scale-up after the bad connection", func() bool { return vm.qmp.Plugged() >= 2 })
 		})
 	}
@@ -442,7 +442,7 @@ func TestObserversAreTold(t *testing.T) {
 	events, _ := eventlog.Open(path)
 	defer events.Close()
 	srv := qmptest.Start(t, nil)
-	ch := newPipeChannel()
+	ch := fakeguest.NewPipeChannel()
 	guest := fakeguest.New(srv)
 	act, err := New([]VMConfig{{Name: "vm1", Policy: fastPolicy(), Channel: ch, Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{})}},
 		events, 0, nil, rec)
@@ -453,7 +453,7 @@ func TestObserversAreTold(t *testing.T) {
 	done := make(chan struct{})
 	go func() { act.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	go guest.Run(ctx, ch.dialer(t), interval)
+	go guest.Run(ctx, ch.Dial, interval)
 	guest.SetDemand(2)
 	waitFor(t, 10*time.Second, "an event", func() bool {
 		rec.mu.Lock()
@@ -509,7 +509,7 @@ func TestRecoverInterruptedAction(t *testing.T) {
 	guest.SetOnline(proto.NewCPUSet(0)) // the online did not
 	events, _ := eventlog.Open(path)
 	defer events.Close()
-	ch := newPipeChannel()
+	ch := fakeguest.NewPipeChannel()
 	act, err := New([]VMConfig{{Name: "vm1", Policy: fastPolicy(), Channel: ch,
 		Hypervisor: hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{})}}, events, 0, nil)
 	if err != nil {
@@ -519,7 +519,7 @@ func TestRecoverInterruptedAction(t *testing.T) {
 	done := make(chan struct{})
 	go func() { act.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	go guest.Run(ctx, ch.dialer(t), interval)
+	go guest.Run(ctx, ch.Dial, interval)
 	waitFor(t, 10*time.Second, "the stray CPU onlined", func() bool { return guest.OnlineCount() == 2 })
 	waitFor(t, 5*time.Second, "a recover line", func() bool {
 		evs, _, _ := eventlog.ReadFile(path, eventlog.Filter{})
@@ -542,7 +542,7 @@ func TestRecoverInterruptedAction(t *testing.T) {
 func TestNewHelloOnTheSameStream(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1", noGuest: true})
 	vm := r.vms[0]
-	c := vm.ch.dial(t)
+	c := dialPipe(t, vm.ch)
 	defer c.Close()
 	w, rd := proto.NewWriter(c), proto.NewReader(c, 0)
 	hello := &proto.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "v1", Possible: proto.NewCPUSet(0, 1, 2, 3),

@@ -81,7 +81,7 @@ func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connec
 	if err != nil {
 		t.Fatal(err)
 	}
-	goodCh := newPipeChannel()
+	goodCh := fakeguest.NewPipeChannel()
 	r.good = fakeguest.New(r.goodQMP)
 	evilPolicy := fastPolicy()
 	evilPolicy.MaxVCPUs = 2
@@ -98,7 +98,7 @@ func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connec
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.act.Run(ctx); close(done) }()
-	go r.good.Run(ctx, goodCh.dialer(t), interval)
+	go r.good.Run(ctx, goodCh.Dial, interval)
 	t.Cleanup(func() {
 		cancel()
 		<-done

@@ -80,7 +80,7 @@ func TestVMsShowStatusAndWhyTheyScaled(t *testing.T) {
 	// Drive web into another hotspot it cannot act on (at max), so the
 	// status shows a hotspot decision with its samples.
 	r.VMs["web"].Guest.SetDemand(6)
-	apitest.WaitFor(t, 10*time.Second, "web at max", func() bool { return r.VMs["web"].Guest.Online() == 4 })
+	apitest.WaitFor(t, 10*time.Second, "web at max", func() bool { return r.VMs["web"].Guest.OnlineCount() == 4 })
 	var v api.VM
 	apitest.WaitFor(t, 10*time.Second, "a hotspot decision", func() bool {
 		v, err = c.VM(ctx(t), "web")
@@ -196,13 +196,13 @@ func TestPauseStopsScalingAndResumeRestartsIt(t *testing.T) {
 		return err == nil && v.LastDecision.Action == engine.ScaleUp
 	})
 	time.Sleep(500 * time.Millisecond)
-	if g.Online() != 1 || r.VMs["web"].QMP.Plugged() != 1 {
-		t.Fatalf("scaled while paused: guest %d online, QEMU %d plugged", g.Online(), r.VMs["web"].QMP.Plugged())
+	if g.OnlineCount() != 1 || r.VMs["web"].QMP.Plugged() != 1 {
+		t.Fatalf("scaled while paused: guest %d online, QEMU %d plugged", g.OnlineCount(), r.VMs["web"].QMP.Plugged())
 	}
 	if v, err = c.Resume(ctx(t), "web"); err != nil || v.Paused {
 		t.Fatalf("resume: %+v %v", v.Status, err)
 	}
-	apitest.WaitFor(t, 10*time.Second, "scale-up after resume", func() bool { return g.Online() >= 3 })
+	apitest.WaitFor(t, 10*time.Second, "scale-up after resume", func() bool { return g.OnlineCount() >= 3 })
 	if _, err := c.Pause(ctx(t), "nope"); err == nil || err.(*api.ClientError).Status != 404 {
 		t.Fatalf("pause of an unknown VM: %v", err)
 	}
@@ -215,8 +215,8 @@ func TestSetVCPUsIsClampedByPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	v, err := c.SetVCPUs(ctx(t), "web", 3)
-	if err != nil || v.Current != 3 || r.VMs["web"].Guest.Online() != 3 {
-		t.Fatalf("set 3: %+v %v (guest %d online)", v.Status, err, r.VMs["web"].Guest.Online())
+	if err != nil || v.Current != 3 || r.VMs["web"].Guest.OnlineCount() != 3 {
+		t.Fatalf("set 3: %+v %v (guest %d online)", v.Status, err, r.VMs["web"].Guest.OnlineCount())
 	}
 	// The policy max is 4: asking for 6 (QEMU has the slots) gives 4.
 	v, err = c.SetVCPUs(ctx(t), "web", 6)

@@ -223,12 +223,31 @@ func TestDashboardInABrowser(t *testing.T) {
 	if !strings.Contains(up.Title, "scale_up 1 → ") || !strings.Contains(up.Title, ev.Reason) || !strings.Contains(up.Title, "plug") {
 		t.Fatalf("marker title %q lacks the event's reason %q and steps", up.Title, ev.Reason)
 	}
-	// Hovering the marker shows the reason.
-	if err := chromedp.Do(ctx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, up.X, up.Y)); err != nil {
-		t.Fatal(err)
+	// Hovering the marker shows the reason. The chart keeps moving with
+	// live data, so the marker is looked up again before each try.
+	tip := `(() => { const t = document.querySelector('#tip');
+		return !!(t && !t.hidden && t.textContent.includes('samples above')); })()`
+	shown := false
+	for try := 0; try < 40 && !shown; try++ {
+		st := pollChart(t, ctx, "web", `s.markers.some(m => m.kind === 'scale_up')`)
+		for _, m := range st.Markers {
+			if m.Kind == "scale_up" {
+				if err := chromedp.Do(ctx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, m.X, m.Y)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var err error
+		if shown, err = chromedp.Run(ctx, chromedp.Evaluate[bool](tip)); err != nil {
+			t.Fatal(err)
+		}
+		if !shown {
+			time.Sleep(250 * time.Millisecond)
+		}
 	}
-	poll(t, ctx, "the marker's tooltip", `(() => { const t = document.querySelector('#tip');
-		return t && !t.hidden && t.textContent.includes('samples above'); })()`)
+	if !shown {
+		t.Fatal("hovering the scale-up marker never showed its reason")
+	}
 
 	// Pause from the page: the API agrees, and a scale-down the engine
 	// asks for does not happen.

@@ -38,10 +38,22 @@ type Config struct {
 // VM is one managed virtual machine.
 type VM struct {
 	Name string `toml:"name"`
-	// Hypervisor selects the backend; only "qemu" in this version.
+	// Hypervisor selects the backend: qemu (default), libvirt or
+	// virtualbox.
 	Hypervisor string `toml:"hypervisor"`
-	// QMP is the path of the VM's QMP unix socket.
+	// QMP is the path of the VM's QMP unix socket (qemu).
 	QMP string `toml:"qmp"`
+	// libvirt: the domain (default: the VM's name), libvirtd's socket and
+	// URI, and whether to trust libvirt's own vCPU view instead of QEMU's
+	// (read through libvirt's monitor passthrough).
+	LibvirtDomain   string `toml:"libvirt_domain"`
+	LibvirtSocket   string `toml:"libvirt_socket"`
+	LibvirtURI      string `toml:"libvirt_uri"`
+	LibvirtViewOnly bool   `toml:"libvirt_view_only"`
+	// virtualbox: the VM (default: the VM's name) and the VBoxManage
+	// program.
+	VirtualBoxVM string `toml:"virtualbox_vm"`
+	VBoxManage   string `toml:"vboxmanage"`
 	// UnplugTimeout bounds the wait for the guest to eject a CPU.
 	UnplugTimeout engine.Duration `toml:"unplug_timeout"`
 	// CommandTimeout bounds the wait for the agent to answer a command.
@@ -57,8 +69,14 @@ type VM struct {
 
 // Channel is how the VM's agent reaches the actuator.
 type Channel struct {
-	// Type is virtio-serial, vsock or tcp.
+	// Type is virtio-serial, vsock, tcp or virtualbox-guestprops.
 	Type string `toml:"type"`
+	// PollWait and MaxValue tune the VirtualBox guest-property bridge:
+	// the longest wait before the properties are read again anyway
+	// (default 1 s), and the longest value written (default 1023; 127 for
+	// VirtualBox 6.0 and older).
+	PollWait engine.Duration `toml:"poll_wait"`
+	MaxValue int             `toml:"max_value"`
 	// Path of the unix socket of the virtio-serial chardev (virtio-serial).
 	Path string `toml:"path"`
 	// Listen address (tcp).
@@ -166,6 +184,12 @@ func (c *Config) applyDefaults() {
 		if vm.Channel.Type == "vsock" && vm.Channel.Port == 0 {
 			vm.Channel.Port = DefaultVsockPort
 		}
+		if vm.LibvirtDomain == "" {
+			vm.LibvirtDomain = vm.Name
+		}
+		if vm.VirtualBoxVM == "" {
+			vm.VirtualBoxVM = vm.Name
+		}
 	}
 }
 
@@ -204,15 +228,24 @@ func (c *Config) Validate() error {
 			field(p+".name", "%q is already used by vm[%d]", vm.Name, j)
 		}
 		names[vm.Name] = i
-		if vm.Hypervisor != "qemu" {
-			field(p+".hypervisor", "unsupported hypervisor %q (this version supports qemu)", vm.Hypervisor)
+		switch vm.Hypervisor {
+		case "qemu":
+			if vm.QMP == "" {
+				field(p+".qmp", "required: path of the VM's QMP unix socket (-qmp unix:PATH,server=on,wait=off)")
+			} else if other, dup := sockets[vm.QMP]; dup {
+				field(p+".qmp", "socket %s is already used by %s", vm.QMP, other)
+			}
+			sockets[vm.QMP] = p + ".qmp"
+		case "libvirt", "virtualbox":
+			if vm.QMP != "" {
+				field(p+".qmp", "only for hypervisor = \"qemu\"; %s VMs are reached through %s", vm.Hypervisor, vm.Hypervisor)
+			}
+		default:
+			field(p+".hypervisor", "must be qemu, libvirt or virtualbox, got %q", vm.Hypervisor)
 		}
-		if vm.QMP == "" {
-			field(p+".qmp", "required: path of the VM's QMP unix socket (-qmp unix:PATH,server=on,wait=off)")
-		} else if other, dup := sockets[vm.QMP]; dup {
-			field(p+".qmp", "socket %s is already used by %s", vm.QMP, other)
+		if vm.Channel.Type == "virtualbox-guestprops" && vm.Hypervisor != "virtualbox" {
+			field(p+".channel.type", "virtualbox-guestprops needs hypervisor = \"virtualbox\"")
 		}
-		sockets[vm.QMP] = p + ".qmp"
 		if vm.UnplugTimeout.D() < time.Second {
 			field(p+".unplug_timeout", "must be at least 1s, got %v", vm.UnplugTimeout)
 		}
@@ -243,10 +276,14 @@ func (c *Config) Validate() error {
 				field(cp+".cid", "CID %d is already used by vm[%d]", ch.CID, j)
 			}
 			cids[ch.CID] = i
+		case "virtualbox-guestprops":
+			if ch.MaxValue < 0 || ch.MaxValue > 1023 {
+				field(cp+".max_value", "must be in [0, 1023] (0: 1023), got %d", ch.MaxValue)
+			}
 		case "":
-			field(cp+".type", "required: virtio-serial, vsock or tcp")
+			field(cp+".type", "required: virtio-serial, vsock, tcp or virtualbox-guestprops")
 		default:
-			field(cp+".type", "must be virtio-serial, vsock or tcp, got %q", ch.Type)
+			field(cp+".type", "must be virtio-serial, vsock, tcp or virtualbox-guestprops, got %q", ch.Type)
 		}
 		if err := vm.Policy.Validate(); err != nil {
 			field(p+".policy."+fieldOf(err), "%s", msgOf(err))

@@ -37,6 +37,7 @@ type fileConfig struct {
 	VsockCID      uint32   `toml:"vsock_cid"`      // actuator's CID, 2 = host
 	VsockPort     uint32   `toml:"vsock_port"`     // actuator's vsock port
 	TCPAddress    string   `toml:"tcp_address"`    // host:port for tcp
+	VBoxControl   string   `toml:"vboxcontrol"`    // VBoxControl program (virtualbox-guestprops)
 	Interval      duration `toml:"interval"`       // sampling interval
 	AutoOnline    *bool    `toml:"auto_online"`    // online hot-added CPUs
 	OnlineTimeout duration `toml:"online_timeout"` // wait for a hot-added CPU
@@ -195,6 +196,8 @@ func run(args []string, stderr io.Writer) int {
 		dialer = &transport.VirtioSerial{Name: cfg.Port, Path: cfg.Device}
 	case "vsock":
 		dialer = &transport.Vsock{CID: cfg.VsockCID, Port: cfg.VsockPort}
+	case "virtualbox-guestprops":
+		dialer = &transport.VBoxProps{VBoxControl: cfg.VBoxControl}
 	case "tcp":
 		if cfg.TCPAddress == "" {
 			fmt.Fprintln(stderr, "hotplug-agent: tcp_address: required for the tcp transport (or --tcp host:port)")
@@ -202,7 +205,7 @@ func run(args []string, stderr io.Writer) int {
 		}
 		dialer = &transport.TCP{Addr: cfg.TCPAddress}
 	default:
-		fmt.Fprintf(stderr, "hotplug-agent: transport: must be virtio-serial, vsock or tcp, got %q\n", cfg.Transport)
+		fmt.Fprintf(stderr, "hotplug-agent: transport: must be virtio-serial, vsock, tcp or virtualbox-guestprops, got %q\n", cfg.Transport)
 		return 2
 	}
 

@@ -33,6 +33,7 @@ type Guest struct {
 	sessions      int
 	cmdDelay      time.Duration
 	received      chan struct{} // signalled when a command arrives
+	app           bool
 }
 
 // New returns a guest whose boot CPUs (those plugged in qmp now) are online.
@@ -54,6 +55,10 @@ func (g *Guest) SetRefuseOnline(v bool) { g.mu.Lock(); g.refuseOnline = v; g.mu.
 
 // SetRefuseOffline makes every offline command fail (EBUSY).
 func (g *Guest) SetRefuseOffline(v bool) { g.mu.Lock(); g.refuseOffline = v; g.mu.Unlock() }
+
+// SetApp makes the guest report one application, "web", with a p95 ≤ 50 ms
+// SLA whose response time grows once its CPUs are more than half busy.
+func (g *Guest) SetApp(on bool) { g.mu.Lock(); g.app = on; g.mu.Unlock() }
 
 // SetCommandDelay makes the guest take d before carrying out each command
 // (a slow guest; or a window for a test to kill the actuator in).
@@ -194,18 +199,28 @@ func (g *Guest) Session(ctx context.Context, conn net.Conn, interval time.Durati
 func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
 	present, online := g.Sets()
 	g.mu.Lock()
-	demand := g.demand
+	demand, app := g.demand, g.app
 	g.mu.Unlock()
 	now := time.Now().UnixNano()
-	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: now,
-		IntervalNanos: int64(interval), Online: online, Present: present, MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29}
+	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: now, IntervalNanos: int64(interval),
+		Online: online, Present: present, MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, Load1: demand}
 	n := float64(max(online.Len(), 1))
 	busy := min(demand, n)
 	for _, c := range online.Slice() {
 		r.CPUs = append(r.CPUs, proto.CPUStat{CPU: uint16(c), Busy: float32(busy / n), Idle: float32(1 - busy/n)})
 	}
-	if wait := demand - busy; wait > 0 {
+	wait := demand - busy
+	if wait > 0 {
 		r.RunDelay = []proto.RunDelay{{CPU: 0, WaitNanos: uint64(wait * float64(interval))}}
+	}
+	// Run-queue latency grows with the queue: 50 µs idle, milliseconds
+	// when tasks wait.
+	p95 := int64(50_000 + max(wait, 0)*4_000_000)
+	r.RunQueue = &proto.RunQueue{Source: proto.RunQSourceSchedstat, P50Nanos: p95 / 3, P95Nanos: p95, P99Nanos: 2 * p95}
+	if app {
+		resp := 0.020 * (1 + 4*max(0, busy/n-0.5))
+		r.Apps = []proto.AppStats{{Name: "web", Arrivals: 100, ArrivalRate: 100 / interval.Seconds(),
+			ServiceMean: 0.01, RespP50: resp / 2, RespP95: resp, RespP99: resp * 1.5, SLAPercentile: 0.95, SLATarget: 0.05}}
 	}
 	return r
 }
@@ -284,4 +299,51 @@ func (g *Guest) execute(c *proto.Command) *proto.Ack {
 		ack.Error = "failed"
 	}
 	return ack
+}
+
+// PipeChannel is an actuator channel (channel.Channel) whose connections a
+// Guest makes in memory with net.Pipe: Dial is the Guest's dial function.
+type PipeChannel struct {
+	conns  chan net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+// NewPipeChannel returns an open PipeChannel.
+func NewPipeChannel() *PipeChannel {
+	return &PipeChannel{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// Accept implements channel.Channel.
+func (p *PipeChannel) Accept(ctx context.Context) (net.Conn, error) {
+	select {
+	case c := <-p.conns:
+		return c, nil
+	case <-p.closed:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Close implements channel.Channel.
+func (p *PipeChannel) Close() error { p.once.Do(func() { close(p.closed) }); return nil }
+
+func (p *PipeChannel) String() string { return "pipe" }
+
+// Dial hands the actuator one end of a new pipe and returns the other.
+func (p *PipeChannel) Dial(ctx context.Context) (net.Conn, error) {
+	guest, host := net.Pipe()
+	select {
+	case p.conns <- host:
+		return guest, nil
+	case <-p.closed:
+	case <-ctx.Done():
+	}
+	guest.Close()
+	host.Close()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return nil, net.ErrClosed
 }

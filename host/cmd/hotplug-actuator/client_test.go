@@ -78,8 +78,8 @@ func TestStatusExplainAndControls(t *testing.T) {
 		t.Fatalf("pause: %d %q", code, out)
 	}
 	code, out, _ = cli(t, r, "set-vcpus", "db", "3")
-	if code != 0 || !strings.HasPrefix(out, "db: 3 vCPUs\n") || r.VMs["db"].Guest.Online() != 3 {
-		t.Fatalf("set-vcpus 3: %d %q (guest %d online)", code, out, r.VMs["db"].Guest.Online())
+	if code != 0 || !strings.HasPrefix(out, "db: 3 vCPUs\n") || r.VMs["db"].Guest.OnlineCount() != 3 {
+		t.Fatalf("set-vcpus 3: %d %q (guest %d online)", code, out, r.VMs["db"].Guest.OnlineCount())
 	}
 	code, out, _ = cli(t, r, "set-vcpus", "db", "9")
 	if code != 0 || !strings.HasPrefix(out, "db: 4 vCPUs (asked for 9; the policy allows 1–4") {

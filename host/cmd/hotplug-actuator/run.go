@@ -92,6 +92,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "hotplug-actuator: vm %s: %v\n", vm.Name, err)
 				return 1
 			}
+		case "virtualbox-guestprops":
+			ch = &channel.VBoxProps{VM: vm.VirtualBoxVM, VBoxManage: vm.VBoxManage, PollWait: vm.Channel.PollWait.D(),
+				MaxValue: vm.Channel.MaxValue, Logger: vmLog}
 		case "vsock":
 			if hub == nil {
 				if hub, err = channel.ListenVsock(vm.Channel.Port, logger); err != nil {
@@ -105,7 +108,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 				return 1
 			}
 		}
-		hyp := hypervisor.NewQEMU(vm.QMP, hypervisor.QEMUOptions{UnplugTimeout: vm.UnplugTimeout.D(), Logger: vmLog})
+		var hyp hypervisor.Hypervisor
+		switch vm.Hypervisor {
+		case "libvirt":
+			hyp = hypervisor.NewLibvirt(vm.LibvirtDomain, hypervisor.LibvirtOptions{Socket: vm.LibvirtSocket, URI: vm.LibvirtURI,
+				UnplugTimeout: vm.UnplugTimeout.D(), LibvirtViewOnly: vm.LibvirtViewOnly, Logger: vmLog})
+		case "virtualbox":
+			hyp = hypervisor.NewVirtualBox(vm.VirtualBoxVM, hypervisor.VirtualBoxOptions{VBoxManage: vm.VBoxManage, Logger: vmLog})
+		default:
+			hyp = hypervisor.NewQEMU(vm.QMP, hypervisor.QEMUOptions{UnplugTimeout: vm.UnplugTimeout.D(), Logger: vmLog})
+		}
 		vms = append(vms, actuator.VMConfig{Name: vm.Name, Policy: vm.Policy, Hypervisor: hyp, Channel: ch,
 			CommandTimeout: vm.CommandTimeout.D(), BlackBox: *vm.BlackBox, AgentTimeout: vm.AgentTimeout.D()})
 	}
