@@ -22,9 +22,12 @@ set -euo pipefail
 #   apt, dpkg        apt-get download + dpkg-deb -x fetch the guest kernel
 #                    (always present on Debian)
 #   chromium         the dashboard's browser test (host/api), driven by chromedp
+#   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
+#                    the libvirt backend's tests against a real libvirtd
 #   debootstrap, e2fsprogs, lintian
 #                    the .deb proof: a Debian rootfs, its ext4 image, package lint
-packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian)
+packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -107,6 +110,19 @@ for tool in qemu-system-x86_64 apt-get dpkg-deb; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after installing ${packages[*]}"
 done
 [[ -x /bin/busybox ]] || die "/bin/busybox missing after installing busybox-static"
+
+# --- libvirtd ---------------------------------------------------------------
+# The libvirt tests need a running libvirtd with the users and groups its
+# QEMU driver expects; nothing starts it on a machine without systemd.
+getent group kvm >/dev/null || as_root groupadd -r kvm
+getent group libvirt-qemu >/dev/null || as_root groupadd -r libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 ||
+	as_root useradd -r -g kvm -G libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+as_root mkdir -p /var/log/libvirt
+pgrep -x virtlogd >/dev/null || as_root virtlogd -d || die "starting virtlogd"
+pgrep -x libvirtd >/dev/null || as_root libvirtd -d || die "starting libvirtd"
+for _ in $(seq 100); do [[ -S /run/libvirt/libvirt-sock ]] && break; sleep 0.1; done
+[[ -S /run/libvirt/libvirt-sock ]] || die "libvirtd did not create /run/libvirt/libvirt-sock"
 
 # --- Go --------------------------------------------------------------------
 # Any Go >= 1.21 will do: with GOTOOLCHAIN=auto it fetches the version go.mod
