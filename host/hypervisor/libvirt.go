@@ -74,6 +74,24 @@ type LibvirtOptions struct {
 	LibvirtViewOnly bool
 	// Logger, nil to discard.
 	Logger hclog.Logger
+	// RunDir is libvirtd's run directory, where the QEMU driver keeps
+	// <domain>.pid under qemu/ (default /run/libvirt); ProcRoot the host's
+	// /proc (default /proc). Tests set them.
+	RunDir, ProcRoot string
+}
+
+func (o LibvirtOptions) runDir() string {
+	if o.RunDir == "" {
+		return "/run/libvirt"
+	}
+	return o.RunDir
+}
+
+func (o LibvirtOptions) procRoot() string {
+	if o.ProcRoot == "" {
+		return "/proc"
+	}
+	return o.ProcRoot
 }
 
 // Defaults of LibvirtOptions.

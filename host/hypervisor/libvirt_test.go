@@ -730,3 +730,21 @@ func FuzzParseLibvirtVCPUs(f *testing.F) {
 		}
 	})
 }
+
+// TestLibvirtLifetime: under TCG the domain's QEMU may start at most
+// maxcpus vCPUs; the backend reports that, with QEMU's start time from
+// libvirt's pid file.
+func TestLibvirtLifetime(t *testing.T) {
+	d := startLibvirtDomain(t, 1, 4, "")
+	lv, _ := newTestLibvirt(t, d, LibvirtOptions{})
+	lt, err := lv.VCPULifetime(lvCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !lt.Limited || lt.Max != 4 || lt.Boot != 1 {
+		t.Fatalf("lifetime %+v: want limited, max 4, boot 1", lt)
+	}
+	if age := time.Since(lt.Started); age < 0 || age > 5*time.Minute {
+		t.Fatalf("QEMU started %v ago?", age)
+	}
+}

@@ -3,6 +3,10 @@ package hypervisor
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/procfs"
@@ -67,22 +71,73 @@ func (q *QEMU) VCPULifetime(ctx context.Context) (Lifetime, error) {
 	if pid <= 0 {
 		return lt, fmt.Errorf("hypervisor: QEMU %s: cannot tell QEMU's pid, so not when it started", q.socket)
 	}
-	fs, err := procfs.NewFS(q.opts.procRoot())
+	if lt.Started, err = processStart(q.opts.procRoot(), pid); err != nil {
+		return lt, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
+	}
+	return lt, nil
+}
+
+// processStart is when process pid started, from /proc/<pid>/stat.
+func processStart(procRoot string, pid int) (time.Time, error) {
+	fs, err := procfs.NewFS(procRoot)
 	if err != nil {
-		return lt, err
+		return time.Time{}, err
 	}
 	p, err := fs.Proc(pid)
 	if err != nil {
-		return lt, fmt.Errorf("hypervisor: QEMU %s (pid %d): %w", q.socket, pid, err)
+		return time.Time{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	ps, err := p.Stat()
 	if err != nil {
-		return lt, fmt.Errorf("hypervisor: QEMU %s (pid %d): %w", q.socket, pid, err)
+		return time.Time{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	start, err := ps.StartTime()
 	if err != nil {
-		return lt, fmt.Errorf("hypervisor: QEMU %s (pid %d): %w", q.socket, pid, err)
+		return time.Time{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	lt.Started = time.Unix(0, int64(start*float64(time.Second)))
+	return time.Unix(0, int64(start*float64(time.Second))), nil
+}
+
+var _ LifetimeLimiter = (*Libvirt)(nil)
+
+// VCPULifetime reports the TCG limit for a libvirt domain (QEMU driver):
+// query-kvm through libvirt's monitor passthrough, and the QEMU process's
+// start time from libvirt's pid file (<run dir>/qemu/<domain>.pid).
+func (lv *Libvirt) VCPULifetime(ctx context.Context) (Lifetime, error) {
+	if lv.opts.LibvirtViewOnly {
+		return Lifetime{}, nil // no passthrough: cannot tell; libvirt keeps slots single-use under TCG anyway
+	}
+	var kvm struct {
+		Enabled bool `json:"enabled"`
+	}
+	if err := lv.do(ctx, "query-kvm", func(c *libvirtConn) error { return lv.monitor(c, "query-kvm", nil, &kvm) }); err != nil {
+		return Lifetime{}, err
+	}
+	if kvm.Enabled {
+		return Lifetime{}, nil
+	}
+	st, err := lv.State(ctx)
+	if err != nil {
+		return Lifetime{}, err
+	}
+	lt := Lifetime{Limited: true, Max: st.Max(),
+		Why: "QEMU under TCG can start at most maxcpus vCPUs in a VM's life (unplugging does not give any back)"}
+	for _, s := range st.Slots {
+		if s.Plugged && !s.Removable {
+			lt.Boot++
+		}
+	}
+	pidFile := filepath.Join(lv.opts.runDir(), "qemu", lv.domain+".pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return lt, fmt.Errorf("hypervisor: %s: QEMU's pid: %w", lv, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return lt, fmt.Errorf("hypervisor: %s: QEMU's pid file %s: %w", lv, pidFile, err)
+	}
+	if lt.Started, err = processStart(lv.opts.procRoot(), pid); err != nil {
+		return lt, fmt.Errorf("hypervisor: %s: %w", lv, err)
+	}
 	return lt, nil
 }
