@@ -48,6 +48,15 @@ func TestParseGood(t *testing.T) {
 	if db.Policy.MaxVCPUs != 4 || db.Policy.K != 3 || db.Policy.N != 5 {
 		t.Errorf("db1 policy = %+v: want defaults over built-in defaults", db.Policy)
 	}
+	vb := strings.Replace(good, `qmp = "/run/db1.qmp"`, "hypervisor = \"virtualbox\"", 1)
+	vb = strings.Replace(vb, "type = \"tcp\"\nlisten = \"127.0.0.1:7001\"", "type = \"virtualbox-guestprops\"\nmax_value = 127", 1)
+	if c, err := Parse(vb); err != nil || c.VMs[1].VirtualBoxVM != "db1" || c.VMs[1].Channel.MaxValue != 127 {
+		t.Errorf("virtualbox VM: %v %+v", err, c)
+	}
+	lv := strings.Replace(good, `qmp = "/run/db1.qmp"`, "hypervisor = \"libvirt\"\nlibvirt_domain = \"db-prod\"", 1)
+	if c, err := Parse(lv); err != nil || c.VMs[1].LibvirtDomain != "db-prod" {
+		t.Errorf("libvirt VM: %v", err)
+	}
 	if _, err := Parse(strings.Replace(good, "k = 2", "k = 2\nmode = \"graybox\"", 1)); err != nil {
 		t.Errorf("graybox mode refused: %v", err)
 	}
@@ -75,6 +84,9 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"bad name", strings.Replace(good, `name = "db1"`, `name = "../etc"`, 1), "vm[1].name"},
 		{"short timeout", strings.Replace(good, `unplug_timeout = "1m"`, `unplug_timeout = "1ms"`, 1), "vm[1].unplug_timeout"},
 		{"not toml", "[[vm]\n", "toml"},
+		{"unknown hypervisor", strings.Replace(good, `qmp = "/run/db1.qmp"`, "hypervisor = \"xen\"", 1), `vm[1].hypervisor: must be qemu, libvirt or virtualbox`},
+		{"qmp for libvirt", strings.Replace(good, `qmp = "/run/db1.qmp"`, "hypervisor = \"libvirt\"\nqmp = \"/x\"", 1), `vm[1].qmp: only for hypervisor = "qemu"`},
+		{"guestprops without virtualbox", strings.Replace(good, `type = "tcp"`, `type = "virtualbox-guestprops"`, 1), `vm[1].channel.type: virtualbox-guestprops needs hypervisor = "virtualbox"`},
 		{"unknown mode", strings.Replace(good, "k = 2", "k = 2\nmode = \"magic\"", 1), `vm[0].policy.mode: unknown mode "magic"`},
 	}
 	for _, tc := range tests {
