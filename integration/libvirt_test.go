@@ -27,10 +27,10 @@ import (
 // onlined, and they are removed when it stops, as the guest's sysfs, QEMU's
 // own state and the event log all show.
 //
-// One busy/idle cycle: under TCG libvirt never sees an unplug complete, so a
-// second cycle plugs fresh slots, whose new APIC ids Linux numbers past the
-// old CPUs (cpu4, not cpu1); the actuator asks the agent for cpu1 and rolls
-// the plug back (actuate.go onlineNew assumes the lowest free number).
+// Two busy/idle cycles: under TCG libvirt never sees an unplug complete, so
+// the second cycle plugs fresh slots, whose new APIC ids Linux numbers past
+// the old CPUs (cpu4, not cpu1) — the actuator asks the agent for one more
+// CPU online, not for a number.
 func TestLibvirtEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a libvirt guest; skipped with -short")
@@ -131,6 +131,19 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	}
 	waitLibvirt(ctx, t, g, 4*time.Minute, "back to 1 vCPU in the guest, in QEMU and in the event log", func(online, plugged int) bool {
 		return online == 1 && plugged == 1 && backAtOne()
+	})
+	// A second burst: fresh slots, new CPU numbers in the guest.
+	if err := g.StartLoad(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	waitLibvirt(ctx, t, g, 3*time.Minute, "a second scale-up on fresh slots", func(online, plugged int) bool {
+		return online >= 2 && plugged == online && count("scale_up") > 1
+	})
+	if err := g.StopLoad(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitLibvirt(ctx, t, g, 4*time.Minute, "back to 1 vCPU after the second burst", func(online, plugged int) bool {
+		return online == 1 && plugged == 1 && count("scale_down") >= 2
 	})
 	libvirtCount, err := g.LibvirtCurrent(ctx)
 	if err != nil {

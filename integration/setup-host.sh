@@ -21,13 +21,16 @@ set -euo pipefail
 #   xz-utils, zstd   unpack compressed kernel modules (newer Debian kernels)
 #   apt, dpkg        apt-get download + dpkg-deb -x fetch the guest kernel
 #                    (always present on Debian)
+#   clang, llvm, libbpf-dev
+#                    bpf/: the test that rebuilds the eBPF object and compares
+#                    it with the committed one (make bpf)
 #   chromium         the dashboard's browser test (host/api), driven by chromedp
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
 #                    the libvirt backend's tests against a real libvirtd
 #   debootstrap, e2fsprogs, lintian
 #                    the .deb proof: a Debian rootfs, its ext4 image, package lint
 packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian
-	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients clang llvm libbpf-dev)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
