@@ -3,6 +3,7 @@ package actuator
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/procfs"
@@ -42,12 +43,39 @@ func newHostMeter(procRoot string) (*hostMeter, error) {
 	return &hostMeter{proc: fs}, nil
 }
 
+// vcpuStatser is a backend with per-vCPU statistics (libvirt).
+type vcpuStatser interface {
+	VCPUStats(ctx context.Context) ([]hypervisor.VCPUStat, error)
+}
+
+// vmLoader is a backend that only knows the whole VM's CPU load, as a
+// share of the host's CPUs (VirtualBox's metrics).
+type vmLoader interface {
+	CPULoad(ctx context.Context) (hypervisor.CPULoad, error)
+}
+
 // times reads each plugged vCPU's cumulative CPU time.
 func (m *hostMeter) times(ctx context.Context, hyp hypervisor.Hypervisor, st hypervisor.State) (map[int]time.Duration, error) {
 	if t, ok := hyp.(VCPUTimer); ok {
 		return t.VCPUTimes(ctx)
 	}
 	out := map[int]time.Duration{}
+	if vs, ok := hyp.(vcpuStatser); ok {
+		stats, err := vs.VCPUStats(ctx)
+		if err != nil {
+			return nil, err
+		}
+		plugged := map[int]bool{}
+		for _, s := range st.Slots {
+			plugged[s.Index] = s.Plugged
+		}
+		for _, x := range stats {
+			if plugged[x.Index] { // libvirt may still list a vCPU QEMU no longer has
+				out[x.Index] = x.Time
+			}
+		}
+		return out, nil
+	}
 	for _, s := range st.Slots {
 		if !s.Plugged {
 			continue
@@ -106,15 +134,27 @@ func (v *VM) hostSample(ctx context.Context) {
 		v.meter = m
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	times, err := v.meter.times(cctx, v.hyp, v.state)
-	cancel()
-	if err != nil {
-		v.log.Warn("black-box measurement failed", "error", err)
-		v.meter.prev = nil
-		return
-	}
+	defer cancel()
 	now := time.Now()
-	busy, ok := v.meter.sample(now, times)
+	var busy float64
+	ok := true
+	if l, isLoader := v.hyp.(vmLoader); isLoader {
+		// VirtualBox: the VM process's load as a share of all host CPUs.
+		load, err := l.CPULoad(cctx)
+		if err != nil {
+			v.log.Warn("black-box measurement failed", "error", err)
+			return
+		}
+		busy = (load.User + load.Kernel) * float64(runtime.NumCPU())
+	} else {
+		times, err := v.meter.times(cctx, v.hyp, v.state)
+		if err != nil {
+			v.log.Warn("black-box measurement failed", "error", err)
+			v.meter.prev = nil
+			return
+		}
+		busy, ok = v.meter.sample(now, times)
+	}
 	if !v.blackboxOn {
 		v.blackboxOn = true
 		v.log.Warn("no agent: measuring the VM from the host (black-box)", "since", v.agentSeen, "agent_timeout", v.agentTimeout)

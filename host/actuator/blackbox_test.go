@@ -1,14 +1,19 @@
 package actuator
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/hotplugheaven/hotplug/host/hypervisor"
+	"github.com/hotplugheaven/hotplug/host/hypervisor/vboxfake"
 )
 
 // fakeThreads writes /proc/<tid>/stat files for QEMU vCPU threads 7001…
@@ -84,5 +89,56 @@ func TestBlackBoxScalesWithoutAgent(t *testing.T) {
 		if ev.Reason[:9] != "black-box" {
 			t.Fatalf("reason does not say black-box: %s", ev.Reason)
 		}
+	}
+}
+
+// TestBlackBoxVirtualBox: a VirtualBox VM without an agent is measured by
+// VBoxManage metrics (the VM's load as a share of the host's CPUs) and
+// scaled by plugcpu/unplugcpu; the guest's VBoxService ejects on unplug.
+// VirtualBox cannot run here: this is against vboxfake (see its package
+// comment for what it was written from).
+func TestBlackBoxVirtualBox(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	manage, _, err := vboxfake.Build(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := vboxfake.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddMachine(vboxfake.Machine{Name: "vb1", State: "running", CPUs: 4, CPUHotplug: true, EjectService: true}); err != nil {
+		t.Fatal(err)
+	}
+	setLoad := func(busyCPUs float64) {
+		// The metric is a share of all host CPUs, in percent.
+		pct := 100 * busyCPUs / float64(runtime.NumCPU())
+		f.UpdateMachine("vb1", func(m *vboxfake.Machine) { m.CPULoadUser = pct })
+	}
+	attached := func() int {
+		m, _ := f.Machine("vb1")
+		return len(m.Attached)
+	}
+	events, _ := eventlog.Open(filepath.Join(dir, "events.jsonl"))
+	defer events.Close()
+	p := fastPolicy()
+	act, err := New([]VMConfig{{Name: "vb1", Policy: p, Channel: fakeguest.NewPipeChannel(),
+		Hypervisor: hypervisor.NewVirtualBox("vb1", hypervisor.VirtualBoxOptions{VBoxManage: manage, Env: f.Env("vb1")}),
+		BlackBox:   true, AgentTimeout: 300 * time.Millisecond, RecheckInterval: 300 * time.Millisecond}}, events, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go act.Run(ctx)
+	setLoad(float64(attached()))
+	waitFor(t, 30*time.Second, "plugcpu under load", func() bool {
+		setLoad(float64(attached())) // every vCPU busy
+		return attached() >= 3
+	})
+	setLoad(0.02)
+	waitFor(t, 30*time.Second, "unplugcpu when idle", func() bool { return attached() == 1 })
+	if st := act.VM("vb1").Status(); st.Source != SourceHost {
+		t.Fatalf("source %q", st.Source)
 	}
 }
