@@ -37,8 +37,12 @@ func startGuestFake(t *testing.T) (*vboxfake.Fake, *VBoxProps) {
 // it sets h/sess to answer(session).
 func hostAnswers(t *testing.T, f *vboxfake.Fake, answer func(sess string) string) {
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	done := make(chan struct{})
+	// Stop and wait: a write to the fake's state after the test would race
+	// the temp dir's removal.
+	t.Cleanup(func() { cancel(); <-done })
 	go func() {
+		defer close(done)
 		for ctx.Err() == nil {
 			m, err := f.Machine("vm")
 			if err == nil {

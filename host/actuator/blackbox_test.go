@@ -130,7 +130,11 @@ func TestBlackBoxVirtualBox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go act.Run(ctx)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { act.Run(runCtx); close(done) }()
+	// Stop the actuator (and its VBoxManage runs) before the temp dir goes.
+	defer func() { stop(); <-done }()
 	setLoad(float64(attached()))
 	waitFor(t, 30*time.Second, "plugcpu under load", func() bool {
 		setLoad(float64(attached())) // every vCPU busy

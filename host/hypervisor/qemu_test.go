@@ -670,9 +670,11 @@ func TestRealQEMUReplugAfterUnplug(t *testing.T) {
 			t.Errorf("round %d: after Unplug: %+v", round, st)
 		}
 	}
-	// Unplug woke on QEMU's event, the lapic's, each round.
-	if n := strings.Count(w.Log(), `device_deleted="{\"path\": \"/machine/peripheral/hpcpu-s0-c1-t0/lapic\"}"`); n != 2 {
-		t.Errorf("Unplug saw %d DEVICE_DELETED for the lapic, want 2; log:\n%s", n, w.Log())
+	// Unplug woke on QEMU's event, the lapic's — at least once: when the
+	// eject beats Unplug's first look at the state, Unplug sees the slot
+	// free without waiting for the event.
+	if n := strings.Count(w.Log(), `device_deleted="{\"path\": \"/machine/peripheral/hpcpu-s0-c1-t0/lapic\"}"`); n < 1 {
+		t.Errorf("Unplug never woke on the lapic's DEVICE_DELETED; log:\n%s", w.Log())
 	}
 	s, err := q.Plug(ctx)
 	if err != nil || s.Index != 1 {
