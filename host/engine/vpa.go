@@ -47,17 +47,28 @@ const (
 
 type vpa struct{}
 
-// vpaBucket is VPA's FindBucket: floor(log_ratio(v × (ratio−1) ÷ first + 1)).
+// vpaBucket is VPA's FindBucket: the last bucket starting at or below v
+// (the first for anything below 0.001, NaN included). VPA computes it as
+// floor(log_ratio(v × (ratio−1) ÷ first + 1)); a search of the starts gives
+// the same bucket at half the cost of the logarithm, which the simulator
+// pays for every sample of every window.
 func vpaBucket(v float64) int {
-	if !(v >= vpaFirstBucket) {
-		return 0
+	b := 0
+	for step := 128; step > 0; step >>= 1 { // 2 × 128 > vpaBuckets
+		if n := b + step; n < vpaBuckets && vpaStarts[n] <= v {
+			b = n
+		}
 	}
-	b := math.Log(v*(vpaRatio-1)/vpaFirstBucket+1) / math.Log(vpaRatio)
-	if !(b < vpaBuckets-1) { // also +Inf, which int() would not survive
-		return vpaBuckets - 1
-	}
-	return int(b)
+	return b
 }
+
+// vpaStarts holds vpaBucketStart of every bucket.
+var vpaStarts = func() (s [vpaBuckets]float64) {
+	for b := range s {
+		s[b] = vpaBucketStart(b)
+	}
+	return s
+}()
 
 // vpaBucketStart is VPA's GetBucketStart: first × (ratio^b − 1) ÷ (ratio − 1).
 func vpaBucketStart(b int) float64 {

@@ -34,7 +34,19 @@ func TestVPAHistogramShape(t *testing.T) {
 			t.Fatalf("value %v (middle of bucket %d) falls in bucket %d", mid, b, got)
 		}
 	}
-	for _, v := range []float64{0, 0.0009, -1} {
+	// The search agrees with VPA's logarithm away from the boundaries,
+	// where rounding decides either way.
+	for v := 0.0005; v < 2000; v *= 1.0007 {
+		b := int(math.Log(v*(vpaRatio-1)/vpaFirstBucket+1) / math.Log(vpaRatio))
+		if v < vpaFirstBucket {
+			b = 0
+		}
+		b = min(b, vpaBuckets-1)
+		if got := vpaBucket(v); got != b && math.Abs(v-vpaBucketStart(max(got, b)))/v > 1e-12 {
+			t.Fatalf("usage %v: bucket %d, VPA's formula %d", v, got, b)
+		}
+	}
+	for _, v := range []float64{0, 0.0009, -1, math.NaN()} {
 		if vpaBucket(v) != 0 {
 			t.Errorf("%v should fall in the first bucket", v)
 		}
