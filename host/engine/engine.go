@@ -141,6 +141,7 @@ type Engine struct {
 	samples    []Sample // ring buffer of the last Window samples
 	next       int      // index the next sample goes to
 	count      int
+	scratch    []Sample // Decide's window, reused
 	lastAction time.Time
 }
 
@@ -213,14 +214,19 @@ func (e *Engine) LastAction() time.Time { return e.lastAction }
 
 // recent returns the last n samples, oldest first.
 func (e *Engine) recent(n int) []Sample {
+	return e.recentInto(make([]Sample, 0, min(n, e.count)), n)
+}
+
+// recentInto appends the last n samples, oldest first, to dst[:0].
+func (e *Engine) recentInto(dst []Sample, n int) []Sample {
 	if n > e.count {
 		n = e.count
 	}
-	out := make([]Sample, n)
+	dst = dst[:0]
 	for i := 0; i < n; i++ {
-		out[i] = e.samples[(e.next-n+i+2*len(e.samples))%len(e.samples)]
+		dst = append(dst, e.samples[(e.next-n+i+2*len(e.samples))%len(e.samples)])
 	}
-	return out
+	return dst
 }
 
 // Decide returns what to do now. Limits, freshness and warm-up are the
@@ -246,7 +252,11 @@ func (e *Engine) Decide(in Input) Decision {
 		return d
 	}
 
-	window := e.recent(e.count)
+	// The window is rebuilt in a buffer kept across calls: Decide runs
+	// for every report of every VM (and every step of a replayed trace),
+	// and no mode keeps the window after deciding.
+	e.scratch = e.recentInto(e.scratch, e.count)
+	window := e.scratch
 	if len(window) == 0 || in.Now.Sub(window[len(window)-1].Time) > 3*p.Interval.D() {
 		d.Rule, d.Reason = RuleNoData, "no sample in the last three intervals"
 		return d
