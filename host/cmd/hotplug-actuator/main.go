@@ -25,6 +25,8 @@ Usage:
   hotplug-actuator pause VM | resume VM         stop or restart scaling of a VM
   hotplug-actuator set-vcpus VM N               resize a VM now, within its policy
   hotplug-actuator check  [--config FILE]       validate the configuration and exit
+  hotplug-actuator simulate [flags] TRACE...    replay CPU demand traces through the engine's policies
+                                                (PlanetLab, Bitbrains, timestamp,demand_cpus CSV; --help)
   hotplug-actuator --version
 
 The configuration (TOML, default %s) lists the VMs: for each, its QMP
