@@ -6,6 +6,7 @@
 //
 //	httpsvc serve -addr 127.0.0.1:8080 -cost 10ms -log /var/log/app/access.log
 //	httpsvc load  -url http://127.0.0.1:8080/ -rate 150 -for 60s
+//	httpsvc play  -step 8s -demand 0.1,2.1,0,1.1   (CPUs of work per step: replays a trace)
 package main
 
 import (
@@ -16,6 +17,8 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +36,8 @@ func main() {
 		err = serve(os.Args[2:])
 	case "load":
 		err = load(os.Args[2:])
+	case "play":
+		err = play(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -124,4 +129,54 @@ func load(args []string) error {
 			}()
 		}
 	}
+}
+
+// play replays a CPU demand trace: for each step, demand d CPUs' worth of
+// work is done by four threads, thread i busy min(1, max(0, d−i)) of each
+// 100 ms period. On fewer vCPUs than threads the rest waits in the run
+// queue, as real work would.
+func play(args []string) error {
+	fs := flag.NewFlagSet("play", flag.ContinueOnError)
+	step := fs.Duration("step", 8*time.Second, "duration of each trace step")
+	list := fs.String("demand", "", "comma-separated CPUs of demand per step")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var demand []float64
+	for _, f := range strings.Split(*list, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v < 0 || v > 4 {
+			return fmt.Errorf("demand %q: want CPUs in [0, 4]", f)
+		}
+		demand = append(demand, v)
+	}
+	start := time.Now()
+	end := start.Add(time.Duration(len(demand)) * *step)
+	current := func() float64 {
+		i := int(time.Since(start) / *step)
+		if i >= len(demand) {
+			return 0
+		}
+		return demand[i]
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			const period = 100 * time.Millisecond
+			for time.Now().Before(end) {
+				duty := min(1, max(0, current()-float64(w)))
+				if duty > 0 {
+					burn(time.Duration(duty * float64(period)))
+				}
+				if rest := time.Duration((1 - duty) * float64(period)); rest > 0 {
+					time.Sleep(rest)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return nil
 }
