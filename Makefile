@@ -2,7 +2,8 @@
 #
 #   make demo    boot a real QEMU guest with the agent, run the actuator, load
 #                the guest and watch vCPUs move (installs what it needs)
-#   make test    everything CI runs, end-to-end tests with real QEMU included
+#   make test    everything CI runs: all tests (end-to-end ones with real QEMU
+#                included), then every fuzz target for TEST_FUZZTIME (5s) each
 #   make bench   benchmarks, figures only (no pass/fail on speed)
 #   make fuzz    a short run of every fuzz target (FUZZTIME=10s each)
 #   make deb     hotplug-agent and hotplug-actuator .deb packages in build/deb
@@ -12,6 +13,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 FUZZTIME ?= 10s
+TEST_FUZZTIME ?= 5s
 export CGO_ENABLED ?= 0
 # An older Go (e.g. Debian's from backports) fetches the version go.mod
 # names from the module proxy.
@@ -37,6 +39,7 @@ vet:
 # The race detector needs cgo; the shipped binaries do not.
 test: deps vet
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 unit: vet
 	CGO_ENABLED=1 $(GO) test -race -short -count=1 ./...
@@ -50,6 +53,8 @@ demo: deps build
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
+# Each target also replays its committed corpus (testdata/fuzz/FuzzX) in
+# every plain `go test`.
 fuzz:
 	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 	  pkg=./$$(dirname $$f); \
