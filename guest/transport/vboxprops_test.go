@@ -3,7 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
-	"fmt"
+	"github.com/hotplugheaven/hotplug/proto/propbridge"
 	"reflect"
 	"strings"
 	"testing"
@@ -132,33 +132,12 @@ func TestVBoxPropsNotInGuest(t *testing.T) {
 func TestParseGuestEnumerate(t *testing.T) {
 	out := []byte("Name: /HotplugHeaven/h/sess, value: abc, timestamp: 17, flags: TRANSIENT\n" +
 		"Name: /HotplugHeaven/h/d0, value: abc.1.eA==, timestamp: 19, flags: \nName: /Other, value: x, timestamp: 99, flags: \n" +
-		"Name: /HotplugHeaven/h/d1, value: " + strings.Repeat("x", vboxMaxValue+1) + ", timestamp: 20, flags: \ngarbage\n")
+		"Name: /HotplugHeaven/h/d1, value: " + strings.Repeat("x", propbridge.MaxValue+1) + ", timestamp: 20, flags: \ngarbage\n")
 	props, newest := parseGuestEnumerate(out)
 	if want := map[string]string{"h/sess": "abc", "h/d0": "abc.1.eA=="}; !reflect.DeepEqual(props, want) || newest != 19 {
 		t.Errorf("got %v, newest %d", props, newest)
 	}
 }
-
-// The chunk size keeps every value within the service's limit.
-func TestVBoxPropsChunkFits(t *testing.T) {
-	for _, maxValue := range []int{127, 1023} {
-		b := newPropBridge(nopIO{}, "0123456789abcdef", "g", "h", maxValue, time.Second)
-		value := fmt.Sprintf("%s.%d.%s", "0123456789abcdef", uint64(1<<64-1), strings.Repeat("A", (b.b.chunk+2)/3*4))
-		if len(value) > maxValue {
-			t.Errorf("MaxValue %d: a full chunk makes a %d-byte value", maxValue, len(value))
-		}
-		b.b.shutdown(nil, false)
-	}
-}
-
-type nopIO struct{}
-
-func (nopIO) list(ctx context.Context) (map[string]string, error) {
-	<-ctx.Done()
-	return nil, ctx.Err()
-}
-func (nopIO) set(context.Context, string, string) error { return nil }
-func (nopIO) wait(ctx context.Context, _ time.Duration) { <-ctx.Done() }
 
 // FuzzParseGuestEnumerate: what VBoxControl prints is the host's, but it
 // must not make the agent panic.
@@ -167,7 +146,7 @@ func FuzzParseGuestEnumerate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		props, _ := parseGuestEnumerate(b)
 		for _, v := range props {
-			if len(v) > vboxMaxValue {
+			if len(v) > propbridge.MaxValue {
 				t.Fatalf("value of %d bytes", len(v))
 			}
 		}

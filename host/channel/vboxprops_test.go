@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hotplugheaven/hotplug/proto/propbridge"
 	"io"
 	"net"
 	"os"
@@ -165,11 +166,11 @@ func TestVBoxPropsRoundTrip(t *testing.T) {
 	t.Logf("a 128-CPU report is %d bytes: %d chunks of %d", len(big), (len(big)+737)/738, 738)
 	// Only the window's 8 slots per direction and the session keys exist.
 	m2, _ := e.fake.Machine("web1")
-	if n := len(m2.Props); n > 2*vboxWindow+4 {
+	if n := len(m2.Props); n > 2*propbridge.Window+4 {
 		t.Errorf("%d properties in use", n)
 	}
 	for name, p := range m2.Props {
-		if len(p.Value) > vboxMaxValue || !strings.HasPrefix(name, vboxPropPrefix) || p.Flags != "TRANSIENT" {
+		if len(p.Value) > propbridge.MaxValue || !strings.HasPrefix(name, vboxPropPrefix) || p.Flags != "TRANSIENT" {
 			t.Errorf("property %s = %d bytes, flags %q", name, len(p.Value), p.Flags)
 		}
 	}
@@ -331,7 +332,7 @@ func TestParseHostEnumerate(t *testing.T) {
 	out := []byte("/HotplugHeaven/g/ack  = 'abc.3'          @ 2024-01-01T00:00:00.000Z TRANSIENT\n" +
 		"/HotplugHeaven/g/sess = 'abc'            @ 2024-01-01T00:00:00.000Z\n/Other/x = 'y'\nNo properties found.\n" +
 		"Name: /HotplugHeaven/g/d0, value: abc.1.eA==, timestamp: 17, flags: TRANSIENT\n" +
-		"/HotplugHeaven/g/d1 = '" + strings.Repeat("x", vboxMaxValue+1) + "'\n")
+		"/HotplugHeaven/g/d1 = '" + strings.Repeat("x", propbridge.MaxValue+1) + "'\n")
 	want := map[string]string{"g/ack": "abc.3", "g/sess": "abc", "g/d0": "abc.1.eA=="}
 	if got := parseHostEnumerate(out); !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v", got)
@@ -343,27 +344,9 @@ func FuzzParseHostEnumerate(f *testing.F) {
 	f.Add([]byte("/HotplugHeaven/g/sess = 'abc'  @ 2024\nName: /HotplugHeaven/g/d0, value: a.1.eA==, timestamp: 1, flags: \n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for k, v := range parseHostEnumerate(b) {
-			if len(v) > vboxMaxValue {
+			if len(v) > propbridge.MaxValue {
 				t.Fatalf("%q = %d bytes", k, len(v))
 			}
-		}
-	})
-}
-
-// FuzzChunkFor: whatever a guest puts in a slot, the host takes only the
-// chunk it expects and never panics.
-func FuzzChunkFor(f *testing.F) {
-	f.Add("0123456789abcdef.1.eA==", uint64(1))
-	f.Add("0123456789abcdef.9.eA==", uint64(1))
-	f.Fuzz(func(t *testing.T, v string, seq uint64) {
-		if seq == 0 {
-			seq = 1
-		}
-		b := &propBridge{sess: "0123456789abcdef", peer: "g"}
-		props := map[string]string{fmt.Sprintf("g/d%d", (seq-1)%vboxWindow): v}
-		data, got, err := b.chunkFor(props, seq)
-		if err == nil && got != 0 && (got != seq || len(data) == 0 || len(data) > vboxMaxValue) {
-			t.Fatalf("chunk %d of %d bytes for seq %d", got, len(data), seq)
 		}
 	})
 }
