@@ -139,22 +139,11 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 	if v.sess == nil {
 		return rec.step("plug", time.Now(), errNoAgent)
 	}
-	if err := v.allowPlug(ctx); err != nil {
-		return rec.step("plug", time.Now(), err)
-	}
-	if !v.budget.Reserve(v.name, v.current) {
-		return rec.step("plug", time.Now(), fmt.Errorf("host vCPU budget exhausted"))
-	}
-	start := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	slot, err := v.hyp.Plug(pctx)
-	cancel()
+	slot, err := v.plugSlot(ctx, rec)
 	if err != nil {
 		v.refresh(ctx)
-		return rec.step("plug", start, err)
+		return err
 	}
-	v.plugged()
-	rec.step("plug", start, nil)
 	if !v.refresh(ctx) {
 		// Plugged but the state cannot be read back: count it ourselves
 		// until the hypervisor answers again.
@@ -163,7 +152,7 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 	}
 	v.log.Debug("cpu plugged", "slot", slot.Index, "ref", slot.Ref, "apic", slot.APICID)
 
-	start = time.Now()
+	start := time.Now()
 	online, err := v.onlineNew(ctx, slot)
 	if err == nil {
 		rec.step("online", start, nil)
@@ -184,6 +173,26 @@ func (v *VM) plugOne(ctx context.Context, rec *record) error {
 	}
 	rec.step("rollback_unplug", start, nil)
 	return fmt.Errorf("%w: %v", errRolledBack, err)
+}
+
+// plugSlot is the hypervisor half of a plug, the same with or without an
+// agent: the lifetime limit and the host budget are checked, the plug is
+// made and recorded as the "plug" step.
+func (v *VM) plugSlot(ctx context.Context, rec *record) (hypervisor.Slot, error) {
+	if err := v.allowPlug(ctx); err != nil {
+		return hypervisor.Slot{}, rec.step("plug", time.Now(), err)
+	}
+	if !v.budget.Reserve(v.name, v.current) {
+		return hypervisor.Slot{}, rec.step("plug", time.Now(), fmt.Errorf("host vCPU budget exhausted"))
+	}
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	slot, err := v.hyp.Plug(pctx)
+	cancel()
+	if err == nil {
+		v.plugged()
+	}
+	return slot, rec.step("plug", start, err)
 }
 
 // onlineNew asks the agent to bring one more CPU online: the hot-added

@@ -177,21 +177,8 @@ func (v *VM) hostSample(ctx context.Context) {
 // plugBlackBox adds a vCPU without an agent: plug, then confirm from the
 // hypervisor. The guest must online it by itself.
 func (v *VM) plugBlackBox(ctx context.Context, rec *record) error {
-	if err := v.allowPlug(ctx); err != nil {
-		return rec.step("plug", time.Now(), err)
-	}
-	if !v.budget.Reserve(v.name, v.current) {
-		return rec.step("plug", time.Now(), fmt.Errorf("host vCPU budget exhausted"))
-	}
+	_, err := v.plugSlot(ctx, rec)
 	start := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err := v.hyp.Plug(pctx)
-	cancel()
-	if err == nil {
-		v.plugged()
-	}
-	rec.step("plug", start, err)
-	start = time.Now()
 	if !v.refresh(ctx) {
 		return rec.step("confirm", start, fmt.Errorf("hypervisor state unreadable after plug"))
 	}

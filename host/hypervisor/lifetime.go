@@ -60,13 +60,7 @@ func (q *QEMU) VCPULifetime(ctx context.Context) (Lifetime, error) {
 	if err != nil {
 		return Lifetime{}, err
 	}
-	lt := Lifetime{Limited: true, Max: st.Max(),
-		Why: "QEMU under TCG can start at most maxcpus vCPUs in a VM's life (unplugging does not give any back)"}
-	for _, s := range st.Slots {
-		if s.Plugged && !s.Removable {
-			lt.Boot++
-		}
-	}
+	lt := tcgLifetime(st)
 	pid := c.PeerPID()
 	if pid <= 0 {
 		return lt, fmt.Errorf("hypervisor: QEMU %s: cannot tell QEMU's pid, so not when it started", q.socket)
@@ -75,6 +69,19 @@ func (q *QEMU) VCPULifetime(ctx context.Context) (Lifetime, error) {
 		return lt, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
 	}
 	return lt, nil
+}
+
+// tcgLifetime is QEMU's TCG limit for a VM in state st: every slot may be
+// used once, the boot vCPUs (those that cannot be removed) included.
+func tcgLifetime(st State) Lifetime {
+	lt := Lifetime{Limited: true, Max: st.Max(),
+		Why: "QEMU under TCG can start at most maxcpus vCPUs in a VM's life (unplugging does not give any back)"}
+	for _, s := range st.Slots {
+		if s.Plugged && !s.Removable {
+			lt.Boot++
+		}
+	}
+	return lt
 }
 
 // processStart is when process pid started, from /proc/<pid>/stat.
@@ -120,13 +127,7 @@ func (lv *Libvirt) VCPULifetime(ctx context.Context) (Lifetime, error) {
 	if err != nil {
 		return Lifetime{}, err
 	}
-	lt := Lifetime{Limited: true, Max: st.Max(),
-		Why: "QEMU under TCG can start at most maxcpus vCPUs in a VM's life (unplugging does not give any back)"}
-	for _, s := range st.Slots {
-		if s.Plugged && !s.Removable {
-			lt.Boot++
-		}
-	}
+	lt := tcgLifetime(st)
 	pidFile := filepath.Join(lv.opts.runDir(), "qemu", lv.domain+".pid")
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
