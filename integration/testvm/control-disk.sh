@@ -12,17 +12,7 @@
 
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 
-# find_port NAME: the /dev node of the virtio-serial port called NAME.
-find_port() {
-	for d in /sys/class/virtio-ports/*; do
-		[ -r "$d/name" ] || continue
-		if [ "$(cat "$d/name")" = "$1" ] && [ -c "/dev/${d##*/}" ]; then
-			echo "/dev/${d##*/}"
-			return 0
-		fi
-	done
-	return 1
-}
+# @CONTROL_SHELL@
 
 i=0
 until ctl=$(find_port org.hotplugheaven.test); do
@@ -34,22 +24,5 @@ until ctl=$(find_port org.hotplugheaven.test); do
 	sleep 0.1
 done
 
-mkdir -p /tmp/testvm
 echo "testvm: stage=ready control-shell=$ctl"
-while :; do
-	if exec 3<>"$ctl"; then
-		while read -r id b64 <&3; do
-			[ -n "$id" ] || continue
-			if ! echo "$b64" | base64 -d >/tmp/testvm/cmd 2>/dev/null; then
-				printf 'TESTVM-BEGIN %s\nbad base64\nTESTVM-END %s 255\n' "$id" "$id" >&3
-				continue
-			fi
-			printf 'TESTVM-BEGIN %s\n' "$id" >&3
-			sh /tmp/testvm/cmd </dev/null >&3 2>&1 3>&-
-			rc=$?
-			printf '\nTESTVM-END %s %d\n' "$id" "$rc" >&3
-		done
-		exec 3>&-
-	fi
-	sleep 0.2
-done
+serve_control "$ctl"

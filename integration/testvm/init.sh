@@ -46,18 +46,7 @@ while read -r mod; do
 done </etc/testvm/modules.load
 say "stage=modules loaded=$(wc -l </etc/testvm/modules.load)"
 
-# find_port NAME: the /dev node of the virtio-serial port called NAME. Without
-# udev there is no /dev/virtio-ports/NAME symlink; sysfs has the name.
-find_port() {
-	for d in /sys/class/virtio-ports/*; do
-		[ -r "$d/name" ] || continue
-		if [ "$(cat "$d/name")" = "$1" ] && [ -c "/dev/${d##*/}" ]; then
-			echo "/dev/${d##*/}"
-			return 0
-		fi
-	done
-	return 1
-}
+# @CONTROL_SHELL@
 
 i=0
 until ctl=$(find_port org.hotplugheaven.test); do
@@ -74,31 +63,5 @@ if [ -f /etc/testvm/start.sh ]; then
 	say "stage=start-script"
 fi
 
-# The control shell. The host sends one line per command:
-#   <id> <base64 of the script>
-# and gets back
-#   TESTVM-BEGIN <id>\n<stdout+stderr>\nTESTVM-END <id> <exit status>\n
-# The newline before TESTVM-END is always added, so the host strips exactly
-# one and the output is returned byte for byte.
-#
-# While no host is connected, reads of the port return EOF at once: the
-# pause keeps the loop from spinning, and reopening picks up the next host.
-mkdir -p /tmp/testvm
 say "stage=ready control-shell=$ctl"
-while :; do
-	if exec 3<>"$ctl"; then
-		while read -r id b64 <&3; do
-			[ -n "$id" ] || continue
-			if ! echo "$b64" | base64 -d >/tmp/testvm/cmd 2>/dev/null; then
-				printf 'TESTVM-BEGIN %s\nbad base64\nTESTVM-END %s 255\n' "$id" "$id" >&3
-				continue
-			fi
-			printf 'TESTVM-BEGIN %s\n' "$id" >&3
-			sh /tmp/testvm/cmd </dev/null >&3 2>&1 3>&-
-			rc=$?
-			printf '\nTESTVM-END %s %d\n' "$id" "$rc" >&3
-		done
-		exec 3>&-
-	fi
-	sleep 0.2
-done
+serve_control "$ctl"

@@ -23,7 +23,18 @@ import (
 )
 
 //go:embed init.sh
-var initScript []byte
+var initTemplate []byte
+
+//go:embed control-shell.sh
+var controlShell []byte
+
+// withControlShell puts the shared control-shell functions (find_port,
+// serve_control) in place of a script's "# @CONTROL_SHELL@" line.
+func withControlShell(script []byte) []byte {
+	return bytes.Replace(script, []byte("# @CONTROL_SHELL@\n"), controlShell, 1)
+}
+
+var initScript = withControlShell(initTemplate)
 
 // imageFormat is hashed into every cache key: bump it when the layout
 // changes in a way the inputs do not show.

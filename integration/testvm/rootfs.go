@@ -26,7 +26,9 @@ import (
 // users. CI runs as root.
 
 //go:embed control-disk.sh
-var controlDiskScript []byte
+var controlDiskTemplate []byte
+
+var controlDiskScript = withControlShell(controlDiskTemplate)
 
 // rootfsFormat is hashed into every rootfs cache key: bump it when what
 // EnsureRootfs does to a fresh debootstrap changes.
