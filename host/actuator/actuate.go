@@ -368,15 +368,9 @@ func (v *VM) reconcile(ctx context.Context, present, online proto.CPUSet) {
 	v.commit(rec)
 }
 
-// loadUnfinished finds, in the event log, this VM's actions that a previous
-// actuator started and did not finish.
-func (v *VM) loadUnfinished() {
-	evs, _, err := eventlog.ReadFile(v.events.Path(), eventlog.Filter{VM: v.name, WithStarted: true})
-	if err != nil {
-		v.log.Warn("cannot read the event log for interrupted actions", "error", err)
-		return
-	}
-	v.unfinished = eventlog.Unfinished(evs, v.name)
+// warnUnfinished says which actions a previous actuator started and did
+// not finish (found by New in the event log).
+func (v *VM) warnUnfinished() {
 	for _, ev := range v.unfinished {
 		v.log.Warn("a previous actuator stopped in the middle of an action; it will be reconciled when the agent connects",
 			"action", ev.Seq, "kind", ev.Kind, "from", ev.From, "to", ev.To, "at", ev.Time)

@@ -33,11 +33,18 @@ func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logg
 		logger = hclog.NewNullLogger()
 	}
 	a := &Actuator{events: events, budget: NewBudget(hostBudget), log: logger}
+	// Actions a previous actuator started and did not finish: read the
+	// log once here rather than once per VM.
+	past, _, err := eventlog.ReadFile(events.Path(), eventlog.Filter{WithStarted: true})
+	if err != nil {
+		logger.Warn("cannot read the event log for interrupted actions", "error", err)
+	}
 	for _, c := range vms {
 		v, err := newVM(c, events, a.budget, observers(obs), logger)
 		if err != nil {
 			return nil, err
 		}
+		v.unfinished = eventlog.Unfinished(past, c.Name)
 		a.vms = append(a.vms, v)
 	}
 	if len(a.vms) == 0 {

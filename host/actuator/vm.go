@@ -237,7 +237,7 @@ func (v *VM) Run(ctx context.Context) {
 
 	v.refresh(ctx)
 	v.agentSeen = time.Now()
-	v.loadUnfinished()
+	v.warnUnfinished()
 	tick := time.NewTicker(v.policyInterval())
 	defer tick.Stop()
 	for {
