@@ -103,9 +103,9 @@ func (h *Hello) Validate() error {
 	if h.MinVersion == 0 || h.MaxVersion < h.MinVersion {
 		return fmt.Errorf("%w: hello: version range %d..%d", ErrInvalid, h.MinVersion, h.MaxVersion)
 	}
-	for name, s := range map[string]string{"agent": h.AgentVersion, "machine-id": h.MachineID, "uuid": h.ProductUUID, "hostname": h.Hostname} {
-		if len(s) > MaxStringLen {
-			return fmt.Errorf("%w: hello: %s is %d bytes, limit %d", ErrInvalid, name, len(s), MaxStringLen)
+	for _, f := range [...]struct{ name, s string }{{"agent", h.AgentVersion}, {"machine-id", h.MachineID}, {"uuid", h.ProductUUID}, {"hostname", h.Hostname}} {
+		if len(f.s) > MaxStringLen {
+			return fmt.Errorf("%w: hello: %s is %d bytes, limit %d", ErrInvalid, f.name, len(f.s), MaxStringLen)
 		}
 	}
 	if err := checkCPUSets("hello", h.Possible, h.Present, h.Online); err != nil {
@@ -323,9 +323,14 @@ func (r *Report) Validate() error {
 			return fmt.Errorf("%w: report %d: cpu %d run delay %d ns in a %d ns interval", ErrInvalid, r.Seq, d.CPU, d.WaitNanos, r.IntervalNanos)
 		}
 	}
-	for name, v := range map[string]float64{"load1": r.Load1, "load5": r.Load5, "load15": r.Load15} {
-		if !finiteIn(v, 0, maxLoad) {
-			return fmt.Errorf("%w: report %d: %s = %v", ErrInvalid, r.Seq, name, v)
+	// Arrays, not maps: Validate runs on every report, and a map literal
+	// allocates each time.
+	for _, f := range [...]struct {
+		name string
+		v    float64
+	}{{"load1", r.Load1}, {"load5", r.Load5}, {"load15", r.Load15}} {
+		if !finiteIn(f.v, 0, maxLoad) {
+			return fmt.Errorf("%w: report %d: %s = %v", ErrInvalid, r.Seq, f.name, f.v)
 		}
 	}
 	if r.PSI != nil && !finiteIn(r.PSI.SomeAvg10, 0, 100+100*fractionSlack) {
@@ -374,17 +379,15 @@ func (a *AppStats) validate() error {
 	if len(a.RespSketch) > MaxSketchBytes {
 		return fmt.Errorf("sketch of %d bytes", len(a.RespSketch))
 	}
-	for name, v := range map[string]float64{"rate": a.ArrivalRate, "ia_mean": a.InterArrivalMean, "ia_var": a.InterArrivalVar,
-		"svc_mean": a.ServiceMean, "svc_var": a.ServiceVar, "p50": a.RespP50, "p95": a.RespP95, "p99": a.RespP99,
-		"sla_mean": a.SLAMean, "sla_target": a.SLATarget} {
-		hi := float64(maxSeconds)
-		if name == "rate" {
-			hi = maxRatePerSec
-		} else if name == "ia_var" || name == "svc_var" {
-			hi = maxSeconds * maxSeconds
-		}
-		if !finiteIn(v, 0, hi) {
-			return fmt.Errorf("%s = %v", name, v)
+	const secs, secs2 = float64(maxSeconds), float64(maxSeconds) * maxSeconds
+	for _, f := range [...]struct {
+		name  string
+		v, hi float64
+	}{{"rate", a.ArrivalRate, maxRatePerSec}, {"ia_mean", a.InterArrivalMean, secs}, {"ia_var", a.InterArrivalVar, secs2},
+		{"svc_mean", a.ServiceMean, secs}, {"svc_var", a.ServiceVar, secs2}, {"p50", a.RespP50, secs}, {"p95", a.RespP95, secs},
+		{"p99", a.RespP99, secs}, {"sla_mean", a.SLAMean, secs}, {"sla_target", a.SLATarget, secs}} {
+		if !finiteIn(f.v, 0, f.hi) {
+			return fmt.Errorf("%s = %v", f.name, f.v)
 		}
 	}
 	if !(a.RespP50 <= a.RespP95 && a.RespP95 <= a.RespP99) {
