@@ -39,3 +39,24 @@ func BenchmarkDecide1000VMs(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/decision")
 }
+
+// BenchmarkDecidePredictive is BenchmarkDecide for the predictive mode as
+// the simulator's preset runs it: a 144-sample window, the pooled prior.
+func BenchmarkDecidePredictive(b *testing.B) {
+	p := DefaultPolicy()
+	p.Mode = ModePredictive
+	p.MaxVCPUs, p.K, p.N, p.Window = 8, 1, 1, 144
+	p.CooldownUp, p.CooldownDown = 0, 0
+	e, err := New(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := t0
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(5 * time.Second)
+		e.Observe(Sample{Time: now, Online: 4, Busy: 4 * rng.Float64()})
+		_ = e.Decide(Input{Now: now, Current: 4})
+	}
+}

@@ -69,6 +69,15 @@ type Policy struct {
 	// forecast probability of overload by at least MinGain.
 	ForecastHalfLife Duration `toml:"forecast_half_life" json:"forecast_half_life,omitempty"`
 	MinGain          float64  `toml:"min_gain" json:"min_gain,omitempty"`
+	// ForecastPrior (predictive): the pooled prior of ForecastPriorTable
+	// enters the forecast as if it were this much of the VM's own history
+	// (ForecastPrior ÷ Interval samples); zero leaves the forecast to the
+	// VM's history alone. It matters in a VM's first hours, when a few
+	// samples would otherwise say a spike cannot happen. The table is
+	// learned from 300 s samples; at a much shorter interval it is a
+	// rougher guide, as the chance of a rise depends on how long a sample
+	// averages over.
+	ForecastPrior Duration `toml:"forecast_prior" json:"forecast_prior,omitempty"`
 }
 
 // DefaultPolicy is a conservative policy for a production VM: 5 s samples,
@@ -87,7 +96,7 @@ func DefaultPolicy() Policy {
 
 		RemoveBelow:   0.2,
 		VPAPercentile: 0.9, VPAMargin: 0.15, VPAHalfLife: Duration(24 * time.Hour),
-		ForecastHalfLife: Duration(4 * time.Hour), MinGain: 0.011,
+		ForecastHalfLife: Duration(4 * time.Hour), MinGain: 0.0135, ForecastPrior: Duration(10 * time.Minute),
 	}
 }
 
@@ -167,6 +176,8 @@ func (p Policy) validateModeKeys(bad func(field, format string, a ...any) error)
 			return bad("forecast_half_life", "must be at least interval=%v, got %v", p.Interval, p.ForecastHalfLife)
 		case !(p.MinGain > 0 && p.MinGain < 1):
 			return bad("min_gain", "must be in (0, 1), got %v", p.MinGain)
+		case p.ForecastPrior < 0 || p.ForecastPrior.D() > 7*24*time.Hour:
+			return bad("forecast_prior", "must be between 0s (no prior) and 168h, got %v", p.ForecastPrior)
 		}
 	}
 	return nil

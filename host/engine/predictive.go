@@ -30,6 +30,18 @@ import (
 // a fleet, an equal MinGain for every VM is what minimises total vCPUs for a
 // given total overload time (the Lagrangian of that problem).
 //
+// A VM's own window says little in its first hours: after a few calm
+// samples the frequencies above say a spike cannot happen, and the mode
+// would cut the VM to its current level. So the forecast is a Bayesian
+// mean of the VM's own decayed frequencies and a pooled prior,
+// ForecastPriorTable, worth ForecastPrior of history: the chance, over
+// many VMs, that the next interval needs k vCPUs more (or fewer) than the
+// median of the VM's window. Early on the prior dominates and keeps
+// headroom above the VM's usual level; after a few hours the VM's own
+// history does. On the development day 10 minutes of prior cut the
+// vCPU-hours at 1 % overload time from 1.66× the oracle to 1.63×, and the
+// overload time of a VM's first half-hour by 60 %.
+//
 // The VM moves straight to a, up or down, subject to the cooldowns.
 const ModePredictive = "predictive"
 
@@ -40,35 +52,60 @@ type predictive struct{}
 
 // forecastNeeds returns, for each size a in [lo, hi], the forecast
 // probability that demand exceeds a vCPUs (above[a-lo]), and the forecast
-// mean demand.
-func forecastNeeds(window []Sample, lo, hi int, halfLife float64) (above []float64, mean float64) {
-	// need[i] is the weight of samples needing exactly lo+i vCPUs (the
-	// first bin also holds those needing fewer, the last those needing more
-	// than hi).
-	need := make([]float64, hi-lo+2)
+// mean demand. prior is the weight, in samples, of ForecastPriorTable,
+// read at offsets from the window's weighted median need; zero leaves the
+// VM's own history alone.
+func forecastNeeds(window []Sample, lo, hi int, halfLife, prior float64) (above []float64, mean float64) {
+	// need[n] is the weight of samples needing exactly n vCPUs; the last
+	// bin holds those needing more than hi.
+	need := make([]float64, hi+2)
 	total := 0.0
 	decay := newDecay(window, halfLife)
 	for i := len(window) - 1; i >= 0; i-- {
 		x := &window[i]
 		w := decay.weight(i)
 		d := x.Demand()
-		i := min(max(ceilCPUs(d), lo), hi+1) - lo
-		need[i] += w
+		need[min(ceilCPUs(d), hi+1)] += w
 		total += w
 		mean += w * d
 	}
-	above = make([]float64, hi-lo+1)
+	// The prior is anchored at the median need, not at the newest sample:
+	// the median moves slowly, so the prior's pull does not move the VM
+	// every time one sample differs from the last (on the development day
+	// that anchoring cost the same vCPU-hours with 16 scaling actions per
+	// VM-day instead of 6).
+	median, cum := 0, need[0]
+	for 2*cum < total && median <= hi {
+		median++
+		cum += need[median]
+	}
+	const k0 = (len(ForecastPriorTable) - 1) / 2
 	rest := total
+	for n := range lo {
+		rest -= need[n]
+	}
+	above = make([]float64, hi-lo+1)
 	for i := range above {
-		rest -= need[i]
-		above[i] = max(rest, 0) / total
+		a := lo + i
+		rest -= need[a]
+		p := max(rest, 0)
+		if prior > 0 {
+			// A Bayesian mean of the VM's own decayed frequencies and the
+			// pooled ones, each worth its weight in samples.
+			p += prior * ForecastPriorTable[min(max(a-median, -k0), k0)+k0]
+		}
+		above[i] = p / (total + prior)
 	}
 	return above, mean / total
 }
 
 func (predictive) decide(s *step) Decision {
 	p := s.p
-	above, mean := forecastNeeds(s.window, s.lo, s.hi, p.ForecastHalfLife.D().Seconds())
+	prior := 0.0
+	if p.ForecastPrior > 0 {
+		prior = p.ForecastPrior.D().Seconds() / p.Interval.D().Seconds()
+	}
+	above, mean := forecastNeeds(s.window, s.lo, s.hi, p.ForecastHalfLife.D().Seconds(), prior)
 	best, bestCost := s.lo, math.Inf(1)
 	for i, pr := range above {
 		// Ties go to the smaller size: a vCPU must buy at least MinGain.
@@ -89,8 +126,12 @@ func (predictive) decide(s *step) Decision {
 	if len(alt) > 0 {
 		risk += " (" + strings.Join(alt, ", ") + ")"
 	}
-	why := fmt.Sprintf("forecast from %d samples (half-life %v): mean demand %s CPUs; %s, at %s a vCPU",
-		len(s.window), p.ForecastHalfLife, num(mean), risk, pct(p.MinGain))
+	from := fmt.Sprintf("%d samples (half-life %v)", len(s.window), p.ForecastHalfLife)
+	if prior > 0 {
+		from += fmt.Sprintf(" and a pooled prior worth %v", p.ForecastPrior)
+	}
+	why := fmt.Sprintf("forecast from %s: mean demand %s CPUs; %s, at %s a vCPU",
+		from, num(mean), risk, pct(p.MinGain))
 	switch {
 	case best > s.in.Current:
 		return s.up(best, RuleForecast, why)

@@ -108,6 +108,8 @@ func TestReplayActuationDelay(t *testing.T) {
 func TestReplayNoDecisionWhileActing(t *testing.T) {
 	tr := minuteTrace(8, 6, 6, 6, 6, 6)
 	p := Policy{Name: "predictive", Engine: PredictivePolicy()}
+	// Without the pooled prior one sample of 6 CPUs asks for exactly 6.
+	p.Engine.ForecastPrior = 0
 	steps, err := Decisions(tr, p, Actuation{PlugTime: 30 * time.Second, Initial: 1})
 	if err != nil {
 		t.Fatal(err)
