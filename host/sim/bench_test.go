@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"iter"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -14,17 +15,18 @@ import (
 
 // Benchmarks replay PlanetLab days. They use the four fixture VMs, cycled;
 // SIM_BENCH_TRACES=folder uses a real day instead (e.g. the 1,052 VMs of
-// ../shared/data/planetlab/20110303). SIM_BENCH_FLEET=n sets the VMs of
+// ../shared/data/planetlab/20110303; several folders are separated by the
+// OS's list separator, ":" on Linux). SIM_BENCH_FLEET=n sets the VMs of
 // BenchmarkFleet (default 10,000; the scale is 100,000, which takes
 // minutes).
 
 func benchTraces(b *testing.B) []*Trace {
-	dir := os.Getenv("SIM_BENCH_TRACES")
-	if dir == "" {
-		dir = "testdata/planetlab/20110303"
+	dirs := filepath.SplitList(os.Getenv("SIM_BENCH_TRACES"))
+	if len(dirs) == 0 {
+		dirs = []string{"testdata/planetlab/20110303"}
 	}
 	var out []*Trace
-	for t, err := range Read([]string{dir}, ReadOptions{}) {
+	for t, err := range Read(dirs, ReadOptions{}) {
 		if err != nil {
 			b.Fatal(err)
 		}
