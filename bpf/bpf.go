@@ -17,7 +17,7 @@ package bpf
 // kernel types come from the trimmed vmlinux.h here, never the host's
 // headers, so the object does not depend on the machine that built it.
 //
-//go:generate go tool bpf2go -target bpfel -type hist Runqlat runqlat.c -- -I. -Wall -Werror
+//go:generate go tool bpf2go -target bpfel -type hist -type hist_cpu Runqlat runqlat.c -- -I. -Wall -Werror
 
 // Histogram geometry shared with runqlat.c. A test checks them against
 // the compiled object.

@@ -26,6 +26,7 @@ func TestRunqlatSpec(t *testing.T) {
 		to     string
 	}{
 		RunqlatProgBtfSwitch:    {ebpf.Tracing, ebpf.AttachTraceRawTp, "sched_switch"},
+		RunqlatProgBtfSwitchSi:  {ebpf.Tracing, ebpf.AttachTraceRawTp, "sched_switch"},
 		RunqlatProgBtfWakeup:    {ebpf.Tracing, ebpf.AttachTraceRawTp, "sched_wakeup"},
 		RunqlatProgBtfWakeupNew: {ebpf.Tracing, ebpf.AttachTraceRawTp, "sched_wakeup_new"},
 		RunqlatProgRawSwitch:    {ebpf.RawTracepoint, ebpf.AttachNone, "sched_switch"},

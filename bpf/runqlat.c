@@ -76,6 +76,24 @@ struct {
 	__type(value, struct hist);
 } hists SEC(".maps");
 
+/* sched_info flavour: one histogram per CPU in a plain array, indexed by
+ * the CPU number of the run queue. The verifier inlines a lookup in an
+ * array map (a bound check and an add) where a per-CPU array costs a call;
+ * on sched_switch, every cycle counts. Each entry is padded to whole cache
+ * lines (5 × 64 bytes) so that no two CPUs write to one line.
+ * guest/runq sets max_entries to the number of possible CPUs. */
+struct hist_cpu {
+	struct hist h;
+	__u64 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hist_cpu);
+} hists_cpu SEC(".maps");
+
 /* task_struct before 5.14 (commit 2f064a59a11f): `long state`. */
 struct task_struct___pre514 {
 	long state;
@@ -111,38 +129,54 @@ static __always_inline int enqueue(__u32 pid)
 	return 0;
 }
 
-/* log2 of a 64-bit value, rounded down; 0 for 0. No loops, so every
- * kernel's verifier accepts it. */
-static __always_inline __u64 log2_u64(__u64 v)
+/* wait_slot is the histogram slot of a wait from start to now (ns, same
+ * clock): log2 of the wait in µs, rounded down (0 for under 2 µs), at most
+ * MAX_SLOTS − 1. It runs on every context switch, so it is cheap:
+ *  - µs as ns × 1049 >> 20 rather than ns ÷ 1000, a division costing tens
+ *    of cycles; 1049/2^20 is 0.04 % above 1/1000, which moves a slot's
+ *    edge from 2^i µs to 2^i/1.0004 µs;
+ *  - log2 by halving with a branch per step, so a short wait skips most
+ *    steps. No loops, so every kernel's verifier accepts it.
+ * 64-bit throughout: with a u32 slot, clang compares a zero-extended copy
+ * and indexes with the original, and the verifier sees no bound. */
+static __always_inline __u64 wait_slot(__u64 start, __u64 now)
 {
-	__u64 r = 0, shift;
+	__u64 v, slot = 0;
 
-	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
-	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
+	/* A timestamp from another CPU can be a little ahead of ours. */
+	if (now <= start)
+		return 0;
+	v = now - start;
+	/* 2^41 ns (36.6 min) is past the last slot's start, 2^31 µs; below
+	 * it the product cannot overflow and v stays under 2^32 µs, which
+	 * the five steps cover. */
+	if (v >= 1ULL << 41)
+		return MAX_SLOTS - 1;
+	v = (v * 1049) >> 20;
+	if (v >= 1 << 16) { v >>= 16; slot += 16; }
+	if (v >= 1 << 8) { v >>= 8; slot += 8; }
+	if (v >= 1 << 4) { v >>= 4; slot += 4; }
+	if (v >= 1 << 2) { v >>= 2; slot += 2; }
+	if (v >= 1 << 1) slot += 1;
+	return slot & (MAX_SLOTS - 1); /* a no-op that proves the bound */
 }
 
-/* record puts the wait that started at start into this CPU's histogram. */
-static __always_inline void record(__u64 start)
+/* record_wait puts a wait from start to now (ns, same clock) into this
+ * CPU's histogram. */
+static __always_inline void record_wait(__u64 start, __u64 now)
 {
-	/* slot is 64-bit: with a u32, clang compares a zero-extended copy
-	 * and indexes with the original, and the verifier sees no bound. */
-	__u64 now, us, slot;
-	struct hist *h;
+	__u64 slot = wait_slot(start, now);
+	struct hist *h = this_hist();
 
-	now = bpf_ktime_get_ns();
-	/* A timestamp from another CPU can be a little ahead of ours. */
-	us = now > start ? (now - start) / 1000 : 0;
-	slot = log2_u64(us);
-	if (slot >= MAX_SLOTS)
-		slot = MAX_SLOTS - 1;
-	h = this_hist();
 	if (h)
 		h->slots[slot]++;
+}
+
+/* record puts the wait that started at start (bpf_ktime_get_ns) into this
+ * CPU's histogram. */
+static __always_inline void record(__u64 start)
+{
+	record_wait(start, bpf_ktime_get_ns());
 }
 
 static __always_inline int switch_in(__u32 pid)
@@ -211,6 +245,58 @@ int BPF_PROG(btf_switch, bool preempt, struct task_struct *prev, struct task_str
 		return 0;
 	record(*ts);
 	*ts = 0;
+	return 0;
+}
+
+/* ---- tp_btf, sched_info flavour: sched_switch alone ----
+ *
+ * With CONFIG_SCHED_INFO (selected by SCHEDSTATS or TASK_DELAY_ACCT, as in
+ * Debian's and most distributions' kernels) the scheduler already stamps
+ * every task with the run-queue clock at which it was queued —
+ * sched_info.last_queued, set on wake-up, on creation and when a task is
+ * switched out still runnable, and cleared once it runs — to keep
+ * /proc/<pid>/schedstat. sched_switch fires after __schedule() has updated
+ * the run queue's clock and before sched_info_arrive() consumes the stamp,
+ * so the wait of the task being switched in is rq->clock − last_queued:
+ * the very figure the kernel adds to run_delay. (When a wake-up preempts
+ * the running task the scheduler skips that clock update, so such a wait,
+ * typically microseconds, reads as the time to the previous update:
+ * short waits come out shorter than the wake-up set's, as in run_delay;
+ * the millisecond waits of a saturated CPU are the same in both.)
+ *
+ * That needs no wake-up programs, no start map and no clock read: one
+ * program per context switch that reads three fields, against three
+ * programs, a task-storage lookup per event and two clock reads per wait
+ * in the set above. The run queue is reached through the task's CFS run
+ * queue (cfs_rq->rq exists with CONFIG_FAIR_GROUP_SCHED); guest/runq checks
+ * the kernel's BTF for every field first and otherwise loads the set above.
+ *
+ * The one difference: a waiting task that the load balancer moves to
+ * another CPU is dequeued and queued again there, which restarts its stamp;
+ * only the wait on the CPU that runs it is counted. Preempted tasks are
+ * always counted (the kernel re-stamps them), so count_preempted = false
+ * needs the set above. */
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(btf_switch_si, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	struct hist_cpu *hc;
+	__u64 queued, slot;
+	struct rq *rq;
+	__u32 cpu;
+
+	/* 0 when next was not waiting: a task that blocked and was not
+	 * woken, or a CPU's idle task, which is never queued (no pid test
+	 * needed: one load less on every switch). */
+	queued = next->sched_info.last_queued;
+	if (!queued)
+		return 0;
+	rq = next->se.cfs_rq->rq;
+	slot = wait_slot(queued, rq->clock);
+	cpu = rq->cpu;
+	hc = bpf_map_lookup_elem(&hists_cpu, &cpu);
+	if (hc)
+		hc->h.slots[slot]++;
 	return 0;
 }
 

@@ -19,14 +19,22 @@ type RunqlatHist struct {
 	Lost  uint64
 }
 
+type RunqlatHistCpu struct {
+	_   structs.HostLayout
+	H   RunqlatHist
+	Pad [7]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	RunqlatMapHists          = "hists"
+	RunqlatMapHistsCpu       = "hists_cpu"
 	RunqlatMapStart          = "start"
 	RunqlatMapStartTask      = "start_task"
 	RunqlatProgBtfSwitch     = "btf_switch"
+	RunqlatProgBtfSwitchSi   = "btf_switch_si"
 	RunqlatProgBtfWakeup     = "btf_wakeup"
 	RunqlatProgBtfWakeupNew  = "btf_wakeup_new"
 	RunqlatProgRawSwitch     = "raw_switch"
@@ -78,6 +86,7 @@ type RunqlatSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type RunqlatProgramSpecs struct {
 	BtfSwitch    *ebpf.ProgramSpec `ebpf:"btf_switch"`
+	BtfSwitchSi  *ebpf.ProgramSpec `ebpf:"btf_switch_si"`
 	BtfWakeup    *ebpf.ProgramSpec `ebpf:"btf_wakeup"`
 	BtfWakeupNew *ebpf.ProgramSpec `ebpf:"btf_wakeup_new"`
 	RawSwitch    *ebpf.ProgramSpec `ebpf:"raw_switch"`
@@ -90,6 +99,7 @@ type RunqlatProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type RunqlatMapSpecs struct {
 	Hists     *ebpf.MapSpec `ebpf:"hists"`
+	HistsCpu  *ebpf.MapSpec `ebpf:"hists_cpu"`
 	Start     *ebpf.MapSpec `ebpf:"start"`
 	StartTask *ebpf.MapSpec `ebpf:"start_task"`
 }
@@ -122,6 +132,7 @@ func (o *RunqlatObjects) Close() error {
 // It can be passed to LoadRunqlatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RunqlatMaps struct {
 	Hists     *ebpf.Map `ebpf:"hists"`
+	HistsCpu  *ebpf.Map `ebpf:"hists_cpu"`
 	Start     *ebpf.Map `ebpf:"start"`
 	StartTask *ebpf.Map `ebpf:"start_task"`
 }
@@ -129,6 +140,7 @@ type RunqlatMaps struct {
 func (m *RunqlatMaps) Close() error {
 	return _RunqlatClose(
 		m.Hists,
+		m.HistsCpu,
 		m.Start,
 		m.StartTask,
 	)
@@ -146,6 +158,7 @@ type RunqlatVariables struct {
 // It can be passed to LoadRunqlatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type RunqlatPrograms struct {
 	BtfSwitch    *ebpf.Program `ebpf:"btf_switch"`
+	BtfSwitchSi  *ebpf.Program `ebpf:"btf_switch_si"`
 	BtfWakeup    *ebpf.Program `ebpf:"btf_wakeup"`
 	BtfWakeupNew *ebpf.Program `ebpf:"btf_wakeup_new"`
 	RawSwitch    *ebpf.Program `ebpf:"raw_switch"`
@@ -156,6 +169,7 @@ type RunqlatPrograms struct {
 func (p *RunqlatPrograms) Close() error {
 	return _RunqlatClose(
 		p.BtfSwitch,
+		p.BtfSwitchSi,
 		p.BtfWakeup,
 		p.BtfWakeupNew,
 		p.RawSwitch,

@@ -76,10 +76,35 @@ enum {
 	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
 };
 
+/* Scheduler statistics (CONFIG_SCHED_INFO): last_queued is the run-queue
+ * clock at which the task was queued, 0 while it is not waiting. */
+struct sched_info {
+	long unsigned int pcount;
+	long long unsigned int run_delay;
+	long long unsigned int last_arrival;
+	long long unsigned int last_queued;
+};
+
+struct rq {
+	u64 clock;
+	int cpu;
+};
+
+/* rq exists with CONFIG_FAIR_GROUP_SCHED. */
+struct cfs_rq {
+	struct rq *rq;
+};
+
+struct sched_entity {
+	struct cfs_rq *cfs_rq;
+};
+
 /* Kernels since 5.14 name the run state __state (unsigned int); runqlat.c
  * reads the older `long state` through a ___pre514 flavour. */
 struct task_struct {
 	unsigned int __state;
+	struct sched_entity se;
+	struct sched_info sched_info;
 	pid_t pid;
 };
 

@@ -6,8 +6,15 @@
 // Sources, best first (proto.RunQSource*):
 //
 //  1. eBPF tp_btf programs (bpf/runqlat.c): a log2 histogram of every wait,
-//     from which p50/p95/p99 are computed. Needs kernel BTF, kernel 5.11+
-//     (task storage) and root (or CAP_BPF with CAP_PERFMON).
+//     from which p50/p95/p99 are computed. Needs kernel BTF and root (or
+//     CAP_BPF with CAP_PERFMON). Two flavours: where the kernel keeps
+//     sched_info stamps (CONFIG_SCHED_INFO and CONFIG_FAIR_GROUP_SCHED,
+//     as Debian's and most distributions' kernels do), one program on
+//     sched_switch alone (Linux 5.5+), which costs a pipe ping-pong about
+//     3 % in the guest where the other flavour costs about 10 %;
+//     otherwise programs on the wake-ups and sched_switch with the start
+//     time in task storage (Linux 5.11+). Options.WakeupPrograms forces
+//     the second.
 //  2. The same program as raw_tp (kernel 4.17+ with BTF), when tp_btf
 //     cannot load or attach.
 //  3. /proc/schedstat run_delay and pcount: the mean wait per timeslice;

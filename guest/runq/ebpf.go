@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -30,30 +32,49 @@ type progSet int
 const (
 	tpBTF progSet = iota // BTF-typed raw tracepoints and task storage, kernel 5.11+
 	rawTP                // raw tracepoints, kernel 4.17+
+	// tpBTFSchedInfo is the cheap flavour of tpBTF: one tp_btf program on
+	// sched_switch reading the scheduler's own sched_info stamps. openEBPF
+	// picks it for tpBTF when the kernel's BTF has every field it reads.
+	tpBTFSchedInfo
 )
 
+// loadOpts are the options openEBPF takes besides the set and BTF path.
+type loadOpts struct {
+	// countPreempted is the program's count_preempted option.
+	countPreempted bool
+	// wakeups keeps tpBTF on its wake-up programs even where the
+	// sched_info flavour could load.
+	wakeups bool
+}
+
 func (p progSet) source() string {
-	if p == tpBTF {
-		return proto.RunQSourceTPBTF
+	if p == rawTP {
+		return proto.RunQSourceRawTP
 	}
-	return proto.RunQSourceRawTP
+	return proto.RunQSourceTPBTF
 }
 
 func (p progSet) detail() string {
-	kind := "tp_btf"
-	if p == rawTP {
-		kind = "raw_tp"
+	switch p {
+	case tpBTFSchedInfo:
+		return "log2 histogram of every wait from one tp_btf program on sched_switch reading the scheduler's sched_info stamps"
+	case rawTP:
+		return "log2 histogram of every wait from raw_tp programs on sched_wakeup, sched_wakeup_new and sched_switch"
 	}
-	return "log2 histogram of every wait from " + kind + " programs on sched_wakeup, sched_wakeup_new and sched_switch"
+	return "log2 histogram of every wait from tp_btf programs on sched_wakeup, sched_wakeup_new and sched_switch"
 }
 
-// startMap is the map the set keeps start times in; the other set's is not
-// created (task storage would fail on a kernel before 5.11).
-func (p progSet) startMap() string {
-	if p == tpBTF {
-		return bpf.RunqlatMapStartTask
+// maps are the maps the set uses: its histograms, and where it keeps start
+// times. The others are not created (task storage would fail on a kernel
+// before 5.11).
+func (p progSet) maps() []string {
+	switch p {
+	case tpBTF:
+		return []string{bpf.RunqlatMapHists, bpf.RunqlatMapStartTask}
+	case rawTP:
+		return []string{bpf.RunqlatMapHists, bpf.RunqlatMapStart}
 	}
-	return bpf.RunqlatMapStart
+	return []string{bpf.RunqlatMapHistsCpu}
 }
 
 // programs lists the set's programs in attach order: sched_switch first,
@@ -61,6 +82,9 @@ func (p progSet) startMap() string {
 // that ends it already in place — a start left behind would later read as
 // one huge wait.
 func (p progSet) programs() []struct{ prog, tracepoint string } {
+	if p == tpBTFSchedInfo {
+		return []struct{ prog, tracepoint string }{{bpf.RunqlatProgBtfSwitchSi, "sched_switch"}}
+	}
 	if p == tpBTF {
 		return []struct{ prog, tracepoint string }{
 			{bpf.RunqlatProgBtfSwitch, "sched_switch"},
@@ -78,9 +102,15 @@ func (p progSet) programs() []struct{ prog, tracepoint string } {
 // ebpfSampler reads the histogram bpf/runqlat.c fills.
 type ebpfSampler struct {
 	src   string
+	what  string // Choice.Detail
 	coll  *ebpf.Collection
 	links []link.Link
-	hists *ebpf.Map
+	hists *ebpf.Map // per-CPU array (wake-up sets), or nil
+	// cpuHists is the array of ncpu histograms the sched_info flavour
+	// writes, or nil.
+	cpuHists *ebpf.Map
+	ncpu     int
+	cpuHist  bpf.RunqlatHistCpu
 
 	percpu          []bpf.RunqlatHist
 	cur, prev, diff []uint64
@@ -88,8 +118,9 @@ type ebpfSampler struct {
 }
 
 // openEBPF loads one program set with CO-RE against the BTF at btfPath and
-// attaches it. Errors say why in terms an operator can act on.
-func openEBPF(set progSet, btfPath string, countPreempted bool) (sampler, error) {
+// attaches it; for tpBTF it first tries the sched_info flavour, unless
+// opts rule it out. Errors say why in terms an operator can act on.
+func openEBPF(set progSet, btfPath string, opts loadOpts) (sampler, error) {
 	// Parsing kernel BTF for CO-RE takes some 15 MiB that are garbage once
 	// the programs are loaded; hand them back to the OS rather than keep
 	// them in the agent's RSS for its whole life.
@@ -112,6 +143,57 @@ func openEBPF(set progSet, btfPath string, countPreempted bool) (sampler, error)
 	// again, more clearly, as a load error.
 	_ = rlimit.RemoveMemlock()
 
+	if set != tpBTF {
+		return loadSet(set, kernel, opts.countPreempted)
+	}
+	var why error
+	switch {
+	case opts.wakeups:
+		why = errors.New("wake-up programs asked for")
+	case !opts.countPreempted:
+		why = errors.New("it always counts preempted tasks")
+	default:
+		why = schedInfoFields(kernel)
+	}
+	if why == nil {
+		s, err := loadSet(tpBTFSchedInfo, kernel, true)
+		if err == nil {
+			return s, nil
+		}
+		why = err
+	}
+	s, err := loadSet(tpBTF, kernel, opts.countPreempted)
+	if err != nil {
+		return nil, err
+	}
+	s.what += " (sched_switch alone on sched_info not used: " + why.Error() + ")"
+	return s, nil
+}
+
+// schedInfoFields says why the sched_info flavour cannot load against
+// kernel, or nil if the kernel has every field it reads:
+// task_struct.sched_info.last_queued (CONFIG_SCHED_INFO) and
+// task_struct.se.cfs_rq->rq->clock (cfs_rq.rq needs CONFIG_FAIR_GROUP_SCHED).
+func schedInfoFields(kernel *btf.Spec) error {
+	path := []struct{ typ, member string }{
+		{"task_struct", "sched_info"}, {"sched_info", "last_queued"},
+		{"task_struct", "se"}, {"sched_entity", "cfs_rq"},
+		{"cfs_rq", "rq"}, {"rq", "clock"},
+	}
+	for _, p := range path {
+		var st *btf.Struct
+		if err := kernel.TypeByName(p.typ, &st); err != nil {
+			return fmt.Errorf("kernel BTF has no struct %s: %v", p.typ, err)
+		}
+		if !slices.ContainsFunc(st.Members, func(m btf.Member) bool { return m.Name == p.member }) {
+			return fmt.Errorf("kernel has no %s.%s (needs CONFIG_SCHED_INFO and CONFIG_FAIR_GROUP_SCHED)", p.typ, p.member)
+		}
+	}
+	return nil
+}
+
+// loadSet loads and attaches one program set against kernel's BTF.
+func loadSet(set progSet, kernel *btf.Spec, countPreempted bool) (*ebpfSampler, error) {
 	spec, err := bpf.LoadRunqlat()
 	if err != nil {
 		return nil, err
@@ -128,10 +210,17 @@ func openEBPF(set progSet, btfPath string, countPreempted bool) (sampler, error)
 			delete(spec.Programs, name)
 		}
 	}
-	for _, name := range []string{bpf.RunqlatMapStart, bpf.RunqlatMapStartTask} {
-		if name != set.startMap() {
+	for name := range spec.Maps {
+		if !slices.Contains(set.maps(), name) && !strings.HasPrefix(name, ".") { // not .rodata
 			delete(spec.Maps, name)
 		}
+	}
+	var ncpu int
+	if m := spec.Maps[bpf.RunqlatMapHistsCpu]; m != nil {
+		if ncpu, err = ebpf.PossibleCPU(); err != nil {
+			return nil, fmt.Errorf("counting possible CPUs: %w", err)
+		}
+		m.MaxEntries = uint32(ncpu)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kernel},
@@ -140,15 +229,16 @@ func openEBPF(set progSet, btfPath string, countPreempted bool) (sampler, error)
 		return nil, explainLoad(set, "loading", err)
 	}
 	s := &ebpfSampler{
-		src: set.source(), coll: coll, hists: coll.Maps[bpf.RunqlatMapHists],
+		src: set.source(), what: set.detail(), coll: coll, hists: coll.Maps[bpf.RunqlatMapHists],
+		cpuHists: coll.Maps[bpf.RunqlatMapHistsCpu], ncpu: ncpu,
 		cur: make([]uint64, bpf.RunqlatSlots), prev: make([]uint64, bpf.RunqlatSlots), diff: make([]uint64, bpf.RunqlatSlots),
 	}
 	for _, p := range set.programs() {
 		var l link.Link
-		if set == tpBTF {
-			l, err = link.AttachTracing(link.TracingOptions{Program: coll.Programs[p.prog], AttachType: ebpf.AttachTraceRawTp})
-		} else {
+		if set == rawTP {
 			l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: p.tracepoint, Program: coll.Programs[p.prog]})
+		} else {
+			l, err = link.AttachTracing(link.TracingOptions{Program: coll.Programs[p.prog], AttachType: ebpf.AttachTraceRawTp})
 		}
 		if err != nil {
 			s.close()
@@ -191,16 +281,28 @@ func explainLoad(set progSet, what string, err error) error {
 }
 
 func (s *ebpfSampler) sample() (*proto.RunQueue, error) {
-	if err := s.hists.Lookup(uint32(0), &s.percpu); err != nil {
-		return nil, fmt.Errorf("reading the run-queue histogram map: %w", err)
-	}
 	clear(s.cur)
 	var lost uint64
-	for i := range s.percpu {
-		for j, n := range s.percpu[i].Slots {
+	add := func(h *bpf.RunqlatHist) {
+		for j, n := range h.Slots {
 			s.cur[j] += n
 		}
-		lost += s.percpu[i].Lost
+		lost += h.Lost
+	}
+	if s.cpuHists != nil {
+		for cpu := range uint32(s.ncpu) {
+			if err := s.cpuHists.Lookup(cpu, &s.cpuHist); err != nil {
+				return nil, fmt.Errorf("reading the run-queue histogram map: %w", err)
+			}
+			add(&s.cpuHist.H)
+		}
+	} else {
+		if err := s.hists.Lookup(uint32(0), &s.percpu); err != nil {
+			return nil, fmt.Errorf("reading the run-queue histogram map: %w", err)
+		}
+		for i := range s.percpu {
+			add(&s.percpu[i])
+		}
 	}
 	ok := delta(s.diff, s.cur, s.prev)
 	s.prev, s.cur = s.cur, s.prev
@@ -227,6 +329,9 @@ func (s *ebpfSampler) close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// detail says what the loaded programs measure, for Choice.Detail.
+func (s *ebpfSampler) detail() string { return s.what }
 
 // lostWaits is how many waits the program could not record (its map of
 // queued tasks full or busy) since it was loaded.

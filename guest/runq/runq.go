@@ -54,12 +54,18 @@ type Options struct {
 	// task waits to run again (the eBPF count_preempted option). Leave it
 	// off: CPU-bound tasks that never sleep only ever wait that way.
 	IgnorePreempted bool
+	// WakeupPrograms keeps the tp_btf source on its wake-up programs
+	// (three per wait, a start time in task storage) where the kernel
+	// would allow the cheaper sched_switch-only flavour, which reads the
+	// scheduler's own sched_info stamps. For comparing the two; the
+	// agent leaves it off.
+	WakeupPrograms bool
 	// Now is the clock (default time.Now); the /proc sources use it to
 	// bound implausible deltas.
 	Now func() time.Time
 
 	// openEBPF replaces the real loader in tests; nil means openEBPF.
-	openEBPF func(set progSet, btfPath string, countPreempted bool) (sampler, error)
+	openEBPF func(set progSet, btfPath string, opts loadOpts) (sampler, error)
 }
 
 // sampler is one way of measuring; each sample covers the time since the
@@ -153,7 +159,7 @@ func New(opts Options) (*Source, error) {
 			if err := checkBTF(btfPath); err != nil {
 				return nil, err
 			}
-			return opts.openEBPF(set, btfPath, !opts.IgnorePreempted)
+			return opts.openEBPF(set, btfPath, loadOpts{countPreempted: !opts.IgnorePreempted, wakeups: opts.WakeupPrograms})
 		}})
 	}
 	if mode != ModePSI {
@@ -174,7 +180,11 @@ func New(opts Options) (*Source, error) {
 		}
 		s, err := c.open()
 		if err == nil {
-			return &Source{s: s, choice: Choice{Source: c.src, Detail: c.detail, Skipped: skipped}}, nil
+			detail := c.detail
+			if d, ok := s.(interface{ detail() string }); ok {
+				detail = d.detail() // which flavour of the set loaded
+			}
+			return &Source{s: s, choice: Choice{Source: c.src, Detail: detail, Skipped: skipped}}, nil
 		}
 		if c.src == proto.RunQSourceTPBTF && (errors.Is(err, errNoBTF) || errors.Is(err, errNotPermitted)) {
 			ebpfErr = err

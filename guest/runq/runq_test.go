@@ -58,7 +58,7 @@ type fixedSampler struct{ q *proto.RunQueue }
 func (f fixedSampler) sample() (*proto.RunQueue, error) { return f.q, nil }
 func (f fixedSampler) close() error                     { return nil }
 
-func (f *fakeEBPF) open(set progSet, btfPath string, countPreempted bool) (sampler, error) {
+func (f *fakeEBPF) open(set progSet, btfPath string, _ loadOpts) (sampler, error) {
 	f.calls = append(f.calls, set)
 	if err := f.errs[set]; err != nil {
 		return nil, err
@@ -163,14 +163,14 @@ func TestFallbackChain(t *testing.T) {
 // Without a BTF file the real loader must give up with errNoBTF, before it
 // asks the kernel for anything: this runs on any test machine.
 func TestRealLoaderWithoutBTF(t *testing.T) {
-	_, err := openEBPF(tpBTF, filepath.Join(t.TempDir(), "vmlinux"), true)
+	_, err := openEBPF(tpBTF, filepath.Join(t.TempDir(), "vmlinux"), loadOpts{countPreempted: true})
 	if !errors.Is(err, errNoBTF) || !strings.Contains(err.Error(), "CONFIG_DEBUG_INFO_BTF") {
 		t.Fatalf("openEBPF without BTF = %v", err)
 	}
 	// A file that is not BTF is also "no BTF", not a crash.
 	bad := filepath.Join(t.TempDir(), "vmlinux")
 	writeFile(t, bad, "garbage")
-	if _, err := openEBPF(rawTP, bad, true); !errors.Is(err, errNoBTF) {
+	if _, err := openEBPF(rawTP, bad, loadOpts{countPreempted: true}); !errors.Is(err, errNoBTF) {
 		t.Fatalf("openEBPF with garbage BTF = %v", err)
 	}
 }
