@@ -144,7 +144,11 @@ func openEBPF(set progSet, btfPath string, opts loadOpts) (sampler, error) {
 	_ = rlimit.RemoveMemlock()
 
 	if set != tpBTF {
-		return loadSet(set, kernel, opts.countPreempted)
+		s, err := loadSet(set, kernel, opts.countPreempted)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return s, nil
 	}
 	var why error
 	switch {
