@@ -276,6 +276,33 @@ type AppStats struct {
 // Type implements Message.
 func (*Report) Type() MsgType { return TypeReport }
 
+// BusyCPUs is the CPU time the online CPUs were busy over the interval, in
+// CPUs (two CPUs half busy are 1.0). Offline CPUs are left out: a CPU
+// offlined during the interval reports stale shares.
+func (r *Report) BusyCPUs() float64 {
+	var busy float64
+	for _, c := range r.CPUs {
+		if r.Online.Has(int(c.CPU)) {
+			busy += float64(c.Busy)
+		}
+	}
+	return busy
+}
+
+// WaitingTasks is the mean number of tasks that were runnable but waiting
+// for a CPU over the interval: the summed run delay of every CPU divided by
+// the interval. 0 without an interval.
+func (r *Report) WaitingTasks() float64 {
+	if r.IntervalNanos <= 0 {
+		return 0
+	}
+	var wait uint64
+	for _, d := range r.RunDelay {
+		wait += d.WaitNanos
+	}
+	return float64(wait) / float64(r.IntervalNanos)
+}
+
 // Validate implements Message.
 func (r *Report) Validate() error {
 	if r.Seq == 0 {

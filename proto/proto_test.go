@@ -310,3 +310,24 @@ func TestValidateExtensions(t *testing.T) {
 		}
 	}
 }
+
+// BusyCPUs counts only online CPUs; WaitingTasks is the summed run delay
+// per interval, 0 without an interval.
+func TestReportDerivedFigures(t *testing.T) {
+	r := &Report{
+		IntervalNanos: 2e9,
+		Online:        NewCPUSet(0, 2),
+		CPUs:          []CPUStat{{CPU: 0, Busy: 0.5}, {CPU: 1, Busy: 1}, {CPU: 2, Busy: 0.25}},
+		RunDelay:      []RunDelay{{CPU: 0, WaitNanos: 1e9}, {CPU: 2, WaitNanos: 2e9}},
+	}
+	if got := r.BusyCPUs(); got != 0.75 {
+		t.Errorf("BusyCPUs = %v, want 0.75 (CPU 1 is offline)", got)
+	}
+	if got := r.WaitingTasks(); got != 1.5 {
+		t.Errorf("WaitingTasks = %v, want 1.5", got)
+	}
+	r.IntervalNanos = 0
+	if got := r.WaitingTasks(); got != 0 {
+		t.Errorf("WaitingTasks without an interval = %v, want 0", got)
+	}
+}

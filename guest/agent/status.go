@@ -127,19 +127,8 @@ func (w *StatusWriter) write(a *Agent) {
 
 func summarise(r *proto.Report) *ReportSummary {
 	s := &ReportSummary{Seq: r.Seq, At: time.Unix(0, r.WallUnixNanos), Online: r.Online.String(), Present: r.Present.String(),
-		Load1: r.Load1, MemAvailableBytes: r.MemAvailableBytes}
-	for _, c := range r.CPUs {
-		if r.Online.Has(int(c.CPU)) {
-			s.BusyCPUs += float64(c.Busy)
-		}
-	}
-	var wait uint64
-	for _, d := range r.RunDelay {
-		wait += d.WaitNanos
-	}
-	if r.IntervalNanos > 0 {
-		s.WaitingTasks = float64(wait) / float64(r.IntervalNanos)
-	}
+		Load1: r.Load1, MemAvailableBytes: r.MemAvailableBytes,
+		BusyCPUs: r.BusyCPUs(), WaitingTasks: r.WaitingTasks()}
 	if r.PSI != nil {
 		s.PSISomeAvg10 = r.PSI.SomeAvg10
 	}

@@ -391,19 +391,7 @@ func signalsOf(r *proto.Report, s engine.Sample) Signals {
 
 // sampleOf turns a report into the engine's view of it.
 func sampleOf(r *proto.Report, at time.Time) engine.Sample {
-	s := engine.Sample{Time: at, Online: r.Online.Len()}
-	for _, c := range r.CPUs {
-		if r.Online.Has(int(c.CPU)) {
-			s.Busy += float64(c.Busy)
-		}
-	}
-	var wait uint64
-	for _, d := range r.RunDelay {
-		wait += d.WaitNanos
-	}
-	if r.IntervalNanos > 0 {
-		s.Waiting = float64(wait) / float64(r.IntervalNanos)
-	}
+	s := engine.Sample{Time: at, Online: r.Online.Len(), Busy: r.BusyCPUs(), Waiting: r.WaitingTasks()}
 	if r.RunQueue != nil {
 		s.RunQP95 = time.Duration(r.RunQueue.P95Nanos)
 	}
