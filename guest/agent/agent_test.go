@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,23 +22,7 @@ import (
 func fixture(t testing.TB) collector.Options {
 	t.Helper()
 	root := t.TempDir()
-	src := "../collector/testdata/guest4"
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		dst := filepath.Join(root, rel)
-		if d.IsDir() {
-			return os.MkdirAll(dst, 0o755)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(dst, b, 0o644)
-	})
-	if err != nil {
+	if err := os.CopyFS(root, os.DirFS("../collector/testdata/guest4")); err != nil {
 		t.Fatal(err)
 	}
 	cpuDir := filepath.Join(root, "sys/devices/system/cpu")
