@@ -106,7 +106,16 @@ func watch(args []string) error {
 		return err
 	}
 	defer src.Close()
+	var progNames map[string]bool // runqlat.c's programs, with -progstats
 	if *progStats {
+		spec, err := bpf.LoadRunqlat()
+		if err != nil {
+			return err
+		}
+		progNames = map[string]bool{}
+		for name := range spec.Programs {
+			progNames[name] = true
+		}
 		// Held for as long as watch runs; the kernel counts while any
 		// holder has it open.
 		st, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
@@ -141,7 +150,7 @@ func watch(args []string) error {
 			l.Waits += n
 		}
 		if *progStats {
-			if l.Progs, err = runqlatStats(); err != nil {
+			if l.Progs, err = progStatsOf(progNames); err != nil {
 				return err
 			}
 		}
@@ -151,19 +160,12 @@ func watch(args []string) error {
 	}
 }
 
-// runqlatStats returns runs and run time of every loaded program whose name
-// is one of bpf/runqlat.c's.
-func runqlatStats() (map[string][2]uint64, error) {
-	names := map[string]bool{}
-	spec, err := bpf.LoadRunqlat()
-	if err != nil {
-		return nil, err
-	}
-	for name := range spec.Programs {
-		names[name] = true
-	}
+// progStatsOf returns runs and run time of every loaded program whose name
+// is in names.
+func progStatsOf(names map[string]bool) (map[string][2]uint64, error) {
 	out := map[string][2]uint64{}
 	for id := ebpf.ProgramID(0); ; {
+		var err error
 		id, err = ebpf.ProgramGetNextID(id)
 		if errors.Is(err, os.ErrNotExist) {
 			return out, nil
