@@ -429,6 +429,20 @@ func meanSD(v []float64) (mean, sd float64) {
 	return mean, sd
 }
 
+// withWatch runs f while `runqcheck watch` (cmd) has loaded the programs
+// whose detail contains choice, and returns once it has exited.
+func (g *runqGuest) withWatch(ctx context.Context, tb testing.TB, cmd, choice string, f func(watch testvm.Job)) {
+	tb.Helper()
+	watch, err := g.vm.Spawn(ctx, cmd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g.waitFor(ctx, tb, "cat "+watch.Log, choice, 30*time.Second)
+	f(watch)
+	g.vm.Kill(ctx, watch)
+	g.waitFor(ctx, tb, "pidof runqcheck || echo gone", "gone", 10*time.Second)
+}
+
 // BenchmarkRunqProbeOverhead measures what the probes cost a
 // scheduler-heavy load: two processes ping-ponging a byte over pipes on
 // one vCPU (two wake-ups and two context switches per round trip), run
@@ -478,30 +492,21 @@ func BenchmarkRunqProbeOverhead(b *testing.B) {
 							ns[i] = append(ns[i], g.pingpongNs(ctx, b, n))
 							continue
 						}
-						watch, err := g.vm.Spawn(ctx, a.watch)
-						if err != nil {
-							b.Fatal(err)
-						}
-						g.waitFor(ctx, b, "cat "+watch.Log, a.choice, 30*time.Second)
-						ns[i] = append(ns[i], g.pingpongNs(ctx, b, n))
-						g.vm.Kill(ctx, watch)
-						g.waitFor(ctx, b, "pidof runqcheck || echo gone", "gone", 10*time.Second)
+						g.withWatch(ctx, b, a.watch, a.choice, func(testvm.Job) {
+							ns[i] = append(ns[i], g.pingpongNs(ctx, b, n))
+						})
 					}
 				}
 				// Then once more per arm with the kernel's BPF statistics
 				// on (which add two clock reads per run, so not during the
 				// rounds): what each program costs per run.
 				for _, a := range arms[1:] {
-					watch, err := g.vm.Spawn(ctx, a.watch+" -progstats")
-					if err != nil {
-						b.Fatal(err)
-					}
-					g.waitFor(ctx, b, "cat "+watch.Log, a.choice, 30*time.Second)
-					g.pingpongNs(ctx, b, n)
-					time.Sleep(1500 * time.Millisecond) // one more interval line
-					_, lines := watchLines(b, g.run(ctx, b, "cat "+watch.Log))
-					g.vm.Kill(ctx, watch)
-					g.waitFor(ctx, b, "pidof runqcheck || echo gone", "gone", 10*time.Second)
+					var lines []runqLine
+					g.withWatch(ctx, b, a.watch+" -progstats", a.choice, func(watch testvm.Job) {
+						g.pingpongNs(ctx, b, n)
+						time.Sleep(1500 * time.Millisecond) // one more interval line
+						_, lines = watchLines(b, g.run(ctx, b, "cat "+watch.Log))
+					})
 					if len(lines) == 0 || len(lines[len(lines)-1].Progs) == 0 {
 						b.Fatalf("%s: no program statistics in the watch log", a.name)
 					}
