@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 )
 
 // ModePredictive sizes the VM for the next interval before its demand
@@ -50,16 +51,11 @@ const RuleForecast = "forecast"
 
 type predictive struct{}
 
-// forecastNeeds returns, for each size a in [lo, hi], the forecast
-// probability that demand exceeds a vCPUs (above[a-lo]), and the forecast
-// mean demand. prior is the weight, in samples, of ForecastPriorTable,
-// read at offsets from the window's weighted median need; zero leaves the
-// VM's own history alone.
-func forecastNeeds(window []Sample, lo, hi int, halfLife, prior float64) (above []float64, mean float64) {
-	// need[n] is the weight of samples needing exactly n vCPUs; the last
-	// bin holds those needing more than hi.
-	need := make([]float64, hi+2)
-	total := 0.0
+// needWeights returns need[n], the decayed weight of the window's samples
+// that needed exactly n vCPUs (the last bin, hi+1, holds those needing
+// more than hi), their total, and the weighted mean demand.
+func needWeights(window []Sample, hi int, halfLife float64) (need []float64, total, mean float64) {
+	need = make([]float64, hi+2)
 	decay := newDecay(window, halfLife)
 	for i := len(window) - 1; i >= 0; i-- {
 		x := &window[i]
@@ -69,16 +65,41 @@ func forecastNeeds(window []Sample, lo, hi int, halfLife, prior float64) (above 
 		total += w
 		mean += w * d
 	}
+	return need, total, mean / total
+}
+
+// medianNeed is the weighted median of need (from needWeights).
+func medianNeed(need []float64, total float64) int {
+	median, cum := 0, need[0]
+	for 2*cum < total && median < len(need)-1 {
+		median++
+		cum += need[median]
+	}
+	return median
+}
+
+// MedianNeed is the weighted median of the vCPUs the window's samples
+// needed (ceil of busy + waiting CPUs, at most hi+1), each weighted
+// 2^(−age ÷ halfLife): where the predictive mode reads ForecastPriorTable.
+// host/sim derives the table with it.
+func MedianNeed(window []Sample, hi int, halfLife time.Duration) int {
+	need, total, _ := needWeights(window, hi, halfLife.Seconds())
+	return medianNeed(need, total)
+}
+
+// forecastNeeds returns, for each size a in [lo, hi], the forecast
+// probability that demand exceeds a vCPUs (above[a-lo]), and the forecast
+// mean demand. prior is the weight, in samples, of ForecastPriorTable,
+// read at offsets from the window's weighted median need; zero leaves the
+// VM's own history alone.
+func forecastNeeds(window []Sample, lo, hi int, halfLife, prior float64) (above []float64, mean float64) {
+	need, total, mean := needWeights(window, hi, halfLife)
 	// The prior is anchored at the median need, not at the newest sample:
 	// the median moves slowly, so the prior's pull does not move the VM
 	// every time one sample differs from the last (on the development day
 	// that anchoring cost the same vCPU-hours with 16 scaling actions per
 	// VM-day instead of 6).
-	median, cum := 0, need[0]
-	for 2*cum < total && median <= hi {
-		median++
-		cum += need[median]
-	}
+	median := medianNeed(need, total)
 	const k0 = (len(ForecastPriorTable) - 1) / 2
 	rest := total
 	for n := range lo {
@@ -96,7 +117,7 @@ func forecastNeeds(window []Sample, lo, hi int, halfLife, prior float64) (above 
 		}
 		above[i] = p / (total + prior)
 	}
-	return above, mean / total
+	return above, mean
 }
 
 func (predictive) decide(s *step) Decision {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hotplugheaven/hotplug/host/engine"
 )
@@ -27,23 +28,14 @@ const devDay = "../../../shared/data/planetlab/20110303"
 func derivePrior(traces []*Trace) (p [len(engine.ForecastPriorTable)]float64, samples int) {
 	const k0 = (len(engine.ForecastPriorTable) - 1) / 2
 	pol := PredictivePolicy()
-	halfLife := float64(pol.ForecastHalfLife.D().Milliseconds())
 	var n, over [len(engine.ForecastPriorTable)]int
 	for _, t := range traces {
-		need := make([]float64, t.Requested+2)
+		window := make([]engine.Sample, len(t.Demand))
+		for i, d := range t.Demand {
+			window[i] = engine.Sample{Time: time.UnixMilli(t.Time[i]), Busy: d}
+		}
 		for i := 1; i < len(t.Demand); i++ {
-			clear(need)
-			total := 0.0
-			for j := max(0, i-pol.Window); j < i; j++ {
-				w := math.Exp2(-float64(t.Time[i-1]-t.Time[j]) / halfLife)
-				need[min(int(math.Ceil(t.Demand[j])), t.Requested+1)] += w
-				total += w
-			}
-			median, cum := 0, need[0]
-			for 2*cum < total && median <= t.Requested {
-				median++
-				cum += need[median]
-			}
+			median := engine.MedianNeed(window[max(0, i-pol.Window):i], t.Requested, pol.ForecastHalfLife.D())
 			next := int(math.Ceil(t.Demand[i]))
 			samples++
 			for j := range n {
