@@ -78,6 +78,20 @@ func medianNeed(need []float64, total float64) int {
 	return median
 }
 
+// CheapestSize is the size a in [lo, lo+len(above)) minimising
+// above[a−lo] + minGain × a, where above[a−lo] is the chance that demand
+// exceeds a vCPUs: the predictive mode's choice. Ties go to the smaller
+// size: a vCPU must buy at least minGain.
+func CheapestSize(above []float64, lo int, minGain float64) int {
+	best, bestCost := lo, math.Inf(1)
+	for i, pr := range above {
+		if c := pr + minGain*float64(lo+i); c < bestCost-1e-12 {
+			best, bestCost = lo+i, c
+		}
+	}
+	return best
+}
+
 // MedianNeed is the weighted median of the vCPUs the window's samples
 // needed (ceil of busy + waiting CPUs, at most hi+1), each weighted
 // 2^(−age ÷ halfLife): where the predictive mode reads ForecastPriorTable.
@@ -127,13 +141,7 @@ func (predictive) decide(s *step) Decision {
 		prior = p.ForecastPrior.D().Seconds() / p.Interval.D().Seconds()
 	}
 	above, mean := forecastNeeds(s.window, s.lo, s.hi, p.ForecastHalfLife.D().Seconds(), prior)
-	best, bestCost := s.lo, math.Inf(1)
-	for i, pr := range above {
-		// Ties go to the smaller size: a vCPU must buy at least MinGain.
-		if c := pr + p.MinGain*float64(s.lo+i); c < bestCost-1e-12 {
-			best, bestCost = s.lo+i, c
-		}
-	}
+	best := CheapestSize(above, s.lo, p.MinGain)
 	current := max(s.in.Current, 1)
 	s.d.Evidence.Forecast = mean / float64(current)
 	risk := fmt.Sprintf("%s: %s chance of overload", vcpus(best), pct(above[best-s.lo]))

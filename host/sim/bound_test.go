@@ -3,13 +3,16 @@ package sim
 import (
 	"math"
 	"testing"
+
+	"github.com/hotplugheaven/hotplug/host/engine"
 )
 
 // Hindsight bounds for the predictive mode's target (issue 8: 1 % overload
 // time at 1.5× the oracle's vCPU-hours). Each gives every VM, in advance,
 // the frequencies the predictive mode can only estimate, and sizes each
-// interval as the mode does — the a minimising P(need > a) + gain × a —
-// so it shows how far a perfect forecast of that kind would get:
+// interval as the mode does (engine.CheapestSize: the a minimising
+// P(need > a) + gain × a), so it shows how far a perfect forecast of that
+// kind would get:
 //
 //   - distribution: P(need) over the VM's whole trace;
 //   - markov: P(need | the previous interval's need) over the VM's whole
@@ -51,14 +54,12 @@ func hindsightPoint(traces []*Trace, key hindsightKey, gain float64) (vsOracle, 
 			for _, v := range c {
 				total += v
 			}
-			best, bestCost, rest := 1, math.Inf(1), total-c[0]
+			above, rest := make([]float64, t.Requested), total-c[0]
 			for a := 1; a <= t.Requested; a++ {
 				rest -= c[a]
-				if cost := rest/total + gain*float64(a); cost < bestCost-1e-12 {
-					best, bestCost = a, cost
-				}
+				above[a-1] = rest / total
 			}
-			size[k] = best
+			size[k] = engine.CheapestSize(above, 1, gain)
 		}
 		for i, d := range t.Demand {
 			a := t.Requested
