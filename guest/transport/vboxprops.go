@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hotplugheaven/hotplug/proto/propbridge"
 )
 
 // The VirtualBox guest-property bridge (proto/propbridge) carries the

@@ -3,13 +3,13 @@ package transport
 import (
 	"context"
 	"errors"
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hotplugheaven/hotplug/host/hypervisor/vboxfake"
+	"github.com/hotplugheaven/hotplug/proto/propbridge"
 )
 
 // The guest end against vboxfake's VBoxControl, with the host's side of

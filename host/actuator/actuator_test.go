@@ -3,7 +3,6 @@ package actuator
 import (
 	"context"
 	"errors"
-	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/hypervisor"

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/hotplugheaven/hotplug/proto/propbridge"
 )
 
 // VBoxProps is the host end of the VirtualBox guest-property bridge: the

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
 	"io"
 	"net"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/hotplugheaven/hotplug/guest/transport"
 	"github.com/hotplugheaven/hotplug/host/hypervisor/vboxfake"
 	"github.com/hotplugheaven/hotplug/proto"
+	"github.com/hotplugheaven/hotplug/proto/propbridge"
 )
 
 // These tests run both ends of the guest-property bridge — this channel and

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/hotplugheaven/hotplug/proto"
 	"io"
 	"os"
 	"os/signal"
@@ -17,11 +16,13 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/guest/agent"
 	"github.com/hotplugheaven/hotplug/guest/applog"
 	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/guest/runq"
 	"github.com/hotplugheaven/hotplug/guest/transport"
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".

@@ -8,7 +8,6 @@ package apitest
 
 import (
 	"context"
-	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"net"
 	"net/http"
 	"os"
@@ -18,7 +17,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
