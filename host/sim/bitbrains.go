@@ -104,8 +104,12 @@ func parseBitbrains(name string, r io.Reader) (*Trace, error) {
 		if n := len(t.Time); n > 0 && at <= t.Time[n-1] {
 			return nil, parseError(name, line, "timestamp %v is not after the previous row's", ts)
 		}
+		demand := usage / (capacity / cores)
+		if math.IsInf(demand, 0) {
+			return nil, parseError(name, line, "usage %v MHz on %v MHz per core is out of range", usage, capacity/cores)
+		}
 		t.Time = append(t.Time, at)
-		t.Demand = append(t.Demand, usage/(capacity/cores))
+		t.Demand = append(t.Demand, demand)
 		t.Requested = max(t.Requested, int(cores))
 	}
 	if err := sc.Err(); err != nil {
