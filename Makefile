@@ -55,12 +55,22 @@ bench:
 
 # Each target also replays its committed corpus (testdata/fuzz/FuzzX) in
 # every plain `go test`.
+#
+# Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
+# exceeded" as -fuzztime runs out, with no failing input (golang/go#75804,
+# fixed in Go 1.27; seen here once in FuzzApache). Such a run is repeated
+# once; a failure that writes an input, or fails twice, fails the stage.
 fuzz:
 	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 	  pkg=./$$(dirname $$f); \
 	  for t in $$(grep -oh '^func Fuzz[A-Za-z0-9_]*' $$f | sed 's/^func //'); do \
 	    echo "== fuzz $$pkg $$t ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    if ! out=$$($(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg 2>&1); then \
+	      echo "$$out"; \
+	      if echo "$$out" | grep -q 'Failing input written' || ! echo "$$out" | grep -q '^    context deadline exceeded$$'; then exit 1; fi; \
+	      echo "== $$t: deadline race in Go's fuzz coordinator (golang/go#75804), no failing input: once more"; \
+	      $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    else echo "$$out"; fi; \
 	  done; \
 	done
 
