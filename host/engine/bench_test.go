@@ -8,15 +8,22 @@ import (
 
 // BenchmarkDecide measures one observe+decide step for one VM with a full
 // window, the work the actuator does per report.
-func BenchmarkDecide(b *testing.B) {
-	e, _ := New(DefaultPolicy())
+func BenchmarkDecide(b *testing.B) { benchDecide(b, DefaultPolicy(), 2) }
+
+// benchDecide steps one engine under p, with vcpus online and a random
+// utilisation, once per iteration.
+func benchDecide(b *testing.B, p Policy, vcpus int) {
+	e, err := New(p)
+	if err != nil {
+		b.Fatal(err)
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := t0
 	b.ReportAllocs()
 	for b.Loop() {
 		now = now.Add(5 * time.Second)
-		e.Observe(Sample{Time: now, Online: 2, Busy: 2 * rng.Float64()})
-		_ = e.Decide(Input{Now: now, Current: 2})
+		e.Observe(Sample{Time: now, Online: vcpus, Busy: float64(vcpus) * rng.Float64()})
+		_ = e.Decide(Input{Now: now, Current: vcpus})
 	}
 }
 
@@ -47,16 +54,5 @@ func BenchmarkDecidePredictive(b *testing.B) {
 	p.Mode = ModePredictive
 	p.MaxVCPUs, p.K, p.N, p.Window = 8, 1, 1, 144
 	p.CooldownUp, p.CooldownDown = 0, 0
-	e, err := New(p)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	now := t0
-	b.ReportAllocs()
-	for b.Loop() {
-		now = now.Add(5 * time.Second)
-		e.Observe(Sample{Time: now, Online: 4, Busy: 4 * rng.Float64()})
-		_ = e.Decide(Input{Now: now, Current: 4})
-	}
+	benchDecide(b, p, 4)
 }
