@@ -91,6 +91,99 @@ func hindsightAt(traces []*Trace, key hindsightKey, target float64) float64 {
 	return math.NaN()
 }
 
+// slidingMaxPoint replays traces with the issue's yardstick: each interval
+// gets ceil((1 + headroom) × the largest demand of the w intervals before
+// it), causal like any live policy. It returns vCPU-time over the oracle's
+// and the overload time fraction.
+func slidingMaxPoint(traces []*Trace, w int, headroom float64) (vsOracle, overload float64) {
+	var vcpu, oracle, over, steps float64
+	for _, t := range traces {
+		// q holds indices of the window's demands, their demands
+		// decreasing: q[0] is the window's maximum.
+		var q []int
+		for i, d := range t.Demand {
+			a := t.Requested
+			if i > 0 {
+				for len(q) > 0 && t.Demand[q[len(q)-1]] <= t.Demand[i-1] {
+					q = q[:len(q)-1]
+				}
+				q = append(q, i-1)
+				if q[0] < i-w {
+					q = q[1:]
+				}
+				a = fit((1+headroom)*t.Demand[q[0]], t.Requested)
+			}
+			vcpu += float64(a)
+			oracle += float64(fit(d, t.Requested))
+			steps++
+			if d > float64(a) {
+				over++
+			}
+		}
+	}
+	return vcpu / oracle, over / steps
+}
+
+// slidingMaxAt returns vCPU-time over the oracle's at the given overload
+// time fraction for the sliding maximum with headroom, interpolated between
+// the two window lengths whose overload straddles it (a longer window
+// allocates more and overloads less).
+func slidingMaxAt(traces []*Trace, headroom, target float64) float64 {
+	prevR, prevO := slidingMaxPoint(traces, 1, headroom)
+	for w := 2; w <= 288; w++ {
+		r, o := slidingMaxPoint(traces, w, headroom)
+		if o <= target && prevO > target {
+			return prevR + (prevO-target)/(prevO-o)*(r-prevR)
+		}
+		prevR, prevO = r, o
+	}
+	return math.NaN()
+}
+
+// TestSlidingMax: the window maximum matches a plain scan, and a longer
+// window or more headroom never overloads more.
+func TestSlidingMax(t *testing.T) {
+	tr := &Trace{Requested: 8, Demand: []float64{0.5, 3.2, 1, 0.2, 0.1, 2.5, 7.9, 0.3, 0.3, 0.3, 4, 1.1}}
+	for w := 1; w <= 5; w++ {
+		var vcpu, over float64
+		for i, d := range tr.Demand {
+			a := 8
+			if i > 0 {
+				m := 0.0
+				for j := max(0, i-w); j < i; j++ {
+					m = max(m, tr.Demand[j])
+				}
+				a = fit(1.3*m, 8)
+			}
+			vcpu += float64(a)
+			if d > float64(a) {
+				over++
+			}
+		}
+		var oracle float64
+		for _, d := range tr.Demand {
+			oracle += float64(fit(d, 8))
+		}
+		r, o := slidingMaxPoint([]*Trace{tr}, w, 0.3)
+		if math.Abs(r-vcpu/oracle) > 1e-12 || math.Abs(o-over/float64(len(tr.Demand))) > 1e-12 {
+			t.Errorf("w %d: got %v× %v overload, a plain scan gives %v× %v", w, r, o, vcpu/oracle, over/float64(len(tr.Demand)))
+		}
+	}
+	var traces []*Trace
+	for tr, err := range Read([]string{"testdata/planetlab/20110303"}, ReadOptions{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		traces = append(traces, tr)
+	}
+	r1, o1 := slidingMaxPoint(traces, 6, 0.3)
+	r2, o2 := slidingMaxPoint(traces, 12, 0.3)
+	r3, o3 := slidingMaxPoint(traces, 12, 0.6)
+	if !(o2 <= o1 && r2 >= r1 && o3 <= o2 && r3 >= r2) {
+		t.Errorf("w 6: %v× %v; w 12: %v× %v; w 12 +60 %%: %v× %v: want overload falling and vCPUs rising", r1, o1, r2, o2, r3, o3)
+	}
+}
+
 // TestHindsightBounds: on the fixture VMs, knowing more costs less — the
 // level-aware bound needs no more than the whole-day one — and both lie
 // between the oracle and keeping each VM at its peak.
@@ -121,17 +214,22 @@ func TestHindsightBounds(t *testing.T) {
 }
 
 // BenchmarkHindsightBound reports both bounds at 1 % overload time for the
-// traces of SIM_BENCH_TRACES (folders separated by the OS's list
+// traces of SIM_BENCH_TRACES, and beside them the yardstick issue 8 quotes
+// for its 1.5× target ("a simple sliding-window maximum with 30 % headroom
+// needs about 1.8× for 1 %"): on the development day this simulator gives
+// it 1.784×, so the traces, demand and oracle here are the issue's (folders separated by the OS's list
 // separator), e.g. the development day:
 //
 //	SIM_BENCH_TRACES=$PWD/../shared/data/planetlab/20110303 go test ./host/sim -run '^$' -bench HindsightBound -benchtime 1x
 func BenchmarkHindsightBound(b *testing.B) {
 	ts := benchTraces(b)
-	var dist, markov float64
+	var dist, markov, swm float64
 	for b.Loop() {
 		dist = hindsightAt(ts, distributionKey, 0.01)
 		markov = hindsightAt(ts, markovKey, 0.01)
+		swm = slidingMaxAt(ts, 0.3, 0.01)
 	}
 	b.ReportMetric(dist, "distribution-x-oracle@1%")
 	b.ReportMetric(markov, "markov-x-oracle@1%")
+	b.ReportMetric(swm, "slidingmax30-x-oracle@1%")
 }
