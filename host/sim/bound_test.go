@@ -32,11 +32,44 @@ func distributionKey(*Trace, int) int { return 0 }
 
 func markovKey(t *Trace, i int) int { return fit(t.Demand[i-1], t.Requested) }
 
+// tally scores allocations against demand: vCPU-time, the oracle's, and
+// intervals overloaded.
+type tally struct{ vcpu, oracle, over, steps float64 }
+
+// add scores one interval of demand d allocated a vCPUs, of a VM that may
+// have at most limit.
+func (s *tally) add(d float64, a, limit int) {
+	s.vcpu += float64(a)
+	s.oracle += float64(fit(d, limit))
+	s.steps++
+	if d > float64(a) {
+		s.over++
+	}
+}
+
+// result returns vCPU-time over the oracle's and the overload time fraction.
+func (s *tally) result() (vsOracle, overload float64) { return s.vcpu / s.oracle, s.over / s.steps }
+
+// atOverload returns the vCPU ratio at the given overload time fraction,
+// interpolated between the first two of n points (point(0), point(1), …)
+// whose overload lies on either side of it; NaN if none do.
+func atOverload(n int, point func(i int) (vsOracle, overload float64), target float64) float64 {
+	prevR, prevO := point(0)
+	for i := 1; i < n; i++ {
+		r, o := point(i)
+		if (o <= target) != (prevO <= target) {
+			return prevR + (target-prevO)/(o-prevO)*(r-prevR)
+		}
+		prevR, prevO = r, o
+	}
+	return math.NaN()
+}
+
 // hindsightPoint replays traces with every VM sized from its own keyed
 // frequencies at one gain; it returns vCPU-time over the oracle's and the
 // overload time fraction.
 func hindsightPoint(traces []*Trace, key hindsightKey, gain float64) (vsOracle, overload float64) {
-	var vcpu, oracle, over, steps float64
+	var score tally
 	for _, t := range traces {
 		// count[k][n]: intervals (after the first) with key k needing n
 		// vCPUs.
@@ -66,29 +99,20 @@ func hindsightPoint(traces []*Trace, key hindsightKey, gain float64) (vsOracle, 
 			if i > 0 {
 				a = size[key(t, i)]
 			}
-			vcpu += float64(a)
-			oracle += float64(fit(d, t.Requested))
-			steps++
-			if d > float64(a) {
-				over++
-			}
+			score.add(d, a, t.Requested)
 		}
 	}
-	return vcpu / oracle, over / steps
+	return score.result()
 }
 
 // hindsightAt returns vCPU-time over the oracle's at the given overload
 // time fraction, interpolated between gains 8 % apart.
 func hindsightAt(traces []*Trace, key hindsightKey, target float64) float64 {
-	prevR, prevO := hindsightPoint(traces, key, 0.001)
-	for g := 0.001 * 1.08; g < 1; g *= 1.08 {
-		r, o := hindsightPoint(traces, key, g)
-		if o > target && prevO <= target {
-			return prevR + (target-prevO)/(o-prevO)*(r-prevR)
-		}
-		prevR, prevO = r, o
+	var gains []float64
+	for g := 0.001; g < 1; g *= 1.08 {
+		gains = append(gains, g)
 	}
-	return math.NaN()
+	return atOverload(len(gains), func(i int) (float64, float64) { return hindsightPoint(traces, key, gains[i]) }, target)
 }
 
 // slidingMaxPoint replays traces with the yardstick: each interval
@@ -96,7 +120,7 @@ func hindsightAt(traces []*Trace, key hindsightKey, target float64) float64 {
 // it), causal like any live policy. It returns vCPU-time over the oracle's
 // and the overload time fraction.
 func slidingMaxPoint(traces []*Trace, w int, headroom float64) (vsOracle, overload float64) {
-	var vcpu, oracle, over, steps float64
+	var score tally
 	for _, t := range traces {
 		// q holds indices of the window's demands, their demands
 		// decreasing: q[0] is the window's maximum.
@@ -113,15 +137,10 @@ func slidingMaxPoint(traces []*Trace, w int, headroom float64) (vsOracle, overlo
 				}
 				a = fit((1+headroom)*t.Demand[q[0]], t.Requested)
 			}
-			vcpu += float64(a)
-			oracle += float64(fit(d, t.Requested))
-			steps++
-			if d > float64(a) {
-				over++
-			}
+			score.add(d, a, t.Requested)
 		}
 	}
-	return vcpu / oracle, over / steps
+	return score.result()
 }
 
 // slidingMaxAt returns vCPU-time over the oracle's at the given overload
@@ -129,15 +148,7 @@ func slidingMaxPoint(traces []*Trace, w int, headroom float64) (vsOracle, overlo
 // the two window lengths whose overload straddles it (a longer window
 // allocates more and overloads less).
 func slidingMaxAt(traces []*Trace, headroom, target float64) float64 {
-	prevR, prevO := slidingMaxPoint(traces, 1, headroom)
-	for w := 2; w <= 288; w++ {
-		r, o := slidingMaxPoint(traces, w, headroom)
-		if o <= target && prevO > target {
-			return prevR + (prevO-target)/(prevO-o)*(r-prevR)
-		}
-		prevR, prevO = r, o
-	}
-	return math.NaN()
+	return atOverload(288, func(i int) (float64, float64) { return slidingMaxPoint(traces, i+1, headroom) }, target)
 }
 
 // TestSlidingMax: the window maximum matches a plain scan, and a longer
@@ -145,7 +156,7 @@ func slidingMaxAt(traces []*Trace, headroom, target float64) float64 {
 func TestSlidingMax(t *testing.T) {
 	tr := &Trace{Requested: 8, Demand: []float64{0.5, 3.2, 1, 0.2, 0.1, 2.5, 7.9, 0.3, 0.3, 0.3, 4, 1.1}}
 	for w := 1; w <= 5; w++ {
-		var vcpu, over float64
+		var scan tally
 		for i, d := range tr.Demand {
 			a := 8
 			if i > 0 {
@@ -155,18 +166,11 @@ func TestSlidingMax(t *testing.T) {
 				}
 				a = fit(1.3*m, 8)
 			}
-			vcpu += float64(a)
-			if d > float64(a) {
-				over++
-			}
-		}
-		var oracle float64
-		for _, d := range tr.Demand {
-			oracle += float64(fit(d, 8))
+			scan.add(d, a, 8)
 		}
 		r, o := slidingMaxPoint([]*Trace{tr}, w, 0.3)
-		if math.Abs(r-vcpu/oracle) > 1e-12 || math.Abs(o-over/float64(len(tr.Demand))) > 1e-12 {
-			t.Errorf("w %d: got %v× %v overload, a plain scan gives %v× %v", w, r, o, vcpu/oracle, over/float64(len(tr.Demand)))
+		if wr, wo := scan.result(); math.Abs(r-wr) > 1e-12 || math.Abs(o-wo) > 1e-12 {
+			t.Errorf("w %d: got %v× %v overload, a plain scan gives %v× %v", w, r, o, wr, wo)
 		}
 	}
 	var traces []*Trace
