@@ -333,6 +333,18 @@ func (s *step) down(to int, rule, why string) Decision {
 	return d
 }
 
+// toward moves to want vCPUs under rule, up or down, or holds when the VM
+// already has them: for modes that compute a size rather than a step.
+func (s *step) toward(want int, rule, why string) Decision {
+	switch {
+	case want > s.in.Current:
+		return s.up(want, rule, why)
+	case want < s.in.Current:
+		return s.down(want, rule, why)
+	}
+	return s.hold(RuleSteady, why)
+}
+
 // hold keeps the current size.
 func (s *step) hold(rule, why string) Decision {
 	d := s.d

@@ -161,13 +161,7 @@ func (predictive) decide(s *step) Decision {
 	}
 	why := fmt.Sprintf("forecast from %s: mean demand %s CPUs; %s, at %s a vCPU",
 		from, num(mean), risk, pct(p.MinGain))
-	switch {
-	case best > s.in.Current:
-		return s.up(best, RuleForecast, why)
-	case best < s.in.Current:
-		return s.down(best, RuleForecast, why)
-	}
-	return s.hold(RuleSteady, why)
+	return s.toward(best, RuleForecast, why)
 }
 
 // decay weighs the samples of a window 2^(−age ÷ halfLife), age counted

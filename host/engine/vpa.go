@@ -121,11 +121,5 @@ func (vpa) decide(s *step) Decision {
 	s.d.Evidence.PeakDemand, s.d.Evidence.Percentile = usage, p.VPAPercentile
 	why := fmt.Sprintf("p%.0f of CPU usage over %d samples (half-life %v) is %s CPUs; +%.0f%% is %s CPUs: %s",
 		100*p.VPAPercentile, len(s.window), p.VPAHalfLife, num(usage), 100*p.VPAMargin, num(rec), vcpus(want))
-	switch {
-	case want > s.in.Current:
-		return s.up(want, RuleVPA, why)
-	case want < s.in.Current:
-		return s.down(want, RuleVPA, why)
-	}
-	return s.hold(RuleSteady, why)
+	return s.toward(want, RuleVPA, why)
 }
