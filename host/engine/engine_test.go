@@ -218,45 +218,54 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-// TestNeverLeavesBounds: whatever the guest reports and however the clock
-// and budget move, a decision stays within [min, min(max, allowed)].
+// TestNeverLeavesBounds: in every mode, whatever the guest reports and
+// however the clock and budget move, a decision stays within
+// [min, min(max, allowed)].
 func TestNeverLeavesBounds(t *testing.T) {
-	rapid.Check(t, func(rt *rapid.T) {
-		p := testPolicy()
-		p.MinVCPUs = rapid.IntRange(1, 4).Draw(rt, "min")
-		p.MaxVCPUs = rapid.IntRange(p.MinVCPUs, 16).Draw(rt, "max")
-		e, err := New(p)
-		if err != nil {
-			rt.Fatal(err)
-		}
-		current := rapid.IntRange(p.MinVCPUs, p.MaxVCPUs).Draw(rt, "current")
-		now := t0
-		steps := rapid.IntRange(1, 200).Draw(rt, "steps")
-		for i := 0; i < steps; i++ {
-			now = now.Add(time.Duration(rapid.Int64Range(1, 5e9).Draw(rt, "dt")))
-			demand := rapid.Float64().Draw(rt, "demand") // any float: negative, huge, NaN, Inf
-			e.Observe(Sample{Time: now, Online: current, Busy: demand, Waiting: rapid.Float64().Draw(rt, "wait")})
-			allowed := rapid.IntRange(0, 20).Draw(rt, "allowed")
-			d := e.Decide(Input{Now: now, Current: current, Allowed: allowed})
-			hi := p.MaxVCPUs
-			if allowed > 0 {
-				hi = min(hi, allowed)
-			}
-			lo := min(p.MinVCPUs, hi)
-			if d.Action == Hold {
-				if d.To != current {
-					rt.Fatalf("hold changed the target: %+v", d)
+	for _, m := range []string{ModeSandpiper, ModeThreshold, ModeVPA, ModePredictive} {
+		t.Run(m, func(t *testing.T) {
+			rapid.Check(t, func(rt *rapid.T) {
+				p := testPolicy()
+				if m != ModeSandpiper {
+					p.Mode = m
+					p.K, p.N = 1, 1
 				}
-				continue
-			}
-			if d.To < lo || d.To > hi {
-				rt.Fatalf("decision %v→%d outside [%d, %d]: %s", d.Action, d.To, lo, hi, d.Reason)
-			}
-			if (d.Action == ScaleUp) != (d.To > current) {
-				rt.Fatalf("action %v does not match %d→%d", d.Action, current, d.To)
-			}
-			current = d.To
-			e.Acted(now)
-		}
-	})
+				p.MinVCPUs = rapid.IntRange(1, 4).Draw(rt, "min")
+				p.MaxVCPUs = rapid.IntRange(p.MinVCPUs, 16).Draw(rt, "max")
+				e, err := New(p)
+				if err != nil {
+					rt.Fatal(err)
+				}
+				current := rapid.IntRange(p.MinVCPUs, p.MaxVCPUs).Draw(rt, "current")
+				now := t0
+				steps := rapid.IntRange(1, 200).Draw(rt, "steps")
+				for i := 0; i < steps; i++ {
+					now = now.Add(time.Duration(rapid.Int64Range(1, 5e9).Draw(rt, "dt")))
+					demand := rapid.Float64().Draw(rt, "demand") // any float: negative, huge, NaN, Inf
+					e.Observe(Sample{Time: now, Online: current, Busy: demand, Waiting: rapid.Float64().Draw(rt, "wait")})
+					allowed := rapid.IntRange(0, 20).Draw(rt, "allowed")
+					d := e.Decide(Input{Now: now, Current: current, Allowed: allowed})
+					hi := p.MaxVCPUs
+					if allowed > 0 {
+						hi = min(hi, allowed)
+					}
+					lo := min(p.MinVCPUs, hi)
+					if d.Action == Hold {
+						if d.To != current {
+							rt.Fatalf("hold changed the target: %+v", d)
+						}
+						continue
+					}
+					if d.To < lo || d.To > hi {
+						rt.Fatalf("decision %v→%d outside [%d, %d]: %s", d.Action, d.To, lo, hi, d.Reason)
+					}
+					if (d.Action == ScaleUp) != (d.To > current) {
+						rt.Fatalf("action %v does not match %d→%d", d.Action, current, d.To)
+					}
+					current = d.To
+					e.Acted(now)
+				}
+			})
+		})
+	}
 }
