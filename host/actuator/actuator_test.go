@@ -105,6 +105,16 @@ func (r *rig) stop() {
 	r.events.Close()
 }
 
+// run starts act and guest's agent on ch, for tests that build their own
+// actuator; the returned stop cancels both and waits for the actuator.
+func run(act *Actuator, guest *fakeguest.Guest, ch *fakeguest.PipeChannel) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { act.Run(ctx); close(done) }()
+	go guest.Run(ctx, ch.Dial, interval)
+	return func() { cancel(); <-done }
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(b []byte) (int, error) {
@@ -450,11 +460,7 @@ func TestObserversAreTold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { act.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	go guest.Run(ctx, ch.Dial, interval)
+	defer run(act, guest, ch)()
 	guest.SetDemand(2)
 	waitFor(t, 10*time.Second, "an event", func() bool {
 		rec.mu.Lock()
@@ -516,11 +522,7 @@ func TestRecoverInterruptedAction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { act.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	go guest.Run(ctx, ch.Dial, interval)
+	defer run(act, guest, ch)()
 	waitFor(t, 10*time.Second, "the stray CPU onlined", func() bool { return guest.OnlineCount() == 2 })
 	waitFor(t, 5*time.Second, "a recover line", func() bool {
 		evs, _, _ := eventlog.ReadFile(path, eventlog.Filter{})

@@ -2,7 +2,6 @@ package actuator
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"math"
 	"net"
@@ -96,13 +95,9 @@ func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connec
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.act.Run(ctx); close(done) }()
-	go r.good.Run(ctx, goodCh.Dial, interval)
+	stop := run(r.act, r.good, goodCh)
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		stop()
 		events.Close()
 	})
 	return r
