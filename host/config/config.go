@@ -219,6 +219,17 @@ func (c *Config) Validate() error {
 	}
 	names := map[string]int{}
 	sockets := map[string]string{}
+	// socket checks a unix socket the actuator connects to: required, and
+	// not shared with another key (two clients on one chardev or QMP
+	// socket would steal each other's messages).
+	socket := func(key, path, required string) {
+		if path == "" {
+			field(key, "%s", required)
+		} else if other, dup := sockets[path]; dup {
+			field(key, "socket %s is already used by %s", path, other)
+		}
+		sockets[path] = key
+	}
 	cids := map[uint32]int{}
 	for i, vm := range c.VMs {
 		p := fmt.Sprintf("vm[%d]", i)
@@ -230,12 +241,7 @@ func (c *Config) Validate() error {
 		names[vm.Name] = i
 		switch vm.Hypervisor {
 		case "qemu":
-			if vm.QMP == "" {
-				field(p+".qmp", "required: path of the VM's QMP unix socket (-qmp unix:PATH,server=on,wait=off)")
-			} else if other, dup := sockets[vm.QMP]; dup {
-				field(p+".qmp", "socket %s is already used by %s", vm.QMP, other)
-			}
-			sockets[vm.QMP] = p + ".qmp"
+			socket(p+".qmp", vm.QMP, "required: path of the VM's QMP unix socket (-qmp unix:PATH,server=on,wait=off)")
 		case "libvirt", "virtualbox":
 			if vm.QMP != "" {
 				field(p+".qmp", "only for hypervisor = \"qemu\"; %s VMs are reached through %s", vm.Hypervisor, vm.Hypervisor)
@@ -259,12 +265,7 @@ func (c *Config) Validate() error {
 		cp := p + ".channel"
 		switch ch.Type {
 		case "virtio-serial":
-			if ch.Path == "" {
-				field(cp+".path", "required for virtio-serial: the unix socket of the port's chardev")
-			} else if other, dup := sockets[ch.Path]; dup {
-				field(cp+".path", "socket %s is already used by %s", ch.Path, other)
-			}
-			sockets[ch.Path] = cp + ".path"
+			socket(cp+".path", ch.Path, "required for virtio-serial: the unix socket of the port's chardev")
 		case "tcp":
 			if ch.Listen == "" {
 				field(cp+".listen", "required for tcp: the address to listen on, e.g. 127.0.0.1:7001")
