@@ -44,11 +44,14 @@ func parseBitbrains(name string, r io.Reader) (*Trace, error) {
 	for i, h := range strings.Split(sc.Text(), ";") {
 		col[strings.TrimSpace(h)] = i
 	}
-	need := []string{bbTimestamp, bbCores, bbCapacity, bbUsage}
-	for _, h := range need {
-		if _, ok := col[h]; !ok {
+	need := [...]string{bbTimestamp, bbCores, bbCapacity, bbUsage}
+	var at [len(need)]int // need[i] is column at[i]
+	for i, h := range need {
+		c, ok := col[h]
+		if !ok {
 			return nil, parseError(name, 1, "header has no %q column (not a Bitbrains GWA-T-12 file?)", h)
 		}
+		at[i] = c
 	}
 	width := 0
 	for _, i := range col {
@@ -66,30 +69,16 @@ func parseBitbrains(name string, r io.Reader) (*Trace, error) {
 		if len(f) < width {
 			return nil, parseError(name, line, "want at least %d `;`-separated columns, got %d", width, len(f))
 		}
-		num := func(h string) (float64, error) {
-			s := strings.TrimSpace(f[col[h]])
-			v, err := strconv.ParseFloat(s, 64)
-			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
-				return 0, parseError(name, line, "column %q: want a non-negative number, got %.40q", h, s)
+		var v [len(need)]float64 // timestamp, cores, capacity, usage
+		for i, h := range need {
+			s := strings.TrimSpace(f[at[i]])
+			x, err := strconv.ParseFloat(s, 64)
+			if err != nil || math.IsNaN(x) || math.IsInf(x, 0) || x < 0 {
+				return nil, parseError(name, line, "column %q: want a non-negative number, got %.40q", h, s)
 			}
-			return v, nil
+			v[i] = x
 		}
-		ts, err := num(bbTimestamp)
-		if err != nil {
-			return nil, err
-		}
-		cores, err := num(bbCores)
-		if err != nil {
-			return nil, err
-		}
-		capacity, err := num(bbCapacity)
-		if err != nil {
-			return nil, err
-		}
-		usage, err := num(bbUsage)
-		if err != nil {
-			return nil, err
-		}
+		ts, cores, capacity, usage := v[0], v[1], v[2], v[3]
 		if cores < 1 || cores > 1024 || cores != math.Trunc(cores) || capacity <= 0 {
 			return nil, parseError(name, line, "want whole CPU cores in [1, 1024] and a positive capacity, got %v cores, %v MHz", cores, capacity)
 		}
