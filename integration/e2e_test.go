@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,12 +145,19 @@ func firstEvent(t *testing.T, s *stack.Stack, kind string) eventlog.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return firstOfKind(t, evs, kind, fmt.Sprintf("the log: %+v", evs))
+}
+
+// firstOfKind returns the first of evs of kind, and fails the test naming
+// where evs came from if there is none.
+func firstOfKind(t *testing.T, evs []eventlog.Event, kind, where string) eventlog.Event {
+	t.Helper()
 	for _, ev := range evs {
 		if ev.Kind == kind {
 			return ev
 		}
 	}
-	t.Fatalf("no %s event in the log: %+v", kind, evs)
+	t.Fatalf("no %s event in %s", kind, where)
 	return eventlog.Event{}
 }
 

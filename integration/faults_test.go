@@ -236,6 +236,20 @@ func hasRecover(evs []eventlog.Event, vm string, kind string) bool {
 	return false
 }
 
+// agentSlowAt is an arm for TestKillDuringActions: the agent takes a
+// second over each command, and the demand moves to demand; it returns
+// once the agent has received the action's command, so the actuator is
+// waiting on the guest step.
+func agentSlowAt(demand float64) func(r *procRig, v *procVM) func() {
+	return func(r *procRig, v *procVM) func() {
+		drain(v.guest.Received())
+		v.guest.SetCommandDelay(time.Second)
+		v.guest.SetDemand(demand)
+		<-v.guest.Received()
+		return func() { v.guest.SetCommandDelay(0) }
+	}
+}
+
 // TestKillDuringActions kills the actuator with SIGKILL at each step of a
 // scale-up and a scale-down; a new actuator must reconcile from QEMU and
 // the guest, finish or roll back, and log what it found, with every line of
@@ -256,23 +270,8 @@ func TestKillDuringActions(t *testing.T) {
 				r.waitFor(10*time.Second, "device_add sent", func() bool { return sent(v.qmp, "device_add") })
 				return release
 			}},
-		{name: "between plug and online", kind: "scale_up",
-			arm: func(r *procRig, v *procVM) func() {
-				drain(v.guest.Received())
-				v.guest.SetCommandDelay(time.Second)
-				v.guest.SetDemand(2)
-				<-v.guest.Received()
-				return func() { v.guest.SetCommandDelay(0) }
-			}},
-		{name: "between offline and unplug", kind: "scale_down",
-			setup: scaledUp,
-			arm: func(r *procRig, v *procVM) func() {
-				drain(v.guest.Received())
-				v.guest.SetCommandDelay(time.Second)
-				v.guest.SetDemand(0)
-				<-v.guest.Received()
-				return func() { v.guest.SetCommandDelay(0) }
-			}},
+		{name: "between plug and online", kind: "scale_up", arm: agentSlowAt(2)},
+		{name: "between offline and unplug", kind: "scale_down", setup: scaledUp, arm: agentSlowAt(0)},
 		{name: "during device_del", kind: "scale_down",
 			setup: scaledUp,
 			arm: func(r *procRig, v *procVM) func() {

@@ -752,11 +752,5 @@ func firstOf(t *testing.T, path, kind string) eventlog.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range evs {
-		if e.Kind == kind {
-			return e
-		}
-	}
-	t.Fatalf("no %s event in %s", kind, path)
-	return eventlog.Event{}
+	return firstOfKind(t, evs, kind, path)
 }
