@@ -24,6 +24,18 @@ type Identity struct {
 	// Hostname is <proc>/sys/kernel/hostname
 	// (Documentation/admin-guide/sysctl/kernel.rst).
 	Hostname string
+	// SysVendor and ProductName are the SMBIOS system manufacturer and
+	// product, <sys>/class/dmi/id/sys_vendor and product_name (readable by
+	// every user): which hypervisor the guest runs on.
+	SysVendor, ProductName string
+}
+
+// VirtualBox says whether DMI names the machine a VirtualBox VM: its
+// SMBIOS system is "innotek GmbH" "VirtualBox" (the vendor kept the name of
+// the company that wrote it). VirtualBox finishes a CPU hot-unplug only
+// when the guest ejects the CPU, which other hypervisors do not need.
+func (id Identity) VirtualBox() bool {
+	return id.SysVendor == "innotek GmbH" && id.ProductName == "VirtualBox"
 }
 
 // ReadIdentity reads the guest's identity under opts' roots. A missing file
@@ -41,6 +53,8 @@ func ReadIdentity(opts Options) (Identity, error) {
 	}{
 		{&id.MachineID, filepath.Join(opts.EtcRoot, "machine-id")},
 		{&id.ProductUUID, filepath.Join(opts.SysRoot, "class", "dmi", "id", "product_uuid")},
+		{&id.SysVendor, filepath.Join(opts.SysRoot, "class", "dmi", "id", "sys_vendor")},
+		{&id.ProductName, filepath.Join(opts.SysRoot, "class", "dmi", "id", "product_name")},
 		{&id.Hostname, filepath.Join(opts.ProcRoot, "sys", "kernel", "hostname")},
 	} {
 		// Read a little past the limit: enough to trim white space, not

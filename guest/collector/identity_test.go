@@ -23,11 +23,20 @@ func TestReadIdentity(t *testing.T) {
 			MachineID:   "4f1c2a9e0b7d4c61a8e3f5d2b9c07e14",
 			ProductUUID: "5b0e6c1a-3f2d-4e8b-9a71-0c4d2e6f8a13",
 			Hostname:    "web-3.example.internal",
+			SysVendor:   "QEMU", ProductName: "Standard PC (i440FX + PIIX, 1996)",
 		}},
+		{name: "VirtualBox", root: "guest4",
+			edit: func(t *testing.T, root string) {
+				writeFile(t, root, "sys/class/dmi/id/sys_vendor", "innotek GmbH\n")
+				writeFile(t, root, "sys/class/dmi/id/product_name", "VirtualBox\n")
+			},
+			want: Identity{MachineID: "4f1c2a9e0b7d4c61a8e3f5d2b9c07e14", ProductUUID: "5b0e6c1a-3f2d-4e8b-9a71-0c4d2e6f8a13",
+				Hostname: "web-3.example.internal", SysVendor: "innotek GmbH", ProductName: "VirtualBox"}},
 		{name: "old kernel without machine-id or DMI", root: "minimal", want: Identity{Hostname: "legacy-db1"}},
 		{name: "machine-id during first boot", root: "guest4",
 			edit: func(t *testing.T, root string) { writeFile(t, root, "etc/machine-id", "uninitialized\n") },
-			want: Identity{ProductUUID: "5b0e6c1a-3f2d-4e8b-9a71-0c4d2e6f8a13", Hostname: "web-3.example.internal"}},
+			want: Identity{ProductUUID: "5b0e6c1a-3f2d-4e8b-9a71-0c4d2e6f8a13", Hostname: "web-3.example.internal",
+				SysVendor: "QEMU", ProductName: "Standard PC (i440FX + PIIX, 1996)"}},
 		{name: "long hostname is cut", root: "minimal",
 			edit: func(t *testing.T, root string) { writeFile(t, root, "proc/sys/kernel/hostname", long+"\n") },
 			want: Identity{Hostname: long[:proto.MaxStringLen]}},
@@ -41,7 +50,8 @@ func TestReadIdentity(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			want:    Identity{MachineID: "4f1c2a9e0b7d4c61a8e3f5d2b9c07e14", Hostname: "web-3.example.internal"},
+			want: Identity{MachineID: "4f1c2a9e0b7d4c61a8e3f5d2b9c07e14", Hostname: "web-3.example.internal",
+				SysVendor: "QEMU", ProductName: "Standard PC (i440FX + PIIX, 1996)"},
 			wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,6 +70,23 @@ func TestReadIdentity(t *testing.T) {
 				t.Errorf("got %+v\nwant %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestIdentityVirtualBox(t *testing.T) {
+	for _, tc := range []struct {
+		id   Identity
+		want bool
+	}{
+		{Identity{SysVendor: "innotek GmbH", ProductName: "VirtualBox"}, true},
+		{Identity{SysVendor: "QEMU", ProductName: "Standard PC (Q35 + ICH9, 2009)"}, false},
+		{Identity{SysVendor: "innotek GmbH", ProductName: "VirtualBox Extension"}, false},
+		{Identity{ProductName: "VirtualBox"}, false},
+		{Identity{}, false},
+	} {
+		if got := tc.id.VirtualBox(); got != tc.want {
+			t.Errorf("%+v: VirtualBox() = %v, want %v", tc.id, got, tc.want)
+		}
 	}
 }
 
