@@ -34,6 +34,9 @@ type Config struct {
 	// OnlineTimeout bounds how long a command waits for a hot-added CPU to
 	// appear in sysfs (default 20 s; slow under emulation).
 	OnlineTimeout time.Duration
+	// EjectTimeout bounds how long an offline waits for the kernel to
+	// finish ejecting the CPU, on a VirtualBox guest (default 10 s).
+	EjectTimeout time.Duration
 	// QueueSize is how many unsent reports are kept (default 12).
 	QueueSize int
 	// Version is reported in Hello.
@@ -64,6 +67,10 @@ type Agent struct {
 	sampler *collector.Sampler
 	cpus    *cpu.Controller
 	queue   *queue
+	// eject: the guest runs on VirtualBox, whose unplugcpu completes only
+	// once the guest has ejected the CPU (DMI, read once: it does not
+	// change while the guest runs).
+	eject bool
 
 	intervalMu sync.Mutex
 	interval   time.Duration
@@ -94,6 +101,9 @@ func New(cfg Config, dialer transport.Dialer, logger hclog.Logger) (*Agent, erro
 	if cfg.OnlineTimeout <= 0 {
 		cfg.OnlineTimeout = 20 * time.Second
 	}
+	if cfg.EjectTimeout <= 0 {
+		cfg.EjectTimeout = 10 * time.Second
+	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 12
 	}
@@ -105,8 +115,15 @@ func New(cfg Config, dialer transport.Dialer, logger hclog.Logger) (*Agent, erro
 		return nil, err
 	}
 	sysRoot := cfg.Collector.SysRoot
+	// A partly unreadable identity (product_uuid needs root) still has
+	// the DMI names, which every user may read.
+	id, _ := collector.ReadIdentity(cfg.Collector)
+	if id.VirtualBox() {
+		logger.Info("VirtualBox guest (DMI): CPUs offlined for an unplug are ejected through ACPI",
+			"sys_vendor", id.SysVendor, "product_name", id.ProductName)
+	}
 	return &Agent{
-		cfg: cfg, log: logger, dialer: dialer, sampler: s,
+		cfg: cfg, log: logger, dialer: dialer, sampler: s, eject: id.VirtualBox(),
 		cpus:       cpu.NewController(sysRoot),
 		queue:      newQueue(cfg.QueueSize),
 		interval:   cfg.Interval,

@@ -26,8 +26,16 @@ func (a *Agent) execute(ctx context.Context, c *proto.Command) *proto.Ack {
 			if err := a.cpus.Offline(n); err != nil {
 				fail(n, err)
 				a.log.Warn("offline failed", "cpu", n, "error", err)
-			} else {
-				a.log.Info("cpu offlined", "cpu", n, "command", c.ID)
+				continue
+			}
+			a.log.Info("cpu offlined", "cpu", n, "command", c.ID)
+			if a.eject {
+				if err := a.ejectOrRestore(ctx, n); err != nil {
+					fail(n, err)
+					a.log.Warn("eject failed", "cpu", n, "error", err)
+				} else {
+					a.log.Info("cpu ejected", "cpu", n, "command", c.ID)
+				}
 			}
 		}
 	}
@@ -69,6 +77,26 @@ func (a *Agent) execute(ctx context.Context, c *proto.Command) *proto.Ack {
 		ack.Error = fmt.Sprintf("%d CPU change(s) failed", len(ack.Failed))
 	}
 	return ack
+}
+
+// ejectOrRestore ejects an offlined CPU, as VirtualBox needs before its
+// unplugcpu succeeds (the actuator offlines a CPU only to unplug it). If
+// the eject fails the CPU is brought back online: an Ack that reports the
+// offline failed must leave the CPU as the actuator expects it then,
+// online and in use, not offline in a slot VirtualBox will not release.
+func (a *Agent) ejectOrRestore(ctx context.Context, n int) error {
+	ectx, cancel := context.WithTimeout(ctx, a.cfg.EjectTimeout)
+	err := a.cpus.Eject(ectx, n)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	octx, cancel := context.WithTimeout(ctx, a.cfg.OnlineTimeout)
+	defer cancel()
+	if oerr := a.cpus.Online(octx, n); oerr != nil {
+		return fmt.Errorf("VirtualBox needs the guest to eject the CPU before unplugcpu, and the eject failed: %v; the CPU is offline and onlining it again failed too: %v", err, oerr)
+	}
+	return fmt.Errorf("VirtualBox needs the guest to eject the CPU before unplugcpu, and the eject failed, so the CPU was onlined again: %v", err)
 }
 
 // onlineUntil onlines present but offline CPUs, waiting for hot-added ones
