@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/guest/cpu"
+	"github.com/hotplugheaven/hotplug/guest/cpu/cputest"
 	"github.com/hotplugheaven/hotplug/host/hypervisor/vboxfake"
 )
 
@@ -119,6 +121,76 @@ func TestVirtualBoxUnplugNeedsEject(t *testing.T) {
 	// Again: already gone is not an error.
 	if err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
 		t.Errorf("second Unplug: %v", err)
+	}
+}
+
+// TestVirtualBoxUnplugAfterAgentEject runs the agent's half of a
+// VirtualBox unplug without the Guest Additions: the guest's CPU
+// controller offlines and ejects a CPU on a sysfs tree whose kernel's
+// _EJ0 reaches the fake VirtualBox, as the real ACPI device's does (it
+// unlocks the CPU); only then does unplugcpu succeed. The guest's CPU
+// numbers differ from VirtualBox's, as after out-of-order hot-adds.
+func TestVirtualBoxUnplugAfterAgentEject(t *testing.T) {
+	e := startVBoxFake(t, vboxfake.Machine{CPUs: 4, CPUHotplug: true, Attached: []int{1, 2, 3}})
+	ctx := testCtx(t)
+	guest := []cputest.CPU{{Linux: 0, VBox: 0}, {Linux: 1, VBox: 1}, {Linux: 2, VBox: 3}, {Linux: 3, VBox: 2}}
+	sys := t.TempDir()
+	if err := cputest.WriteVirtualBox(sys, 4, guest); err != nil {
+		t.Fatal(err)
+	}
+	k := cputest.NewKernel(sys, guest)
+	k.SetEJ0(func(id int) error { return e.fake.GuestEject(e.vm, id) })
+	kctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { k.Run(kctx); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+	c := cpu.NewController(sys)
+	slot := func(apic int) Slot {
+		t.Helper()
+		st, err := e.vb.State(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range st.Slots {
+			if s.Plugged && s.APICID == apic {
+				return s
+			}
+		}
+		t.Fatalf("no plugged slot with APIC id %d: %+v", apic, st.Slots)
+		return Slot{}
+	}
+
+	// Offlined only: VirtualBox still refuses, and keeps the CPU.
+	if err := c.Offline(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.vb.Unplug(ctx, slot(2)); !errors.Is(err, ErrUnplugTimeout) {
+		t.Fatalf("Unplug of a CPU the guest offlined but did not eject: %v", err)
+	}
+	// Ejected: Linux's cpu3 is VirtualBox's CPU 2, which now goes.
+	ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Eject(ectx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.vb.Unplug(ctx, slot(2)); err != nil {
+		t.Fatalf("Unplug after the guest ejected: %v", err)
+	}
+	if got := e.machine(t).Attached; !reflect.DeepEqual(got, []int{0, 1, 3}) {
+		t.Errorf("attached after unplugging CPU 2: %v, want [0 1 3]", got)
+	}
+	// A refused _EJ0 leaves the CPU locked, and VirtualBox keeps it.
+	k.SetEJ0(func(int) error { return errors.New("_EJ0 failed") })
+	if err := c.Offline(2); err != nil {
+		t.Fatal(err)
+	}
+	ectx2, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	if err := c.Eject(ectx2, 2); !errors.Is(err, cpu.ErrStillPresent) {
+		t.Fatalf("eject with a refusing firmware: %v", err)
+	}
+	if err := e.vb.Unplug(ctx, slot(3)); !errors.Is(err, ErrUnplugTimeout) {
+		t.Fatalf("Unplug after a failed eject: %v", err)
 	}
 }
 
