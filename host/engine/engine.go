@@ -14,6 +14,7 @@ package engine
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -136,21 +137,29 @@ type Decision struct {
 // Engine holds one VM's recent samples and the time of its last action.
 // It is not safe for concurrent use.
 type Engine struct {
-	policy     Policy
-	mode       mode
-	samples    []Sample // ring buffer of the last Window samples
-	next       int      // index the next sample goes to
+	policy Policy
+	mode   mode
+	// samples ends with the window, oldest first: the last count
+	// samples. Its capacity leaves room for windowSlack more, so the
+	// window stays one slice that Decide hands to the mode without a copy
+	// (Decide runs for every report of every VM, and every step of a
+	// replayed trace); when it is full the window moves to the front.
+	samples    []Sample
 	count      int
-	scratch    []Sample // Decide's window, reused
 	lastAction time.Time
 }
+
+// windowSlack is how many samples fit after a window of w before it is
+// moved to the front of its buffer: a quarter more memory for a copy of w
+// samples every w/4 observations.
+func windowSlack(w int) int { return max(w/4, 8) }
 
 // New returns an engine for a valid policy.
 func New(p Policy) (*Engine, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{policy: p, mode: modes[p.mode()](p), samples: make([]Sample, p.Window)}, nil
+	return &Engine{policy: p, mode: modes[p.mode()](p), samples: make([]Sample, 0, p.Window+windowSlack(p.Window))}, nil
 }
 
 // Policy returns the policy in force.
@@ -162,11 +171,11 @@ func (e *Engine) SetPolicy(p Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	recent := e.recent(e.count)
+	recent := slices.Clone(e.window())
 	e.policy = p
 	e.mode = modes[p.mode()](p)
-	e.samples = make([]Sample, p.Window)
-	e.next, e.count = 0, 0
+	e.samples = make([]Sample, 0, p.Window+windowSlack(p.Window))
+	e.count = 0
 	if len(recent) > p.Window {
 		recent = recent[len(recent)-p.Window:]
 	}
@@ -180,7 +189,7 @@ func (e *Engine) SetPolicy(p Policy) error {
 // than the newest is ignored. Negative, NaN or infinite measurements are
 // treated as zero: the engine never trusts a number to be sane.
 func (e *Engine) Observe(s Sample) {
-	if e.count > 0 && !s.Time.After(e.samples[(e.next+len(e.samples)-1)%len(e.samples)].Time) {
+	if e.count > 0 && !s.Time.After(e.samples[len(e.samples)-1].Time) {
 		return
 	}
 	s.Busy = sane(s.Busy)
@@ -195,15 +204,23 @@ func (e *Engine) Observe(s Sample) {
 		apps = append(apps, a)
 	}
 	s.Apps = apps
-	e.samples[e.next] = s
-	e.next = (e.next + 1) % len(e.samples)
-	if e.count < len(e.samples) {
-		e.count++
+	w := e.policy.Window
+	if len(e.samples) == cap(e.samples) {
+		// Move the newest w−1 samples to the front; the one being added
+		// makes w.
+		n := copy(e.samples, e.samples[len(e.samples)-(w-1):])
+		clear(e.samples[n:]) // drop the references the old samples held
+		e.samples = e.samples[:n]
 	}
+	e.samples = append(e.samples, s)
+	e.count = min(e.count+1, w)
 }
 
 // Reset forgets all samples (after the guest restarted, say).
-func (e *Engine) Reset() { e.next, e.count = 0, 0 }
+func (e *Engine) Reset() {
+	clear(e.samples)
+	e.samples, e.count = e.samples[:0], 0
+}
 
 // Acted records that a scaling action finished (or was attempted) at t;
 // cooldowns count from here.
@@ -212,22 +229,9 @@ func (e *Engine) Acted(t time.Time) { e.lastAction = t }
 // LastAction is the time given to the last Acted call.
 func (e *Engine) LastAction() time.Time { return e.lastAction }
 
-// recent returns the last n samples, oldest first.
-func (e *Engine) recent(n int) []Sample {
-	return e.recentInto(make([]Sample, 0, min(n, e.count)), n)
-}
-
-// recentInto appends the last n samples, oldest first, to dst[:0].
-func (e *Engine) recentInto(dst []Sample, n int) []Sample {
-	if n > e.count {
-		n = e.count
-	}
-	dst = dst[:0]
-	for i := 0; i < n; i++ {
-		dst = append(dst, e.samples[(e.next-n+i+2*len(e.samples))%len(e.samples)])
-	}
-	return dst
-}
+// window returns the last count samples, oldest first. It is the
+// engine's own memory: modes read it and must not change or keep it.
+func (e *Engine) window() []Sample { return e.samples[len(e.samples)-e.count:] }
 
 // Decide returns what to do now. Limits, freshness and warm-up are the
 // same for every mode; the steady-state rule is the policy's mode.
@@ -252,11 +256,7 @@ func (e *Engine) Decide(in Input) Decision {
 		return d
 	}
 
-	// The window is rebuilt in a buffer kept across calls: Decide runs
-	// for every report of every VM (and every step of a replayed trace),
-	// and no mode keeps the window after deciding.
-	e.scratch = e.recentInto(e.scratch, e.count)
-	window := e.scratch
+	window := e.window()
 	if len(window) == 0 || in.Now.Sub(window[len(window)-1].Time) > 3*p.Interval.D() {
 		d.Rule, d.Reason = RuleNoData, "no sample in the last three intervals"
 		return d

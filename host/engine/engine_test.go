@@ -130,8 +130,33 @@ func TestObserveIgnoresOutOfOrder(t *testing.T) {
 	e, _ := New(testPolicy())
 	feed(e, t0, 1, 1, 1)
 	e.Observe(Sample{Time: t0, Online: 1, Busy: 5}) // older than the newest
-	if got := e.recent(10); len(got) != 2 || got[1].Busy != 1 {
+	if got := e.window(); len(got) != 2 || got[1].Busy != 1 {
 		t.Fatalf("out-of-order sample accepted: %+v", got)
+	}
+}
+
+// TestWindowAcrossMoves: the window is the last Window samples, oldest
+// first, however many times its buffer has been moved to the front.
+func TestWindowAcrossMoves(t *testing.T) {
+	for _, w := range []int{1, 5, 24, 100} {
+		p := testPolicy()
+		p.Window, p.N, p.K, p.DownSamples = w, 1, 1, 1
+		e, err := New(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3*(w+windowSlack(w)) + 7 {
+			e.Observe(Sample{Time: t0.Add(time.Duration(i) * time.Second), Online: 1, Busy: float64(i)})
+			got := e.window()
+			if len(got) != min(i+1, w) {
+				t.Fatalf("window %d after %d samples: %d long", w, i+1, len(got))
+			}
+			for j, x := range got {
+				if want := float64(i + 1 - len(got) + j); x.Busy != want {
+					t.Fatalf("window %d after %d samples: [%d] is sample %v, want %v", w, i+1, j, x.Busy, want)
+				}
+			}
+		}
 	}
 }
 
@@ -143,7 +168,7 @@ func TestSetPolicyKeepsRecentSamples(t *testing.T) {
 	if err := e.SetPolicy(p); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.recent(100); len(got) != 5 || got[4].Demand() != 2 {
+	if got := e.window(); len(got) != 5 || got[4].Demand() != 2 {
 		t.Fatalf("recent after shrink: %+v", got)
 	}
 	if d := e.Decide(Input{Now: last, Current: 1}); d.Action != ScaleUp {
