@@ -53,6 +53,45 @@ type job struct {
 // left out for every policy, so all policies are measured on the same VMs.
 // Only the traces being replayed are in memory.
 func Simulate(ctx context.Context, traces iter.Seq2[*Trace, error], cfg Config, skip func(error)) (*Report, error) {
+	o, err := simulate(ctx, traces, cfg, skip)
+	if err != nil {
+		return nil, err
+	}
+	return o.report(cfg.Policies), nil
+}
+
+// outcome is a simulation's raw sums: integers that add up across runs
+// (the sweep adds days together) in any order.
+type outcome struct {
+	per             []totals // one per policy
+	reqMs, oracleMs int64
+	skipped         int64
+	timeline        *Timeline
+}
+
+// add adds b's sums, policy by policy, to o's; both ran the same policies.
+func (o *outcome) add(b *outcome) {
+	if o.per == nil {
+		o.per = make([]totals, len(b.per))
+	}
+	for i := range o.per {
+		o.per[i].merge(&b.per[i])
+	}
+	o.reqMs += b.reqMs
+	o.oracleMs += b.oracleMs
+	o.skipped += b.skipped
+}
+
+func (o *outcome) report(pols []Policy) *Report {
+	r := &Report{Skipped: o.skipped, Timeline: o.timeline}
+	for i, p := range pols {
+		r.Results = append(r.Results, o.per[i].result(p.Name, o.reqMs, o.oracleMs))
+		r.VMs = o.per[i].vms
+	}
+	return r
+}
+
+func simulate(ctx context.Context, traces iter.Seq2[*Trace, error], cfg Config, skip func(error)) (*outcome, error) {
 	if len(cfg.Policies) == 0 {
 		return nil, errors.New("no policies to simulate")
 	}
@@ -137,21 +176,15 @@ func Simulate(ctx context.Context, traces iter.Seq2[*Trace, error], cfg Config, 
 		return nil, err
 	}
 
-	all := make([]totals, len(cfg.Policies))
-	var reqMs, oracleMs int64
+	o := &outcome{per: make([]totals, len(cfg.Policies)), skipped: skipped, timeline: tl.line}
 	for _, a := range accs {
-		for i := range all {
-			all[i].merge(&a.per[i])
+		for i := range o.per {
+			o.per[i].merge(&a.per[i])
 		}
-		reqMs += a.reqMs
-		oracleMs += a.oracleMs
+		o.reqMs += a.reqMs
+		o.oracleMs += a.oracleMs
 	}
-	r := &Report{Skipped: skipped, Timeline: tl.line}
-	for i, p := range cfg.Policies {
-		r.Results = append(r.Results, all[i].result(p.Name, reqMs, oracleMs))
-		r.VMs = all[i].vms
-	}
-	return r, nil
+	return o, nil
 }
 
 // runVM replays one trace through every policy into per.
