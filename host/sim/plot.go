@@ -21,18 +21,9 @@ import (
 // time, one point per policy; on the right the timeline VM's demand and
 // each policy's allocation.
 func Plot(r *Report, path string) error {
-	var canvas interface {
-		vg.CanvasSizer
-		io.WriterTo
-	}
-	const w, h = 13 * vg.Inch, 5 * vg.Inch
-	switch strings.ToLower(filepath.Ext(path)) {
-	case ".svg":
-		canvas = vgsvg.New(w, h)
-	case ".png":
-		canvas = vgimg.PngCanvas{Canvas: vgimg.New(w, h)}
-	default:
-		return fmt.Errorf("plot %s: want a .svg or .png file name", path)
+	canvas, err := newCanvas(path, 13*vg.Inch, 5*vg.Inch)
+	if err != nil {
+		return err
 	}
 	trade, err := tradeOffPlot(r)
 	if err != nil {
@@ -49,6 +40,24 @@ func Plot(r *Report, path string) error {
 	for i, c := range plot.Align(plots, tiles, dc)[0] {
 		plots[0][i].Draw(c)
 	}
+	return writeCanvas(canvas, path)
+}
+
+// newCanvas makes an SVG or PNG canvas, by the file's extension.
+func newCanvas(path string, w, h vg.Length) (interface {
+	vg.CanvasSizer
+	io.WriterTo
+}, error) {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".svg":
+		return vgsvg.New(w, h), nil
+	case ".png":
+		return vgimg.PngCanvas{Canvas: vgimg.New(w, h)}, nil
+	}
+	return nil, fmt.Errorf("plot %s: want a .svg or .png file name", path)
+}
+
+func writeCanvas(canvas io.WriterTo, path string) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -58,6 +67,79 @@ func Plot(r *Report, path string) error {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// PlotSweep draws the frontiers of the sweep's total (all inputs, or the
+// only one) into an SVG or PNG file: vCPU-hours ÷ the oracle's against
+// overload time, one line per policy through its settings, the hindsight
+// bounds and the yardstick dashed, and the matched levels as vertical
+// lines.
+func PlotSweep(r *SweepReport, path string) error {
+	canvas, err := newCanvas(path, 9*vg.Inch, 6*vg.Inch)
+	if err != nil {
+		return err
+	}
+	g := r.Total()
+	p := plot.New()
+	p.Title.Text = fmt.Sprintf("Frontiers: cost against risk (%s, %d VMs)", g.Name, g.VMs)
+	p.X.Label.Text = "overload time (% of VM-time)"
+	p.Y.Label.Text = "vCPU-hours ÷ oracle's"
+	p.Legend.Top = true
+	p.Add(plotter.NewGrid())
+	// Policies often reach far out (threshold at a high upper): draw up to
+	// twice the highest level, where the comparison is.
+	xMax := 0.0
+	for _, l := range r.Levels {
+		xMax = max(xMax, 2*100*l)
+	}
+	yMax := 0.0
+	for i, f := range g.Frontiers {
+		var xy plotter.XYs
+		for _, pt := range f.Envelope() {
+			xy = append(xy, plotter.XY{X: 100 * pt.OverloadTimeFraction, Y: pt.VsOracle})
+		}
+		if len(xy) == 0 {
+			continue
+		}
+		for _, pt := range xy {
+			if pt.X <= xMax {
+				yMax = max(yMax, pt.Y)
+			}
+		}
+		l, err := plotter.NewLine(xy)
+		if err != nil {
+			return err
+		}
+		l.LineStyle.Color = plotutil.Color(i)
+		l.LineStyle.Width = vg.Points(1.5)
+		p.Add(l)
+		if f.Hindsight {
+			l.LineStyle.Dashes = plotutil.Dashes(1)
+		} else {
+			sc, err := plotter.NewScatter(xy)
+			if err != nil {
+				return err
+			}
+			sc.GlyphStyle.Color = plotutil.Color(i)
+			sc.GlyphStyle.Shape = draw.CircleGlyph{}
+			sc.GlyphStyle.Radius = vg.Points(2)
+			p.Add(sc)
+		}
+		p.Legend.Add(f.Policy, l)
+	}
+	for _, lv := range r.Levels {
+		l, err := plotter.NewLine(plotter.XYs{{X: 100 * lv, Y: 0}, {X: 100 * lv, Y: 1e6}})
+		if err != nil {
+			return err
+		}
+		l.LineStyle.Width = vg.Points(0.5)
+		l.LineStyle.Dashes = plotutil.Dashes(2)
+		p.Add(l)
+	}
+	p.X.Min, p.X.Max = 0, xMax
+	p.Y.Min, p.Y.Max = 1, max(yMax*1.05, 1.1)
+	p.Draw(draw.New(canvas))
+	return writeCanvas(canvas, path)
 }
 
 func tradeOffPlot(r *Report) (*plot.Plot, error) {

@@ -48,7 +48,14 @@ func WriteTable(w io.Writer, r *Report) error {
 			fmt.Sprintf("%.2f", x.ShortfallP50), fmt.Sprintf("%.2f", x.ShortfallP99),
 			fmt.Sprintf("%.1f %%", 100*x.VMOverloadP99)})
 	}
-	width := make([]int, len(head))
+	_, err := io.WriteString(w, markdownTable(rows))
+	return err
+}
+
+// markdownTable aligns rows (the first is the header) so they read as well
+// in a terminal as in the README: the first column left, the others right.
+func markdownTable(rows [][]string) string {
+	width := make([]int, len(rows[0]))
 	for _, row := range rows {
 		for i, c := range row {
 			width[i] = max(width[i], len([]rune(c)))
@@ -80,6 +87,5 @@ func WriteTable(w io.Writer, r *Report) error {
 	for _, row := range rows[1:] {
 		line(row)
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	return b.String()
 }
