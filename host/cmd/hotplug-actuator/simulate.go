@@ -35,6 +35,14 @@ A --policy-file (TOML) changes their keys or adds policies:
   mode = "predictive"
   forecast_half_life = "12h"
 
+With --sweep, each dynamic policy runs over its mode's main knob instead
+(threshold: upper/remove_below, sandpiper: target, vpa:
+vpa_percentile/vpa_margin, predictive: min_gain; values chosen on the
+development day) and the output is its frontier — vCPU-hours ÷ the
+oracle's against overload time — and every policy's vCPU-hours at matched
+overload times, beside hindsight bounds. Each PATH is reported on its own
+and, when there are several, all together.
+
 Flags:
 `
 
@@ -61,6 +69,8 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 	plotVM := fs.String("plot-vm", "", "VM for the timeline (default: the first whose peak reaches half its size)")
 	decisions := fs.String("decisions", "", "print this VM's decision sequence under every policy as JSON lines, instead of the summary")
 	workers := fs.Int("workers", 0, "VMs replayed in parallel (default: one per CPU)")
+	sweep := fs.Bool("sweep", false, "run each policy over its knob and report frontiers at matched overload (see above)")
+	sweepGrid := fs.Bool("sweep-grid", false, "with --sweep: the whole grid of the two-knob modes, not the path chosen on the development day")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -120,6 +130,17 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 	traces := sim.Read(fs.Args(), sim.ReadOptions{Format: sim.Format(*input), Requested: *requested})
 	skip := func(err error) { fmt.Fprintf(stderr, "hotplug-actuator simulate: skipped: %v\n", err) }
 
+	if *sweepGrid && !*sweep {
+		return fail("--sweep-grid needs --sweep")
+	}
+	if *sweep {
+		if *decisions != "" || *plotVM != "" {
+			return fail("--sweep: --decisions and --plot-vm do not apply")
+		}
+		return runSweep(fs.Args(), sim.ReadOptions{Format: sim.Format(*input), Requested: *requested},
+			sim.SweepConfig{Policies: pols, Actuation: act, Grid: *sweepGrid, Workers: *workers}, *format, *plotFile, stdout, stderr)
+	}
+
 	if *decisions != "" {
 		return printDecisions(traces, *decisions, pols, act, stdout, stderr)
 	}
@@ -158,6 +179,45 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 	}
 	if rep.Skipped > 0 {
 		fmt.Fprintf(stderr, "hotplug-actuator simulate: %d VM(s) simulated, %d skipped\n", rep.VMs, rep.Skipped)
+	}
+	return 0
+}
+
+// runSweep sweeps each path on its own and all of them together.
+func runSweep(paths []string, opt sim.ReadOptions, cfg sim.SweepConfig, format, plotFile string, stdout, stderr io.Writer) int {
+	var inputs []sim.SweepInput
+	for _, p := range paths {
+		inputs = append(inputs, sim.SweepInput{Name: filepath.Base(filepath.Clean(p)), Traces: sim.Read([]string{p}, opt)})
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	skip := func(err error) { fmt.Fprintf(stderr, "hotplug-actuator simulate: skipped: %v\n", err) }
+	rep, err := sim.Sweep(ctx, inputs, cfg, skip)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-actuator simulate: %v\n", err)
+		return 1
+	}
+	if rep.Total().VMs == 0 {
+		fmt.Fprintf(stderr, "hotplug-actuator simulate: no VM could be simulated (%d skipped)\n", rep.Skipped)
+		return 1
+	}
+	switch format {
+	case "json":
+		err = sim.WriteSweepJSON(stdout, rep)
+	case "csv":
+		err = sim.WriteSweepCSV(stdout, rep)
+	default:
+		err = sim.WriteSweepTable(stdout, rep)
+	}
+	if err == nil && plotFile != "" {
+		err = sim.PlotSweep(rep, plotFile)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-actuator simulate: %v\n", err)
+		return 1
+	}
+	if rep.Skipped > 0 {
+		fmt.Fprintf(stderr, "hotplug-actuator simulate: %d VM(s) swept, %d skipped\n", rep.Total().VMs, rep.Skipped)
 	}
 	return 0
 }

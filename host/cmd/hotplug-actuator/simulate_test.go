@@ -99,6 +99,46 @@ func TestSimulateDecisions(t *testing.T) {
 	}
 }
 
+// TestSimulateSweep: one short sweep per folder and for both together,
+// the matched table first, and the frontier plot.
+func TestSimulateSweep(t *testing.T) {
+	plot := filepath.Join(t.TempDir(), "f.svg")
+	var out, errb bytes.Buffer
+	code := run([]string{"simulate", "--sweep", "--policies", "vpa,predictive", "--plot", plot,
+		fixtures + "planetlab/20110303", fixtures + "csv"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	text := strings.Join(strings.Fields(out.String()), " ")
+	for _, want := range []string{"| vCPU-hours ÷ oracle's | at 0.5 % | at 1 % | at 2 % | at 3 % |", "| 20110303 |", "| csv |", "| all |",
+		"| predictive | min_gain=0.0135 |"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(text, "threshold") {
+		t.Error("--policies left threshold in")
+	}
+	if st, err := os.Stat(plot); err != nil || st.Size() < 5000 {
+		t.Errorf("plot: %v", err)
+	}
+	out.Reset()
+	if code := run([]string{"simulate", "--sweep", "--format", "json", "--policies", "sandpiper", fixtures + "planetlab/20110303"}, &out, &errb); code != 0 {
+		t.Fatalf("json: exit %d: %s", code, errb.String())
+	}
+	var doc struct {
+		Groups []struct {
+			Name      string `json:"name"`
+			Frontiers []struct {
+				Policy string `json:"policy"`
+			} `json:"frontiers"`
+		} `json:"groups"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &doc); err != nil || len(doc.Groups) != 1 || doc.Groups[0].Frontiers[0].Policy != "sandpiper" {
+		t.Fatalf("json: %v %+v", err, doc)
+	}
+}
+
 func TestSimulateUsageErrors(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(bad, []byte("[predictive]\nmin_gain = 3\n"), 0o644)
@@ -115,6 +155,10 @@ func TestSimulateUsageErrors(t *testing.T) {
 		{[]string{"simulate", fixtures + "bad/over100_root"}, 1, "no VM could be simulated"},
 		{[]string{"simulate", "--input", "xls", fixtures + "csv"}, 1, "unknown trace format"},
 		{[]string{"simulate", "--plot", "x.pdf", fixtures + "csv"}, 2, ".svg or .png"},
+		{[]string{"simulate", "--sweep-grid", fixtures + "csv"}, 2, "--sweep-grid needs --sweep"},
+		{[]string{"simulate", "--sweep", "--decisions", "vm", fixtures + "csv"}, 2, "do not apply"},
+		{[]string{"simulate", "--sweep", "--policies", "oracle", fixtures + "csv"}, 1, "no dynamic policy to sweep"},
+		{[]string{"simulate", "--sweep", fixtures + "bad/over100_root"}, 1, "no VM could be simulated"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(tc.args, &out, &errb); code != tc.code || !strings.Contains(errb.String(), tc.want) {
