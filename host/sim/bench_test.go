@@ -135,3 +135,26 @@ func BenchmarkFleet(b *testing.B) {
 		b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/run")
 	})
 }
+
+// BenchmarkSweepDay: one PlanetLab day of 1,000 VMs (the traces of
+// SIM_BENCH_TRACES, or the fixtures, cycled) through every policy's sweep,
+// with the bounds, on all cores. s/day is the wall time per day: make
+// evaluate-sweep runs ten.
+func BenchmarkSweepDay(b *testing.B) {
+	ts := benchTraces(b)
+	pols, _, err := expand(DefaultPolicies(), false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		rep, err := Sweep(context.Background(), []SweepInput{{Name: "day", Traces: fleet(ts, 1000)}},
+			SweepConfig{Policies: DefaultPolicies(), Actuation: DefaultActuation}, nil)
+		if err != nil || rep.Total().VMs != 1000 {
+			b.Fatal(err)
+		}
+	}
+	perDay := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(perDay, "s/day")
+	b.ReportMetric(float64(len(pols)), "policy-settings")
+	b.ReportMetric(1000*288*float64(len(pols))/perDay/float64(runtime.GOMAXPROCS(0)), "vm-policy-samples/s/core")
+}
