@@ -152,7 +152,7 @@ func sweepSettings(base engine.Policy, grid bool) (knob string, out []knobSettin
 
 // The knobs' values, chosen on the development day.
 var (
-	// predictiveGains span 0.3 %–5 % overload time there, about 20 %
+	// predictiveGains span 0.4 %–4.2 % overload time there, about 20 %
 	// apart: interpolating between neighbours is within 0.004× of gains
 	// 5 % apart (1.633× against 1.630× at 1 %). The lowest two only make
 	// the curve reach 0.5 % on every evaluation day; the range decides
