@@ -121,6 +121,10 @@ type Evidence struct {
 	PeakDemand float64 `json:"peak_demand,omitempty"`
 	Percentile float64 `json:"percentile,omitempty"`
 	Samples    int     `json:"samples"`
+	// OverloadRisk is the forecast chance that demand in the next interval
+	// exceeds the size decided (To), whatever the mode; the engine checks
+	// it against the next sample (see Accuracy).
+	OverloadRisk float64 `json:"overload_risk,omitempty"`
 }
 
 // Decision is the engine's answer.
@@ -147,6 +151,7 @@ type Engine struct {
 	samples    []Sample
 	count      int
 	lastAction time.Time
+	acc        accuracy
 }
 
 // windowSlack is how many samples fit after a window of w before it is
@@ -214,12 +219,14 @@ func (e *Engine) Observe(s Sample) {
 	}
 	e.samples = append(e.samples, s)
 	e.count = min(e.count+1, w)
+	e.acc.observe(s)
 }
 
 // Reset forgets all samples (after the guest restarted, say).
 func (e *Engine) Reset() {
 	clear(e.samples)
 	e.samples, e.count = e.samples[:0], 0
+	e.acc.pending = false // made on samples now forgotten
 }
 
 // Acted records that a scaling action finished (or was attempted) at t;
@@ -234,8 +241,20 @@ func (e *Engine) LastAction() time.Time { return e.lastAction }
 func (e *Engine) window() []Sample { return e.samples[len(e.samples)-e.count:] }
 
 // Decide returns what to do now. Limits, freshness and warm-up are the
-// same for every mode; the steady-state rule is the policy's mode.
+// same for every mode; the steady-state rule is the policy's mode. Every
+// decision made on fresh samples carries its forecast chance of overload,
+// which the next Observe checks (see Accuracy); it is the only state
+// Decide leaves behind.
 func (e *Engine) Decide(in Input) Decision {
+	d := e.decide(in)
+	if w := e.window(); len(w) > 0 && d.Rule != RuleNoData && d.To > 0 {
+		d.Evidence.OverloadRisk = overloadRisk(w, d.To, e.policy)
+		e.acc.predict(in.Now, d.To, d.Evidence.OverloadRisk)
+	}
+	return d
+}
+
+func (e *Engine) decide(in Input) Decision {
 	p := e.policy
 	hi := p.MaxVCPUs
 	if in.Allowed > 0 && in.Allowed < hi {
