@@ -214,6 +214,7 @@ func checkActuatorChroot(ctx context.Context, t *testing.T, root, rootfs, chroot
 		}
 	}
 	for _, p := range []string{"/usr/share/man/man8/hotplug-actuator.8.gz", "/usr/share/doc/hotplug-actuator/copyright",
+		"/usr/share/hotplug-actuator/alerts.yml",
 		"/usr/share/doc/hotplug-actuator/changelog.gz"} {
 		if _, err := os.Stat(filepath.Join(chroot, p)); err != nil {
 			t.Errorf("after dpkg -i: %v", err)

@@ -27,9 +27,10 @@ set -euo pipefail
 #   chromium         the dashboard's browser test (host/api), driven by chromedp
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
 #                    the libvirt backend's tests against a real libvirtd
+#   prometheus       promtool, for the alerting rules' unit tests (host/api)
 #   debootstrap, e2fsprogs, lintian
 #                    the .deb proof: a Debian rootfs, its ext4 image, package lint
-packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian
+packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian prometheus
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients clang llvm libbpf-dev)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -117,6 +117,9 @@ type Status struct {
 	LastDecisionAt time.Time       `json:"last_decision_at,omitzero"`
 	Signals        Signals         `json:"signals"`
 	ReportsSeen    uint64          `json:"reports_seen"`
+	// Accuracy is how well the engine's forecasts held (metrics only: its
+	// NaNs have no JSON form).
+	Accuracy engine.Accuracy `json:"-"`
 }
 
 // Signals are the latest measurements of a VM.
@@ -410,7 +413,8 @@ func (v *VM) decideAndAct(ctx context.Context) {
 	}
 	now := time.Now()
 	d := v.engine.Decide(engine.Input{Now: now, Current: v.current, Allowed: v.allowed()})
-	v.publish(func(s *Status) { s.LastDecision, s.LastDecisionAt, s.Target = d, now, d.To })
+	acc := v.engine.Accuracy()
+	v.publish(func(s *Status) { s.LastDecision, s.LastDecisionAt, s.Target, s.Accuracy = d, now, d.To, acc })
 	v.obs.decision(v.name, d, now)
 	if d.Action == engine.Hold || v.paused {
 		return

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -194,6 +195,10 @@ func newVMCollector(act *actuator.Actuator) *vmCollector {
 		"reachable":     d("vm_hypervisor_reachable", "1 when the VM's hypervisor answers."),
 		"degraded":      d("vm_degraded", "1 when the VM's last scaling action failed."),
 		"reports":       d("vm_reports_total", "Reports accepted from the VM's agent since the actuator started."),
+		"fcPredicted":   d("vm_forecast_overload_predicted_ratio", "Mean forecast chance that an interval's demand exceeds the vCPUs decided for it, over about the last hour (decayed, half-life 1 h)."),
+		"fcObserved":    d("vm_forecast_overload_observed_ratio", "Share of intervals whose demand exceeded the vCPUs decided for them, over the same decayed hour."),
+		"fcCalibration": d("vm_forecast_calibration_ratio", "Observed over predicted overload (1: calibrated; above 1: overloaded more often than forecast). Absent until about 100 intervals were judged."),
+		"slaCompliance": d("vm_sla_compliance_ratio", "Share of intervals with requests in which every application met its SLA, over about the last hour (decayed). Absent without an SLA."),
 		"decisionTime":  d("vm_last_decision_timestamp_seconds", "Unix time of the VM's last decision."),
 		"host_budget":   prometheus.NewDesc("hotplug_host_vcpu_budget", "Cap on the sum of vCPUs over all VMs; 0 means none.", nil, nil),
 		"host_vcpus":    prometheus.NewDesc("hotplug_host_vcpus", "Sum of vCPUs plugged over all VMs.", nil, nil),
@@ -240,6 +245,16 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 		if !st.LastDecisionAt.IsZero() {
 			gauge("decisionTime", float64(st.LastDecisionAt.UnixNano())/1e9, n)
 			gauge("decisionRules", 1, n, st.LastDecision.Action.String(), st.LastDecision.Rule)
+		}
+		if acc := st.Accuracy; acc.Intervals > 0 {
+			gauge("fcPredicted", acc.Predicted, n)
+			gauge("fcObserved", acc.Observed, n)
+			if !math.IsNaN(acc.Calibration) {
+				gauge("fcCalibration", acc.Calibration, n)
+			}
+		}
+		if acc := st.Accuracy; !math.IsNaN(acc.SLACompliance) && acc.SLAIntervals > 0 {
+			gauge("slaCompliance", acc.SLACompliance, n)
 		}
 		if st.Signals.At.IsZero() {
 			continue // no report yet: no measurement to show

@@ -104,6 +104,10 @@ func TestMetricsFollowTheVMsAndPassTheLinter(t *testing.T) {
 	if got := value(t, fams, "hotplug_report_receive_errors_total", map[string]string{"vm": "web", "reason": "replayed"}).GetCounter().GetValue(); got != 0 {
 		t.Errorf("replayed reports %v, want a 0 that exists before the first", got)
 	}
+	if got := value(t, fams, "hotplug_vm_forecast_overload_predicted_ratio", web).GetGauge().GetValue(); got < 0 || got > 1 {
+		t.Errorf("forecast overload chance %v, want a ratio", got)
+	}
+	checkAlertMetrics(t, fams, r.Metrics.VMCollector())
 	hot := value(t, fams, "hotplug_vm_hotspot", web).GetGauge().GetValue()
 	if (hot == 1) != st.Hotspot && st.LastDecisionAt.IsZero() {
 		t.Errorf("hotspot gauge %v, API %v", hot, st.Hotspot)
