@@ -48,7 +48,7 @@ e2e: deps
 	$(GO) test -count=1 -v -timeout 20m ./integration/...
 
 demo: deps build
-	$(GO) run ./integration/cmd/hotplug-demo
+	$(GO) run ./integration/cmd/hotplug-demo $(ARGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -3,12 +3,15 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/integration/stack"
 )
@@ -18,12 +21,13 @@ import (
 // onlined, then removed once the load stops — in the guest, in QEMU and in
 // the event log.
 func TestEndToEnd(t *testing.T) {
-	ctx, s, dir := startStack(t, stack.Options{})
+	ctx, s, dir := startStack(t, stack.Options{Dashboard: true})
 
 	// Idle first: the actuator must leave a quiet guest at its minimum.
 	waitState(ctx, t, s, 60*time.Second, "agent connected, guest idle at 1 vCPU", func(online, plugged int) bool {
 		return online == 1 && plugged == 1 && strings.Contains(readFile(filepath.Join(dir, "actuator.log")), "agent connected")
 	})
+	checkDashboardURL(ctx, t, s)
 
 	loadStart := time.Now()
 	if err := s.StartLoad(ctx, 2); err != nil {
@@ -241,5 +245,32 @@ func TestRepeatedCycles(t *testing.T) {
 		if ev.Outcome != eventlog.OutcomeOK {
 			t.Errorf("event with outcome %s: %+v", ev.Outcome, ev)
 		}
+	}
+}
+
+// checkDashboardURL: the demo's link serves the dashboard, and the token it
+// carries opens the API over TCP (the page itself is tested in a browser in
+// host/api).
+func checkDashboardURL(ctx context.Context, t *testing.T, s *stack.Stack) {
+	t.Helper()
+	u := s.DashboardURL()
+	if !strings.HasPrefix(u, "http://127.0.0.1:") || !strings.Contains(u, "/#token="+s.APIToken) {
+		t.Fatalf("dashboard URL %q: want a loopback URL with the token in its fragment", u)
+	}
+	resp, err := http.Get(u) // the client drops the fragment, as a browser does
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "<html") {
+		t.Fatalf("GET %s: %s\n%.300s", s.APIBase, resp.Status, page)
+	}
+	vms, err := api.NewTCPClient(s.APIBase, s.APIToken).VMs(ctx)
+	if err != nil || len(vms.VMs) != 1 {
+		t.Fatalf("the link's token on the TCP API: %+v, %v", vms, err)
+	}
+	if _, err := api.NewTCPClient(s.APIBase, "not-the-token-0123456789").VMs(ctx); err == nil {
+		t.Fatal("the TCP API answered a wrong token")
 	}
 }

@@ -76,6 +76,62 @@ func poll(t *testing.T, ctx context.Context, what, expr string) {
 	}
 }
 
+// TestDashboardFromALink opens the dashboard as the demo's printed link
+// does, with the token in the URL's fragment: the page is authorised at
+// once (no token form), the live stream runs, and the token is gone from
+// the address bar and the history and was never sent but as a header.
+func TestDashboardFromALink(t *testing.T) {
+	chrome, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: this test needs a real browser (Debian: apt-get install --no-install-recommends chromium)")
+	}
+	r := apitest.Start(t, apitest.Spec{Name: "web", Demand: 0.3, Interval: 200 * time.Millisecond})
+	const token = "link-test-token-0123456789abcdef"
+	tok, err := api.NewToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stopServe := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { r.Server.Serve(sctx, ln, tok); close(served) }()
+	t.Cleanup(func() { stopServe(); <-served })
+	url := "http://" + ln.Addr().String() + "/"
+
+	ctx := openBrowser(t, chrome, url, token)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(url+"#token="+token),
+		chromedp.WaitVisible(chromedp.CSS(`#vms tr[data-vm="web"] td.name`)),
+	); err != nil {
+		t.Fatalf("opening the dashboard from its link: %v", err)
+	}
+	poll(t, ctx, "the live stream", `document.querySelector('#live').classList.contains('on')`)
+	type pageState struct {
+		Href, Stored string
+		LoginHidden  bool
+		History      int
+	}
+	page, err := chromedp.Run(ctx, chromedp.Evaluate[pageState](`({href: location.href, stored: sessionStorage.getItem('hotplug-token'),
+		loginHidden: document.querySelector('#login').hidden, history: history.length})`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(page.Href, token) || strings.Contains(page.Href, "#") {
+		t.Errorf("address bar still shows %q", page.Href)
+	}
+	if page.Stored != token || !page.LoginHidden {
+		t.Errorf("session storage holds %q, token form hidden %v: the link did not authorise the page", page.Stored, page.LoginHidden)
+	}
+	// The history entry was replaced, not added: going back cannot show
+	// the token either.
+	if page.History != 2 { // about:blank, then the dashboard
+		t.Errorf("history has %d entries, want 2 (about:blank and the dashboard without its fragment)", page.History)
+	}
+}
+
 // TestDashboardInABrowser loads the dashboard in headless Chromium against
 // a real actuator with fake VMs, over TCP with a token: the page asks for
 // the token, charts live data, shows the vCPU step and a marker with the
@@ -106,68 +162,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	url := "http://" + ln.Addr().String() + "/"
 	client := api.NewTCPClient(url, token)
 
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chrome),
-		chromedp.Flag("headless", true),
-		chromedp.NoSandbox, // as root, Chromium's sandbox cannot start
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true),
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 1200),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	defer cancelBrowser()
-	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
-	defer cancel()
-
-	// Every console error and uncaught exception fails the test; every
-	// request must stay on the actuator (no CDN).
-	var mu sync.Mutex
-	var problems []string
-	console := chromedp.Console(ctx)
-	requests := chromedp.Events(ctx, network.RequestWillBeSent)
-	go func() {
-		for m, err := range console {
-			if err != nil {
-				return
-			}
-			if m.Type == chromedp.ConsoleException || m.Type == chromedp.ConsoleError {
-				// The 401 of the first load is expected: it is how the
-				// page learns it needs the token.
-				if strings.Contains(m.Text, "401") {
-					continue
-				}
-				mu.Lock()
-				problems = append(problems, string(m.Type)+": "+m.Text)
-				mu.Unlock()
-			}
-		}
-	}()
-	go func() {
-		for ev, err := range requests {
-			if err != nil {
-				return
-			}
-			u := ev.Request.URL
-			if !strings.HasPrefix(u, url) && !strings.HasPrefix(u, "data:") && u != "about:blank" {
-				mu.Lock()
-				problems = append(problems, "request outside the actuator: "+u)
-				mu.Unlock()
-			}
-		}
-	}()
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, p := range problems {
-			t.Error("browser: " + p)
-		}
-	}()
+	ctx := openBrowser(t, chrome, url, token)
 
 	// The token form, then the table.
 	if err := chromedp.Do(ctx,
@@ -300,4 +295,86 @@ func TestDashboardInABrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s (%d bytes); the whole test took %v", shot, len(png), time.Since(start).Round(time.Millisecond))
+}
+
+// openBrowser starts headless Chromium for the test, stopped by its
+// cleanup. Every console error and uncaught exception fails the test, and
+// so does any request that leaves the actuator at url (no CDN).
+// No request may carry secret in its URL or in a header other than
+// Authorization (a token must not reach logs, proxies or Referer headers).
+func openBrowser(t *testing.T, chrome, url, secret string) context.Context {
+	t.Helper()
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chrome),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox, // as root, Chromium's sandbox cannot start
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 1200),
+	)
+	t.Cleanup(cancelAlloc)
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	t.Cleanup(cancelBrowser)
+	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
+	t.Cleanup(cancel)
+
+	var mu sync.Mutex
+	var problems []string
+	console := chromedp.Console(ctx)
+	requests := chromedp.Events(ctx, network.RequestWillBeSent)
+	go func() {
+		for m, err := range console {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleException || m.Type == chromedp.ConsoleError {
+				// The 401 of the first load is expected: it is how the
+				// page learns it needs the token.
+				if strings.Contains(m.Text, "401") {
+					continue
+				}
+				mu.Lock()
+				problems = append(problems, string(m.Type)+": "+m.Text)
+				mu.Unlock()
+			}
+		}
+	}()
+	go func() {
+		for ev, err := range requests {
+			if err != nil {
+				return
+			}
+			u := ev.Request.URL
+			if !strings.HasPrefix(u, url) && !strings.HasPrefix(u, "data:") && u != "about:blank" {
+				mu.Lock()
+				problems = append(problems, "request outside the actuator: "+u)
+				mu.Unlock()
+			}
+			leak := strings.Contains(u, secret)
+			for k, v := range ev.Request.Headers {
+				if s, ok := v.(string); ok && !strings.EqualFold(k, "Authorization") && strings.Contains(s, secret) {
+					leak = true
+				}
+			}
+			if leak {
+				mu.Lock()
+				problems = append(problems, "the token left the page outside the Authorization header: "+u)
+				mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range problems {
+			t.Error("browser: " + p)
+		}
+	})
+
+	return ctx
 }

@@ -11,9 +11,12 @@ package stack
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +56,9 @@ type Options struct {
 	ActuatorLog io.Writer
 	// Logf reports progress (default: discard).
 	Logf func(format string, args ...any)
+	// Dashboard also serves the API on a free loopback TCP port with a
+	// fresh token (see Stack.DashboardURL).
+	Dashboard bool
 }
 
 // DefaultPolicy is quick enough for a test under TCG emulation and still
@@ -105,6 +111,20 @@ type Stack struct {
 
 	loadMu sync.Mutex
 	load   []testvm.Job
+
+	// APIBase and APIToken are the TCP API (Options.Dashboard), else empty.
+	APIBase, APIToken string
+}
+
+// DashboardURL opens the live dashboard already authorised: the token
+// rides in the URL's fragment, which browsers never send to the server (so
+// it is in no server or proxy log), and the page moves it into its
+// session storage and drops it from the address bar and history at once.
+func (s *Stack) DashboardURL() string {
+	if s.APIBase == "" {
+		return ""
+	}
+	return s.APIBase + "/#token=" + s.APIToken
 }
 
 // RepoRoot finds the module root by walking up to go.mod.
@@ -201,11 +221,19 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	opts.Logf("guest booted in %v (kernel %s, %d hot-plug slots)", time.Since(bootStart).Round(100*time.Millisecond), kernel.Version, opts.MaxCPUs)
 
+	apiTCP := ""
+	if opts.Dashboard {
+		if apiTCP, err = s.dashboardAPI(opts.Dir); err != nil {
+			s.VM.Stop()
+			return nil, err
+		}
+	}
 	cfg := fmt.Sprintf(`event_log = %q
 log_level = "debug"
 
 [api]
 socket = %q
+%s
 
 [[vm]]
 name = "guest"
@@ -220,7 +248,7 @@ path = %q
 
 [vm.policy]
 %s
-`, s.EventLog, filepath.Join(opts.Dir, "api.sock"), s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy)
+`, s.EventLog, filepath.Join(opts.Dir, "api.sock"), apiTCP, s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy)
 	if err := os.WriteFile(s.Config, []byte(cfg), 0o644); err != nil {
 		s.VM.Stop()
 		return nil, err
@@ -244,6 +272,27 @@ path = %q
 	go func() { s.actDone <- s.actuator.Wait() }()
 	opts.Logf("actuator started (config %s)", s.Config)
 	return s, nil
+}
+
+// dashboardAPI picks a free loopback port, writes a fresh token to a
+// file only its owner reads and returns the [api] lines for both.
+func (s *Stack) dashboardAPI(dir string) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("finding a free port for the dashboard: %w", err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // the actuator binds it in a moment
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	s.APIToken, s.APIBase = hex.EncodeToString(b), "http://"+addr
+	tokenFile := filepath.Join(dir, "api.token")
+	if err := os.WriteFile(tokenFile, []byte(s.APIToken+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("listen = %q\ntoken_file = %q", addr, tokenFile), nil
 }
 
 // ActuatorExited delivers the actuator process's exit status if it ends.

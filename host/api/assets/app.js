@@ -9,6 +9,16 @@
   const MAX_POINTS = 720;      // per VM, as the server's history
   const EVENT_WINDOW_MS = 3600e3;
 
+  // A link may carry the token in its fragment (#token=…), as the demo
+  // prints it: browsers never send a fragment to the server, so the token
+  // is in no access log, and it leaves the address bar and the history
+  // before anything else runs.
+  const linked = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (linked) {
+    sessionStorage.setItem('hotplug-token', linked);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+
   const state = {
     token: sessionStorage.getItem('hotplug-token') || '',
     vms: new Map(),     // name → VM view (GET /v1/vms/{id})

@@ -28,15 +28,16 @@ func main() {
 	busy := flag.Duration("busy", 45*time.Second, "how long the guest is loaded")
 	burners := flag.Int("burners", 2, "CPU-burning processes started in the guest")
 	keep := flag.Bool("keep", false, "keep the work directory (logs, event log) after exit")
+	dashboard := flag.Bool("dashboard", true, "serve the live dashboard on a loopback TCP port and print its URL")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	code := run(ctx, *idle, *busy, *burners, *keep)
+	code := run(ctx, *idle, *busy, *burners, *keep, *dashboard)
 	os.Exit(code)
 }
 
-func run(ctx context.Context, idle, busy time.Duration, burners int, keep bool) int {
+func run(ctx context.Context, idle, busy time.Duration, burners int, keep, dashboard bool) int {
 	dir, err := os.MkdirTemp("", "hotplug-demo-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -47,7 +48,7 @@ func run(ctx context.Context, idle, busy time.Duration, burners int, keep bool) 
 	}
 	fmt.Printf("Hot-Plug Heaven demo — work directory %s\n", dir)
 	fmt.Println("Building the agent and actuator, booting a QEMU guest (1 vCPU, 4 hot-plug slots)…")
-	s, err := stack.Start(ctx, stack.Options{Dir: dir, Logf: func(f string, a ...any) { fmt.Printf("  "+f+"\n", a...) }})
+	s, err := stack.Start(ctx, stack.Options{Dir: dir, Dashboard: dashboard, Logf: func(f string, a ...any) { fmt.Printf("  "+f+"\n", a...) }})
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Println("\ninterrupted")
@@ -59,6 +60,12 @@ func run(ctx context.Context, idle, busy time.Duration, burners int, keep bool) 
 	defer s.Stop() // kills the actuator and QEMU, also on Ctrl-C
 
 	fmt.Printf("  actuator log: %s\n  event log:    %s\n\n", filepath.Join(dir, "actuator.log"), s.EventLog)
+	if u := s.DashboardURL(); u != "" {
+		// The token is in the fragment: the browser keeps it, the server
+		// never sees it, and the page drops it from the address bar.
+		fmt.Printf("Live dashboard (already authorised; open it in a browser on this machine,\nor forward the port first: ssh -L %s:%s HOST):\n\n  %s\n\n",
+			strings.TrimPrefix(s.APIBase, "http://127.0.0.1:"), strings.TrimPrefix(s.APIBase, "http://"), u)
+	}
 	fmt.Printf("Schedule: idle %v, then %d CPU burners for %v, then idle until the guest is back to 1 vCPU.\n\n", idle, burners, busy)
 
 	d := &display{s: s, start: time.Now()}
