@@ -37,10 +37,13 @@ import (
 // of vCPUs meets (the service time alone is above it) sizes for
 // utilisation only, instead of growing to the maximum.
 //
-// Utilisation hotspots still count (other work on the VM needs CPUs too);
-// the run-queue latency rule does not, as the SLA is the latency that
-// matters. Without enough application data in the window the VM is sized
-// in black-box mode (ModeSandpiper), and the reason says so.
+// Other work on the VM needs CPUs too: the busy time beyond the
+// applications' modelled work is added to theirs under the utilisation
+// bound. The black-box rules do not apply while the model has data: their
+// demand counts run-queue waiting, which is the very queueing of requests
+// the model predicts (a backlog of PHP workers after a load step reads
+// as 8 CPUs of demand). Without enough application data in the window the
+// VM is sized in black-box mode (ModeSandpiper), and the reason says so.
 const ModeGraybox = "graybox"
 
 type graybox struct{ fallback sandpiper }
@@ -97,24 +100,43 @@ func (g graybox) decide(s *step) Decision {
 		}
 		return bb
 	}
-	// needAt is every application's need at the rates of window sample i.
-	needAt := func(i int) int {
-		n := 1
+	// other is the CPU the VM was busy with beyond the applications'
+	// modelled work, per sample: it needs vCPUs too. Run-queue waiting is
+	// left out: it is the queueing the model predicts.
+	other := make([]float64, len(s.window))
+	for i, x := range s.window {
+		apps := 0.0
+		for _, f := range fits {
+			apps += f.view.samples[i].Rate * f.w.Demand
+		}
+		other[i] = max(x.Busy-apps, 0)
+	}
+	// sizeFor is every application's need at the given rates, and the
+	// utilisation bound on their work and the other work together.
+	sizeFor := func(rate func(*appView) float64, otherCPU float64) int {
+		n, work := 1, otherCPU
 		for _, f := range fits {
 			w := f.w
-			w.Rate = f.view.samples[i].Rate
+			w.Rate = rate(f.view)
 			n = max(n, f.view.size(w, p.Upper, s.hi))
+			work += w.Rate * w.Demand
 		}
-		return n
+		return max(n, min(ceilCPUs(work/p.Upper-utilEps), s.hi))
 	}
-	need := 1
+	needAt := func(i int) int {
+		return sizeFor(func(a *appView) float64 { return a.samples[i].Rate }, other[i])
+	}
+	peakOther := percentile(other, p.Percentile)
+	need := sizeFor(func(a *appView) float64 { return percentile(a.rates(), p.Percentile) }, peakOther)
 	for _, f := range fits {
 		w := f.w
 		w.Rate = percentile(f.view.rates(), p.Percentile)
-		n := f.view.size(w, p.Upper, s.hi)
-		need = max(need, n)
-		why = append(why, f.view.explain(w, n, p.Upper, s.hi))
+		why = append(why, f.view.explain(w, f.view.size(w, p.Upper, s.hi), p.Upper, s.hi))
 	}
+	if peakOther >= 0.05 {
+		why = append(why, fmt.Sprintf("other work %s CPUs", num(peakOther)))
+	}
+	why = append(why, "needs "+vcpus(need))
 	last := len(s.window) - min(p.N, len(s.window))
 	short, violated := 0, 0
 	for i := last; i < len(s.window); i++ {
@@ -131,9 +153,6 @@ func (g graybox) decide(s *step) Decision {
 		return s.up(need, RuleSLA, fmt.Sprintf("%s; %d of the last %d samples needed more than %s", reason, short, p.N, vcpus(current)))
 	case violated >= p.K:
 		return s.up(max(need, current+1), RuleSLA, fmt.Sprintf("%s; the SLA was violated in %d of the last %d samples", reason, violated, p.N))
-	case bb.Action == ScaleUp && bb.Rule == RuleHotspot:
-		bb.Reason = "black-box hotspot: " + bb.Reason + "; " + reason
-		return bb
 	case need < current && s.in.Current > s.lo && g.fitsSmaller(s, current-1, needAt):
 		return s.down(current-1, RuleSustainedLow, fmt.Sprintf("%s; the last %d samples each fit in %s", reason, p.DownSamples, vcpus(current-1)))
 	}
@@ -141,16 +160,15 @@ func (g graybox) decide(s *step) Decision {
 }
 
 // fitsSmaller reports whether each of the last DownSamples samples, all
-// taken after the last action, needed at most fewer vCPUs, met every SLA
-// and would have kept utilisation at most Upper on fewer vCPUs.
+// taken after the last action, needed at most fewer vCPUs (utilisation at
+// most Upper included) and met every SLA.
 func (g graybox) fitsSmaller(s *step, fewer int, needAt func(int) int) bool {
 	recent := len(s.sinceAction())
 	if recent < s.p.DownSamples {
 		return false
 	}
 	for i := len(s.window) - s.p.DownSamples; i < len(s.window); i++ {
-		x := s.window[i]
-		if violatesAny(x) || x.Demand()/float64(fewer) > s.p.Upper+utilEps || needAt(i) > fewer {
+		if violatesAny(s.window[i]) || needAt(i) > fewer {
 			return false
 		}
 	}

@@ -277,3 +277,34 @@ func TestGrayboxUnreachableSLA(t *testing.T) {
 		t.Fatalf("settled at %d (trace %v)", final, trace)
 	}
 }
+
+// TestGrayboxOtherWorkAndBacklog: busy time beyond the application's work
+// needs vCPUs (0.2 CPUs of requests and 1.6 of other work is 1.8 CPUs:
+// 3 vCPUs at 80 %); run-queue waiting — a backlog of workers after a load
+// step — does not count as demand while the model has data.
+func TestGrayboxOtherWorkAndBacklog(t *testing.T) {
+	st := station{rate: 5, demand: 0.040, other: 0.005, ca2: 1, cs2: 0.1, sla: p95SLA, cgroup: true}
+	e, _ := New(grayPolicy())
+	now := t0
+	for range 10 {
+		now = now.Add(time.Second)
+		s := st.sample(now, 2, 1)
+		s.Busy = 1.8
+		e.Observe(s)
+	}
+	if d := e.Decide(Input{Now: now, Current: 2}); d.Action != ScaleUp || d.To != 3 || !strings.Contains(d.Reason, "other work 1.60 CPUs") {
+		t.Fatalf("other work: %v→%d %s: %s", d.Action, d.To, d.Rule, d.Reason)
+	}
+	heavy := station{rate: 20, demand: 0.047, other: 0, ca2: 1, cs2: 0.05, sla: p95SLA, cgroup: true}
+	e, _ = New(grayPolicy())
+	now = t0
+	for range 10 {
+		now = now.Add(time.Second)
+		s := heavy.sample(now, 2, 1)
+		s.Waiting = 7
+		e.Observe(s)
+	}
+	if d := e.Decide(Input{Now: now, Current: 2}); d.Action != Hold {
+		t.Fatalf("backlog at the right size: %v→%d %s: %s", d.Action, d.To, d.Rule, d.Reason)
+	}
+}
