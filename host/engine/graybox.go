@@ -153,7 +153,7 @@ func (g graybox) decide(s *step) Decision {
 		return s.up(need, RuleSLA, fmt.Sprintf("%s; %d of the last %d samples needed more than %s", reason, short, p.N, vcpus(current)))
 	case violated >= p.K:
 		return s.up(max(need, current+1), RuleSLA, fmt.Sprintf("%s; the SLA was violated in %d of the last %d samples", reason, violated, p.N))
-	case need < current && s.in.Current > s.lo && g.fitsSmaller(s, current-1, needAt):
+	case s.in.Current > s.lo && g.fitsSmaller(s, current-1, needAt):
 		return s.down(current-1, RuleSustainedLow, fmt.Sprintf("%s; the last %d samples each fit in %s", reason, p.DownSamples, vcpus(current-1)))
 	}
 	return s.hold(RuleSteady, reason)
