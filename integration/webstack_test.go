@@ -324,7 +324,19 @@ func webImage(ctx context.Context, t *testing.T, dir, rootfs, deb string) (testv
 	if err := testvm.InstallControlShell(guestRoot, "web"); err != nil {
 		t.Fatal(err)
 	}
-	kernel, initrd, err := testvm.BootFiles(guestRoot)
+	kernel, initrd := bootFilesOut(t, guestRoot, dir)
+	img := filepath.Join(dir, "root.img")
+	if err := testvm.MakeExt4(ctx, guestRoot, img, 256); err != nil {
+		t.Fatal(err)
+	}
+	return kernel, initrd, img
+}
+
+// bootFilesOut copies the kernel and initrd of a rootfs into dir: QEMU
+// reads them from the host, and the tree is removed once its image exists.
+func bootFilesOut(t *testing.T, rootfs, dir string) (testvm.Kernel, string) {
+	t.Helper()
+	kernel, initrd, err := testvm.BootFiles(rootfs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,11 +351,7 @@ func webImage(ctx context.Context, t *testing.T, dir, rootfs, deb string) (testv
 		}
 		*f = p
 	}
-	img := filepath.Join(dir, "root.img")
-	if err := testvm.MakeExt4(ctx, guestRoot, img, 256); err != nil {
-		t.Fatal(err)
-	}
-	return kernel, initrd, img
+	return kernel, initrd
 }
 
 func fetch(ctx context.Context, c *http.Client, addr string) (time.Duration, error) {
