@@ -288,23 +288,7 @@ func checkAgentGuest(ctx context.Context, t *testing.T, root, rootfs, dir, deb, 
 	if err := testvm.InstallControlShell(guestRoot, "pkgtest"); err != nil {
 		t.Fatal(err)
 	}
-	kernel, initrd, err := testvm.BootFiles(guestRoot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Kernel and initrd are read by QEMU from the host: keep them out of
-	// the tree that is removed once the image exists.
-	for _, f := range []*string{&kernel.Vmlinuz, &initrd} {
-		b, err := os.ReadFile(*f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, filepath.Base(*f))
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		*f = p
-	}
+	kernel, initrd := bootFilesOut(t, guestRoot, dir)
 	rootImg := filepath.Join(dir, "root.img")
 	if err := testvm.MakeExt4(ctx, guestRoot, rootImg, 512); err != nil {
 		t.Fatal(err)

@@ -271,7 +271,18 @@ type AppStats struct {
 	SLATarget     float64 `msgpack:"sla_target,omitempty"`
 	// Malformed counts log lines skipped this interval.
 	Malformed uint64 `msgpack:"malformed,omitempty"`
+	// CPUSeconds is the CPU time the application used over the interval,
+	// when CPUSource says where it was measured (CPUSourceCgroup: the
+	// cgroup v2 cpu.stat of the systemd units its config names). Without
+	// it the host shares the VM's busy time among applications by their
+	// request counts.
+	CPUSeconds float64 `msgpack:"cpu_s,omitempty"`
+	CPUSource  string  `msgpack:"cpu_src,omitempty"`
 }
+
+// CPUSourceCgroup: AppStats.CPUSeconds is the usage_usec of the
+// application's units' cgroups.
+const CPUSourceCgroup = "cgroup"
 
 // Type implements Message.
 func (*Report) Type() MsgType { return TypeReport }
@@ -416,6 +427,9 @@ func (a *AppStats) validate() error {
 		if !finiteIn(f.v, 0, f.hi) {
 			return fmt.Errorf("%s = %v", f.name, f.v)
 		}
+	}
+	if !finiteIn(a.CPUSeconds, 0, secs*MaxCPUs) || len(a.CPUSource) > MaxStringLen || (a.CPUSource == "" && a.CPUSeconds != 0) {
+		return fmt.Errorf("cpu_s = %v from %q", a.CPUSeconds, clipName(a.CPUSource))
 	}
 	if !(a.RespP50 <= a.RespP95 && a.RespP95 <= a.RespP99) {
 		return fmt.Errorf("percentiles out of order: %v %v %v", a.RespP50, a.RespP95, a.RespP99)

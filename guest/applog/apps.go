@@ -28,6 +28,7 @@ import (
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"github.com/hotplugheaven/hotplug/guest/applog/stats"
 	"github.com/hotplugheaven/hotplug/guest/applog/tail"
+	"github.com/hotplugheaven/hotplug/guest/cgroup"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -45,7 +46,10 @@ type Options struct {
 	RotateGrace time.Duration
 	// NoNotify turns off fsnotify wake-ups (polling alone is correct).
 	NoNotify bool
-	Logger   hclog.Logger
+	// CgroupRoot is the cgroup v2 mount the applications' units are read
+	// from (default /sys/fs/cgroup).
+	CgroupRoot string
+	Logger     hclog.Logger
 }
 
 // Apps tails every configured application's log. It implements agent.Extra.
@@ -65,6 +69,13 @@ type app struct {
 	win    *stats.Window
 	warned [parse.NumReasons]bool
 	sk     bytes.Buffer
+
+	// CPU time of the units, read by Fill; cpuBase is the previous total,
+	// valid when haveBase.
+	cgroups  cgroup.FS
+	cpuBase  time.Duration
+	haveBase bool
+	cpuWarn  bool
 }
 
 // New prepares the tailers (reading their saved positions); nothing is
@@ -78,7 +89,8 @@ func New(cfgs []App, o Options) (*Apps, error) {
 	}
 	a := &Apps{log: o.Logger}
 	for _, c := range cfgs {
-		ap := &app{cfg: c, log: o.Logger.Named(c.Name), win: stats.New(stats.Options{MaxGapBins: 60})}
+		ap := &app{cfg: c, log: o.Logger.Named(c.Name), win: stats.New(stats.Options{MaxGapBins: 60}), cgroups: cgroup.NewFS(o.CgroupRoot)}
+		ap.cpuDelta() // the baseline of the first interval
 		to := tail.Options{Pattern: c.Path, MaxLineBytes: c.MaxLineBytes, Poll: o.Poll, RotateGrace: o.RotateGrace,
 			Notify: !o.NoNotify, FromStart: c.ReadFromStart, Logger: ap.log}
 		if o.StateDir != "" {
@@ -138,7 +150,41 @@ func (ap *app) snapshot(interval float64) proto.AppStats {
 	}
 	ap.win.Reset()
 	ap.mu.Unlock()
-	return ToAppStats(ap.cfg, s, interval, sketch)
+	as := ToAppStats(ap.cfg, s, interval, sketch)
+	if cpu, ok := ap.cpuDelta(); ok {
+		as.CPUSeconds, as.CPUSource = min(cpu.Seconds(), 86400*proto.MaxCPUs), proto.CPUSourceCgroup
+	}
+	return as
+}
+
+// cpuDelta is the CPU time the application's units used since the last
+// call; ok is false without units, on the first call, when a unit cannot
+// be read (said once) or when a counter went back (a unit restarted). The
+// files are cgroupfs, answered by the kernel without blocking, so Fill may
+// read them.
+func (ap *app) cpuDelta() (time.Duration, bool) {
+	if len(ap.cfg.Units) == 0 {
+		return 0, false
+	}
+	var total time.Duration
+	for _, u := range ap.cfg.Units {
+		v, err := ap.cgroups.UnitCPU(u)
+		if err != nil {
+			if !ap.cpuWarn {
+				ap.cpuWarn = true
+				ap.log.Warn("cannot read the CPU time of a unit; sharing the VM's busy time instead (said once)", "unit", u, "error", err)
+			}
+			ap.haveBase = false
+			return 0, false
+		}
+		total += v
+	}
+	prev, had := ap.cpuBase, ap.haveBase
+	ap.cpuBase, ap.haveBase = total, true
+	if !had || total < prev {
+		return 0, false
+	}
+	return total - prev, true
 }
 
 // ToAppStats fills the wire form. The arrival rate is arrivals over the

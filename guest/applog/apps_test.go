@@ -210,3 +210,65 @@ func TestW3CHeaderFoundWhenResumingMidFile(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 }
+
+// TestAppsCPUFromUnits: the CPU time of the units an apps.d file names is
+// the delta of their cgroups' usage_usec between reports; a unit that
+// cannot be read, or a counter that went back (restart), leaves the
+// interval without a CPU measurement rather than a wrong one.
+func TestAppsCPUFromUnits(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "cgroup")
+	setUsage := func(unit string, usec int) {
+		d := filepath.Join(root, "system.slice", unit)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "cpu.stat"), []byte(fmt.Sprintf("usage_usec %d\nuser_usec 0\nsystem_usec 0\n", usec)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setUsage("nginx.service", 1_000_000)
+	setUsage("php8.2-fpm.service", 5_000_000)
+	log := filepath.Join(dir, "access.log")
+	os.WriteFile(log, nil, 0o644)
+	conf := writeConf(t, dir, "web.toml", fmt.Sprintf("path = %q\nformat = \"nginx\"\nunits = [\"nginx.service\", \"php8.2-fpm.service\"]\n[sla]\nmean = \"100ms\"\n", log))
+	cfg, err := LoadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New([]App{cfg}, Options{CgroupRoot: root, NoNotify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill := func() proto.AppStats {
+		r := report(2 * time.Second)
+		if err := a.Fill(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return r.Apps[0]
+	}
+	setUsage("nginx.service", 1_200_000)
+	setUsage("php8.2-fpm.service", 5_600_000)
+	if got := fill(); got.CPUSource != proto.CPUSourceCgroup || got.CPUSeconds < 0.8-1e-9 || got.CPUSeconds > 0.8+1e-9 {
+		t.Fatalf("first interval: %v s from %q, want 0.8 s from cgroup", got.CPUSeconds, got.CPUSource)
+	}
+	setUsage("php8.2-fpm.service", 100) // restarted
+	if got := fill(); got.CPUSource != "" || got.CPUSeconds != 0 {
+		t.Fatalf("after a restart: %v s from %q, want no measurement", got.CPUSeconds, got.CPUSource)
+	}
+	setUsage("php8.2-fpm.service", 300_100)
+	if got := fill(); got.CPUSource != proto.CPUSourceCgroup || got.CPUSeconds < 0.3-1e-9 || got.CPUSeconds > 0.3+1e-9 {
+		t.Fatalf("after the restart: %v s from %q, want 0.3 s", got.CPUSeconds, got.CPUSource)
+	}
+	os.RemoveAll(filepath.Join(root, "system.slice", "nginx.service"))
+	if got := fill(); got.CPUSource != "" {
+		t.Fatalf("unit gone: %v s from %q, want no measurement", got.CPUSeconds, got.CPUSource)
+	}
+	if _, err := LoadFile(writeConf(t, dir, "bad.toml", fmt.Sprintf("path = %q\nformat = \"nginx\"\nunits = [\"../etc\"]\n", log))); err == nil ||
+		!strings.Contains(err.Error(), "units[0]") {
+		t.Fatalf("bad unit name: %v", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"github.com/hotplugheaven/hotplug/guest/applog/tail"
+	"github.com/hotplugheaven/hotplug/guest/cgroup"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -27,16 +28,17 @@ const maxConfigBytes = 1 << 20
 
 // fileApp is one apps.d/*.toml file as written.
 type fileApp struct {
-	Name           string `toml:"name"`
-	Path           string `toml:"path"`
-	Format         string `toml:"format"`
-	DurationUnit   string `toml:"duration_unit"`
-	DurationSource string `toml:"duration_source"`
-	DropStatuses   []any  `toml:"drop_statuses"`
-	TimeFormat     string `toml:"time_format"`
-	Regex          string `toml:"regex"`
-	ReadFromStart  bool   `toml:"read_from_start"`
-	MaxLineBytes   int    `toml:"max_line_bytes"`
+	Name           string   `toml:"name"`
+	Path           string   `toml:"path"`
+	Format         string   `toml:"format"`
+	DurationUnit   string   `toml:"duration_unit"`
+	DurationSource string   `toml:"duration_source"`
+	DropStatuses   []any    `toml:"drop_statuses"`
+	TimeFormat     string   `toml:"time_format"`
+	Regex          string   `toml:"regex"`
+	ReadFromStart  bool     `toml:"read_from_start"`
+	MaxLineBytes   int      `toml:"max_line_bytes"`
+	Units          []string `toml:"units"`
 	SLA            struct {
 		Mean       string `toml:"mean"`
 		Percentile any    `toml:"percentile"`
@@ -61,7 +63,14 @@ type App struct {
 	// SLA: a mean response time, or a percentile in (0,1) and its target;
 	// seconds, zero when not set.
 	SLAMean, SLAPercentile, SLATarget float64
+	// Units are the systemd units whose cgroups' CPU time is the
+	// application's (nginx.service, php8.2-fpm.service); none: the host
+	// shares the VM's busy time by request counts.
+	Units []string
 }
+
+// maxUnits bounds the units of one application.
+const maxUnits = 16
 
 // ConfigError names the file and key of a bad configuration.
 type ConfigError struct {
@@ -102,7 +111,7 @@ func LoadFile(path string) (App, error) {
 		return bad("", "%v", err)
 	}
 	if u := md.Undecoded(); len(u) > 0 {
-		return bad(u[0].String(), "unknown key (known: name, path, format, duration_unit, duration_source, drop_statuses, time_format, regex, read_from_start, max_line_bytes, [sla] mean/percentile/target, [fields] time/date/status/duration)")
+		return bad(u[0].String(), "unknown key (known: name, path, format, duration_unit, duration_source, drop_statuses, time_format, regex, read_from_start, max_line_bytes, units, [sla] mean/percentile/target, [fields] time/date/status/duration)")
 	}
 	a := App{File: path, Name: fa.Name, Path: fa.Path, ReadFromStart: fa.ReadFromStart, MaxLineBytes: fa.MaxLineBytes}
 	if a.Name == "" {
@@ -168,6 +177,15 @@ func LoadFile(path string) (App, error) {
 	if a.MaxLineBytes < 256 || a.MaxLineBytes > 16<<20 {
 		return bad("max_line_bytes", "must be in [256, 16777216], got %d", a.MaxLineBytes)
 	}
+	if len(fa.Units) > maxUnits {
+		return bad("units", "%d units, at most %d", len(fa.Units), maxUnits)
+	}
+	for i, u := range fa.Units {
+		if !cgroup.ValidUnit(u) {
+			return bad(fmt.Sprintf("units[%d]", i), "%q is not a systemd unit name (e.g. \"nginx.service\")", u)
+		}
+	}
+	a.Units = fa.Units
 	drops := fa.DropStatuses
 	if drops == nil {
 		drops = []any{"5xx", "429"}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hotplugheaven/hotplug/host/channel"
 	"github.com/hotplugheaven/hotplug/proto"
 )
@@ -121,7 +122,7 @@ func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (
 	}
 	for {
 		v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
-			"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
+			"protocol", s.version, "machine_id", s.hello.MachineID, "online_cpus", hclog.Quote(s.hello.Online.String()))
 		if !v.deliver(ctx, evSession{s: s}) {
 			return true, ctx.Err()
 		}

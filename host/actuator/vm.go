@@ -400,7 +400,8 @@ func sampleOf(r *proto.Report, at time.Time) engine.Sample {
 	}
 	for _, a := range r.Apps {
 		s.Apps = append(s.Apps, engine.AppSample{Name: a.Name, Arrivals: a.Arrivals, Rate: a.ArrivalRate,
-			IAVar: a.InterArrivalVar, SvcMean: a.ServiceMean, SvcVar: a.ServiceVar,
+			IAMean: a.InterArrivalMean, IAVar: a.InterArrivalVar, SvcMean: a.ServiceMean, SvcVar: a.ServiceVar,
+			CPUSeconds: a.CPUSeconds, HasCPU: a.CPUSource != "",
 			RespP50: a.RespP50, RespP95: a.RespP95, RespP99: a.RespP99,
 			SLAMean: a.SLAMean, SLAPercentile: a.SLAPercentile, SLATarget: a.SLATarget})
 	}

@@ -45,9 +45,14 @@ type AppSample struct {
 	Arrivals uint64
 	// Rate is arrivals per second.
 	Rate float64
-	// IAVar is the inter-arrival time variance; SvcMean and SvcVar the
-	// service time's mean and variance.
-	IAVar, SvcMean, SvcVar float64
+	// IAMean and IAVar are the inter-arrival time mean and variance;
+	// SvcMean and SvcVar the logged response time's mean and variance.
+	IAMean, IAVar, SvcMean, SvcVar float64
+	// CPUSeconds is the CPU time the application used over the interval,
+	// when HasCPU (from its units' cgroups); without it gray-box mode
+	// shares the VM's busy time among applications by request counts.
+	CPUSeconds float64
+	HasCPU     bool
 	// Observed response-time percentiles.
 	RespP50, RespP95, RespP99 float64
 	// The SLA: a mean, or a target for a percentile.
@@ -202,7 +207,7 @@ func (e *Engine) Observe(s Sample) {
 	s.RunQP95 = max(s.RunQP95, 0)
 	apps := s.Apps[:0:0]
 	for _, a := range s.Apps {
-		for _, v := range []*float64{&a.Rate, &a.IAVar, &a.SvcMean, &a.SvcVar, &a.RespP50, &a.RespP95, &a.RespP99,
+		for _, v := range []*float64{&a.Rate, &a.IAMean, &a.IAVar, &a.CPUSeconds, &a.SvcMean, &a.SvcVar, &a.RespP50, &a.RespP95, &a.RespP99,
 			&a.SLAMean, &a.SLAPercentile, &a.SLATarget} {
 			*v = sane(*v)
 		}

@@ -15,6 +15,16 @@ package parse
 // with whole-second stamps, moving each request back by its duration would
 // scatter requests of one second over two bins (0.000 s and 0.001 s
 // durations) and add variance that is not in the arrivals.
+//
+// For sub-second arrival times the bracketed time may instead be Unix
+// seconds with a fraction (nginx [$msec], Apache
+// [%{sec}t.%{msec_frac}t]) or ISO 8601 with a fraction (nginx
+// [$time_iso8601] has whole seconds). nginx's $msec is when the request
+// ended: with such a stamp and the request's own duration ($request_time)
+// the arrival is moved back by the duration.
+
+// maxDuration bounds the duration an arrival is moved back by (a day).
+const maxDuration = 86400
 
 type ncsaKind uint8
 
@@ -67,6 +77,12 @@ func clfPrefix(b []byte, rec *Record) (int, Reason) {
 	}
 	t, res, ok := clfTime(ts)
 	if !ok {
+		t, res, ok = unixTime(ts, "unix")
+	}
+	if !ok {
+		t, res, ok = rfc3339(ts)
+	}
+	if !ok {
 		return 0, BadTime
 	}
 	j := quoted(b, i)
@@ -118,6 +134,9 @@ func (p *ncsa) Parse(line []byte, rec *Record) Reason {
 		}
 		if !p.upstream {
 			rec.Duration, rec.HasDuration = v*p.unit, true
+			if rec.TimeRes < 1e9 { // [$msec]: the end of the request
+				rec.Time -= int64(min(max(rec.Duration, 0), maxDuration) * 1e9)
+			}
 			return OK
 		}
 		up, any, ok := timeSum(trimSpace(line[j:]))

@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -58,6 +59,7 @@ func TestNCSA(t *testing.T) {
 	const ua = `"-" "curl/7.54.0"`
 	base := `192.168.64.1 - - [07/Feb/2020:11:48:51 +0000] "POST /products HTTP/1.1" 200 59 `
 	t0 := unix("2020-02-07T11:48:51Z")
+	msec := strings.Replace(base, "07/Feb/2020:11:48:51 +0000", "1581076131.123", 1)
 	runCases(t, []lineCase{
 		{"clf NASA", Options{Format: "clf"}, nil,
 			`in24.inetnebr.com - - [01/Aug/1995:00:00:01 -0400] "GET /shuttle/missions/sts-68/news/sts-68-mcc-05.txt HTTP/1.0" 200 1839`,
@@ -102,6 +104,19 @@ func TestNCSA(t *testing.T) {
 			BadDuration, Record{}},
 		{"nginx request_time missing", Options{Format: "nginx"}, nil, base + ua, BadDuration, Record{}},
 		{"nginx negative", Options{Format: "nginx"}, nil, base + ua + ` -1`, BadDuration, Record{}},
+		// log_format with [$msec]: the end of the request in ms; the
+		// arrival is 250 ms earlier.
+		{"nginx msec", Options{Format: "nginx"}, nil, msec + ua + ` 0.250`,
+			OK, Record{Time: t0 + 123e6 - 250e6, TimeRes: 1e6, Status: 200, Duration: 0.25, HasDuration: true}},
+		{"nginx msec upstream", Options{Format: "nginx", Upstream: true}, nil, msec + ua + ` 0.250 0.100`,
+			OK, Record{Time: t0 + 123e6, TimeRes: 1e6, Status: 200, Duration: 0.1, HasDuration: true}},
+		{"apache sec.msec_frac", Options{Format: "apache"}, nil, msec + ua + ` 1234`,
+			OK, Record{Time: t0 + 123e6, TimeRes: 1e6, Status: 200, Duration: 0.001234, HasDuration: true}},
+		{"nginx ISO 8601 with fraction", Options{Format: "nginx"}, nil,
+			strings.Replace(base, "07/Feb/2020:11:48:51 +0000", "2020-02-07T12:48:51.5+01:00", 1) + ua + ` 0.5`,
+			OK, Record{Time: t0, TimeRes: 1e8, Status: 200, Duration: 0.5, HasDuration: true}},
+		{"nginx msec garbage", Options{Format: "nginx"}, nil,
+			strings.Replace(base, "07/Feb/2020:11:48:51 +0000", "1581076131.12x", 1) + ua + ` 0.5`, BadTime, Record{}},
 	})
 }
 

@@ -1,4 +1,4 @@
-// Package stats turns parsed requests into the numbers the G/G/1 model
+// Package stats turns parsed requests into the numbers the G/G/c model
 // needs: arrivals and drops, the mean and variance of inter-arrival and
 // service times, and response-time percentiles from a DDSketch
 // (github.com/DataDog/sketches-go), for one sampling interval or for a

@@ -88,6 +88,8 @@ Usage:
   hotplug-agent [flags]           run the agent (normally from systemd)
   hotplug-agent check [flags]     validate agent.toml and apps.d/*.toml, then exit
   hotplug-agent status [--json]   what the running agent sees (from its status file)
+  hotplug-agent logstat --format FORMAT [--app FILE.toml] FILE...
+                                  parse access logs as gray-box mode does; print JSON
   hotplug-agent --version         print the version
 
 The agent samples /proc and /sys every interval, sends the measurements to

@@ -87,3 +87,15 @@ func TestPackagedConfigChecks(t *testing.T) {
 		t.Fatalf("packaged agent.toml, uncommented: exit %d: %s", code, errb.String())
 	}
 }
+
+// TestHelpListsSubcommands: every subcommand the docs tell users to run is
+// in --help.
+func TestHelpListsSubcommands(t *testing.T) {
+	var errb bytes.Buffer
+	run([]string{"--help"}, &errb)
+	for _, sub := range []string{"hotplug-agent check", "hotplug-agent status", "hotplug-agent logstat --format"} {
+		if !strings.Contains(errb.String(), sub) {
+			t.Errorf("--help lacks %q:\n%s", sub, errb.String())
+		}
+	}
+}
