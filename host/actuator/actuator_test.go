@@ -168,7 +168,7 @@ func TestScaleUpThenDown(t *testing.T) {
 	}
 	up := evs[0]
 	if up.Kind != "scale_up" || up.From != 1 || up.To != 3 || up.Result != 3 || up.Outcome != eventlog.OutcomeOK ||
-		up.Rule != engine.RuleHotspot || stepNames(up) != "plug,online,confirm,plug,online,confirm" {
+		up.Rule != engine.RuleHotspot || stepNames(up) != "plug,plug,online,confirm" {
 		t.Fatalf("scale-up event: %+v", up)
 	}
 	if !strings.Contains(string(up.Signals), `"utilisation"`) || !strings.Contains(up.Reason, "samples above") {
@@ -193,11 +193,13 @@ func TestOnlineFailureRollsBack(t *testing.T) {
 		return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
 	})
 	ev := r.eventsOf("vm1")[0]
-	if stepNames(ev) != "plug,online,rollback_unplug" || ev.Result != 1 || vm.qmp.Plugged() != 1 {
+	// Both CPUs of the batch are plugged and onlined in one command; each
+	// is rolled back on its own.
+	if stepNames(ev) != "plug,plug,online,rollback_unplug,rollback_unplug" || ev.Result != 1 || vm.qmp.Plugged() != 1 {
 		t.Fatalf("rollback event %+v, plugged %d", ev, vm.qmp.Plugged())
 	}
-	if ev.Steps[1].OK || !strings.Contains(ev.Steps[1].Error, "input/output error") {
-		t.Fatalf("online step should carry the guest's error: %+v", ev.Steps[1])
+	if ev.Steps[2].OK || !strings.Contains(ev.Steps[2].Error, "input/output error") {
+		t.Fatalf("online step should carry the guest's error: %+v", ev.Steps[2])
 	}
 	if st := r.act.VMs()[0].Status(); st.Degraded == "" {
 		t.Fatal("VM not marked degraded after a failed action")

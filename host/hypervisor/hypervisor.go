@@ -78,3 +78,27 @@ type Hypervisor interface {
 	// Close releases the connection.
 	Close() error
 }
+
+// Optional interfaces a backend implements to be measured from the host
+// when the VM has no agent (black-box mode). The actuator looks for them
+// with a type assertion, so each implementation says so with a
+// compile-time check: a renamed method would otherwise turn black-box
+// measurement off without a word. A backend with neither is measured from
+// the vCPU threads Slot.ThreadID names.
+
+// VCPUStatser reports the CPU time each vCPU has used (libvirt's vCPU
+// statistics).
+type VCPUStatser interface {
+	VCPUStats(ctx context.Context) ([]VCPUStat, error)
+}
+
+// VMLoader reports only the whole VM's CPU load, as a share of the host's
+// CPUs (VirtualBox's metrics).
+type VMLoader interface {
+	CPULoad(ctx context.Context) (CPULoad, error)
+}
+
+var (
+	_ VCPUStatser = (*Libvirt)(nil)
+	_ VMLoader    = (*VirtualBox)(nil)
+)
