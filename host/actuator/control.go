@@ -155,7 +155,7 @@ func (c *cpuResource) manual(ctx context.Context, n int) (*action, error) {
 		hi = a
 	}
 	to := max(min(n, hi), min(p.MinVCPUs, hi))
-	d := engine.Decision{From: l.hv.current, To: to, Rule: "manual",
+	d := engine.Decision{From: l.hv.current, To: to, Rule: "manual", Policy: p,
 		Reason: fmt.Sprintf("operator asked for %d vCPUs", n)}
 	if to != n {
 		d.Reason += fmt.Sprintf(", clamped to %d by the policy [%d, %d] and the host budget", to, p.MinVCPUs, p.MaxVCPUs)

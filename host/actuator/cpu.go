@@ -46,6 +46,7 @@ func (c *cpuResource) decide(ctx context.Context, now time.Time) *action {
 		return nil
 	}
 	d := c.engine.Decide(engine.Input{Now: now, Current: l.hv.current, Allowed: l.hv.allowed()})
+	d.Policy = c.engine.Policy()
 	v.publish(func(s *Status) { s.LastDecision, s.LastDecisionAt, s.Target = d, now, d.To })
 	v.env.obs.decision(v.name, d, now)
 	if d.Action == engine.Hold || l.paused || time.Now().Before(c.retryAfter) {

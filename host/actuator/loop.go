@@ -73,8 +73,8 @@ type agentState struct {
 	lastSeq    uint64
 	last       *proto.Report // latest report of the current session
 	lastAt     time.Time
-	seen       time.Time         // last time an agent session existed (or start)
-	apic       map[int]uint32    // guest CPU → APIC id, from Hello and Acks
+	seen       time.Time      // last time an agent session existed (or start)
+	apic       map[int]uint32 // guest CPU → APIC id, from Hello and Acks
 	skewLogged bool
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/channel"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
@@ -276,4 +277,3 @@ func sampleOf(r *proto.Report, at time.Time) engine.Sample {
 	}
 	return s
 }
-
