@@ -179,13 +179,8 @@ func (c *cpuResource) plugSlots(ctx context.Context, a *action) {
 			return
 		}
 		a.plugged = append(a.plugged, slot)
-		l.hv.current++
-		v.env.budget.Set(v.name, l.hv.current)
 		v.log.Debug("cpu plugged", "slot", slot.Index, "ref", slot.Ref, "apic", slot.APICID)
 	}
-	// Plugged but the state cannot be read back: the count above stands
-	// until the hypervisor answers again.
-	l.hv.refresh(ctx)
 }
 
 // plugSlot is the hypervisor half of a plug, the same with or without an
@@ -201,10 +196,11 @@ func (c *cpuResource) plugSlot(ctx context.Context, rec *record) (hypervisor.Slo
 	}
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	slot, err := v.env.hyp.Plug(pctx)
+	slot, st, err := v.env.hyp.Plug(pctx)
 	cancel()
 	if err == nil {
 		l.hv.plugged()
+		l.hv.set(st)
 	}
 	return slot, rec.step("plug", start, err)
 }
@@ -365,11 +361,14 @@ func (c *cpuResource) rollbackOffline(ctx context.Context, a *action, cpus []int
 }
 
 // unplugSlot unplugs and then confirms from the hypervisor's state, which is
-// the truth even when the unplug call timed out.
+// the truth even when the unplug call timed out: the state Unplug returns
+// when it succeeds, a fresh read when it fails.
 func (c *cpuResource) unplugSlot(ctx context.Context, slot hypervisor.Slot) error {
 	l := c.l
-	err := l.vm.env.hyp.Unplug(ctx, slot)
-	if !l.hv.refresh(ctx) {
+	st, err := l.vm.env.hyp.Unplug(ctx, slot)
+	if err == nil {
+		l.hv.set(st)
+	} else if !l.hv.refresh(ctx) {
 		return fmt.Errorf("unplug: %v; and the hypervisor's state cannot be read", err)
 	}
 	for _, s := range l.hv.state.Slots {

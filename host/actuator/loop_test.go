@@ -54,25 +54,26 @@ func (h *memHyp) State(context.Context) (hypervisor.State, error) {
 	return h.stateLocked(), nil
 }
 
-func (h *memHyp) Plug(context.Context) (hypervisor.Slot, error) {
+func (h *memHyp) Plug(context.Context) (hypervisor.Slot, hypervisor.State, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.calls["plug"]++
 	for i, p := range h.plugged {
 		if !p {
 			h.plugged[i] = true
-			return h.stateLocked().Slots[i], nil
+			st := h.stateLocked()
+			return st.Slots[i], st, nil
 		}
 	}
-	return hypervisor.Slot{}, hypervisor.ErrNoFreeSlot
+	return hypervisor.Slot{}, hypervisor.State{}, hypervisor.ErrNoFreeSlot
 }
 
-func (h *memHyp) Unplug(_ context.Context, s hypervisor.Slot) error {
+func (h *memHyp) Unplug(_ context.Context, s hypervisor.Slot) (hypervisor.State, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.calls["unplug"]++
 	h.plugged[s.Index] = false
-	return nil
+	return h.stateLocked(), nil
 }
 
 func (h *memHyp) Close() error { return nil }

@@ -70,11 +70,14 @@ type Hypervisor interface {
 	// State reads the VM's CPU slots from the hypervisor.
 	State(ctx context.Context) (State, error)
 	// Plug hot-plugs a CPU into the lowest free slot and returns that slot
-	// as the hypervisor now reports it.
-	Plug(ctx context.Context) (Slot, error)
-	// Unplug removes the CPU in slot and waits until the hypervisor reports
-	// it gone. On ErrUnplugTimeout the caller must re-read State.
-	Unplug(ctx context.Context, slot Slot) error
+	// and the VM's state as the hypervisor now reports them, so the caller
+	// need not read it again.
+	Plug(ctx context.Context) (Slot, State, error)
+	// Unplug removes the CPU in slot, waits until the hypervisor reports
+	// it gone and returns the state that shows it. On an error the state
+	// is unknown (zero) and the caller must re-read State: on
+	// ErrUnplugTimeout the CPU may still go away.
+	Unplug(ctx context.Context, slot Slot) (State, error)
 	// Close releases the connection.
 	Close() error
 }

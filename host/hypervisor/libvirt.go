@@ -137,6 +137,9 @@ type libvirtConn struct {
 	l   *libvirt.Libvirt
 	nc  net.Conn
 	dom libvirt.Domain
+	// kvm is query-kvm's answer once kvmKnown; set by VCPULifetime, which
+	// runs on the VM's goroutine only.
+	kvm, kvmKnown bool
 }
 
 // close drops the connection without the ConnectClose round trip, which
@@ -613,11 +616,15 @@ func (lv *Libvirt) State(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	return lvState(slots), nil
+}
+
+func lvState(slots []lvSlot) State {
 	st := State{Slots: make([]Slot, len(slots))}
 	for i, s := range slots {
 		st.Slots[i] = s.Slot
 	}
-	return st, nil
+	return st
 }
 
 // setVCPU enables or disables one vCPU live.
@@ -633,14 +640,14 @@ func (lv *Libvirt) setVCPU(ctx context.Context, id int, enable bool) error {
 
 // Plug enables the lowest vCPU that libvirt may hot-plug and QEMU has free,
 // with virDomainSetVcpu(LIVE), and returns its slot as QEMU then reports it.
-func (lv *Libvirt) Plug(ctx context.Context) (Slot, error) {
+func (lv *Libvirt) Plug(ctx context.Context) (Slot, State, error) {
 	if err := acquire(ctx, lv.opSem); err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: %s: plug: %w", lv, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: %s: plug: %w", lv, err)
 	}
 	defer func() { <-lv.opSem }()
 	slots, err := lv.slots(ctx)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	free, stale := -1, 0
 	for _, s := range slots {
@@ -657,56 +664,56 @@ func (lv *Libvirt) Plug(ctx context.Context) (Slot, error) {
 		if stale > 0 {
 			msg = fmt.Sprintf("%s: %d more are free in QEMU but libvirt still counts them enabled after unplugs it did not see complete; restart libvirtd to resynchronise it", msg, stale)
 		}
-		return Slot{}, fmt.Errorf("%w: %s", ErrNoFreeSlot, msg)
+		return Slot{}, State{}, fmt.Errorf("%w: %s", ErrNoFreeSlot, msg)
 	}
 	lv.log.Debug("plugging vCPU", "vcpu", free)
 	if err := lv.setVCPU(ctx, free, true); err != nil {
-		return Slot{}, fmt.Errorf("%w (re-read State: another client may have plugged it)", err)
+		return Slot{}, State{}, fmt.Errorf("%w (re-read State: another client may have plugged it)", err)
 	}
 	after, err := lv.slots(ctx)
 	if err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: %s: vCPU %d was plugged but reading it back failed: %w", lv, free, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: %s: vCPU %d was plugged but reading it back failed: %w", lv, free, err)
 	}
 	for _, s := range after {
 		if s.Index == free && s.Plugged {
 			lv.log.Info("plugged vCPU", "vcpu", free, "apic_id", s.APICID)
-			return s.Slot, nil
+			return s.Slot, lvState(after), nil
 		}
 	}
-	return Slot{}, fmt.Errorf("hypervisor: %s: libvirt enabled vCPU %d but QEMU does not list it plugged", lv, free)
+	return Slot{}, State{}, fmt.Errorf("hypervisor: %s: libvirt enabled vCPU %d but QEMU does not list it plugged", lv, free)
 }
 
 // Unplug disables the vCPU in slot with virDomainSetVcpu(LIVE) and waits, up
 // to UnplugTimeout, until QEMU reports the slot empty. libvirt's own answer
 // does not decide: it times out under TCG even when the guest ejected the
 // CPU (see the notes above).
-func (lv *Libvirt) Unplug(ctx context.Context, slot Slot) error {
+func (lv *Libvirt) Unplug(ctx context.Context, slot Slot) (State, error) {
 	if err := acquire(ctx, lv.opSem); err != nil {
-		return fmt.Errorf("hypervisor: %s: unplug vCPU %d: %w", lv, slot.Index, err)
+		return State{}, fmt.Errorf("hypervisor: %s: unplug vCPU %d: %w", lv, slot.Index, err)
 	}
 	defer func() { <-lv.opSem }()
 	if slot.Ref == "" {
-		return fmt.Errorf("%w: slot %d of %s holds no CPU", ErrNotUnpluggable, slot.Index, lv)
+		return State{}, fmt.Errorf("%w: slot %d of %s holds no CPU", ErrNotUnpluggable, slot.Index, lv)
 	}
 	start := time.Now()
 	slots, err := lv.slots(ctx)
 	if err != nil {
-		return err
+		return State{}, err
 	}
 	if slot.Index < 0 || slot.Index >= len(slots) {
-		return fmt.Errorf("%w: %s has no vCPU %d (it has %d)", ErrNotUnpluggable, lv, slot.Index, len(slots))
+		return State{}, fmt.Errorf("%w: %s has no vCPU %d (it has %d)", ErrNotUnpluggable, lv, slot.Index, len(slots))
 	}
 	cur := slots[slot.Index]
 	if !cur.Plugged {
 		lv.log.Debug("vCPU already gone", "vcpu", slot.Index)
-		return nil
+		return lvState(slots), nil
 	}
 	if !cur.Removable {
-		return fmt.Errorf("%w: vCPU %d of %s is not hot-pluggable in libvirt (a boot vCPU); only vCPUs above <vcpu current> are removed",
+		return State{}, fmt.Errorf("%w: vCPU %d of %s is not hot-pluggable in libvirt (a boot vCPU); only vCPUs above <vcpu current> are removed",
 			ErrNotUnpluggable, slot.Index, lv)
 	}
 	if !cur.libvirtEnabled {
-		return fmt.Errorf("%w: QEMU has vCPU %d of %s plugged but libvirt counts it disabled, so libvirt cannot remove it; restart libvirtd to resynchronise it",
+		return State{}, fmt.Errorf("%w: QEMU has vCPU %d of %s plugged but libvirt counts it disabled, so libvirt cannot remove it; restart libvirtd to resynchronise it",
 			ErrNotUnpluggable, slot.Index, lv)
 	}
 
@@ -720,39 +727,39 @@ func (lv *Libvirt) Unplug(ctx context.Context, slot Slot) error {
 		// finished already. QEMU says which.
 		lv.log.Debug("libvirt timed out waiting for the unplug; polling QEMU", "vcpu", slot.Index, "error", le.Message)
 	case strings.Contains(err.Error(), "acpi: device unplug request for not supported device type"):
-		return fmt.Errorf("%w: QEMU refused to remove vCPU %d of %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
+		return State{}, fmt.Errorf("%w: QEMU refused to remove vCPU %d of %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
 			ErrNotUnpluggable, slot.Index, lv, err)
 	default:
-		return err
+		return State{}, err
 	}
 	return lv.waitGone(ctx, slot.Index, start)
 }
 
 // waitGone polls until the slot is empty (QEMU's view, or libvirt's with
 // LibvirtViewOnly) or UnplugTimeout has passed since start.
-func (lv *Libvirt) waitGone(ctx context.Context, id int, start time.Time) error {
+func (lv *Libvirt) waitGone(ctx context.Context, id int, start time.Time) (State, error) {
 	deadline := start.Add(lv.opts.UnplugTimeout)
 	for {
 		slots, err := lv.slots(ctx)
 		if err != nil {
-			return fmt.Errorf("hypervisor: %s: vCPU %d was being unplugged but reading state failed (re-read State): %w", lv, id, err)
+			return State{}, fmt.Errorf("hypervisor: %s: vCPU %d was being unplugged but reading state failed (re-read State): %w", lv, id, err)
 		}
 		if !slots[id].Plugged {
 			lv.log.Info("unplugged vCPU", "vcpu", id, "libvirt_in_step", !slots[id].libvirtEnabled)
-			return nil
+			return lvState(slots), nil
 		}
 		if time.Now().After(deadline) {
 			hint := "the CPU goes away if the guest finishes later, so re-read State"
 			if lv.opts.LibvirtViewOnly {
 				hint += "; under TCG libvirt never notices, so libvirt_view_only cannot confirm unplugs there"
 			}
-			return fmt.Errorf("%w: the guest of %s did not eject vCPU %d within %s; %s",
+			return State{}, fmt.Errorf("%w: the guest of %s did not eject vCPU %d within %s; %s",
 				ErrUnplugTimeout, lv, id, lv.opts.UnplugTimeout, hint)
 		}
 		select {
 		case <-time.After(libvirtPoll):
 		case <-ctx.Done():
-			return fmt.Errorf("hypervisor: %s: waiting for the guest to eject vCPU %d: %w (the unplug may still complete; re-read State)",
+			return State{}, fmt.Errorf("hypervisor: %s: waiting for the guest to eject vCPU %d: %w (the unplug may still complete; re-read State)",
 				lv, id, ctx.Err())
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -97,6 +98,11 @@ type QEMU struct {
 	// opSem serialises Plug and Unplug: two concurrent Plugs would pick
 	// the same free slot.
 	opSem chan struct{}
+
+	// lifeMu guards life, VCPULifetime's answer for the connection lifeOf.
+	lifeMu sync.Mutex
+	life   Lifetime
+	lifeOf *qmp.Client
 }
 
 var _ Hypervisor = (*QEMU)(nil)
@@ -288,11 +294,15 @@ func (q *QEMU) State(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	return qstate(slots), nil
+}
+
+func qstate(slots []qslot) State {
 	st := State{Slots: make([]Slot, len(slots))}
 	for i, s := range slots {
 		st.Slots[i] = s.Slot
 	}
-	return st, nil
+	return st
 }
 
 func (q *QEMU) state(ctx context.Context, c *qmp.Client) ([]qslot, error) {
@@ -333,18 +343,18 @@ func (q *QEMU) state(ctx context.Context, c *qmp.Client) ([]qslot, error) {
 
 // Plug device_adds a CPU into the lowest free slot, with exactly the props
 // QEMU listed for it, and returns the slot as QEMU then reports it.
-func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
+func (q *QEMU) Plug(ctx context.Context) (Slot, State, error) {
 	if err := acquire(ctx, q.opSem); err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: plug: %w", q.socket, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: plug: %w", q.socket, err)
 	}
 	defer func() { <-q.opSem }()
 	c, err := q.conn(ctx)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	slots, err := q.slots(ctx, c)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	var free *qslot
 	for i := range slots {
@@ -354,7 +364,7 @@ func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
 		}
 	}
 	if free == nil {
-		return Slot{}, fmt.Errorf("%w: all %d CPU slots of the VM at %s are plugged (raise -smp maxcpus to allow more)",
+		return Slot{}, State{}, fmt.Errorf("%w: all %d CPU slots of the VM at %s are plugged (raise -smp maxcpus to allow more)",
 			ErrNoFreeSlot, len(slots), q.socket)
 	}
 	id := deviceID(*free)
@@ -367,24 +377,24 @@ func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
 	q.log.Debug("plugging CPU", "slot", free.Index, "id", id)
 	if err := q.exec(ctx, c, "device_add", args, nil); err != nil {
 		if errors.Is(err, ErrUnavailable) {
-			return Slot{}, fmt.Errorf("%w; it was plugging CPU %s into slot %d (QEMU 10.0 under TCG aborts on the device_add that would create more vCPUs than -smp maxcpus in the VM's life, unplugged ones included: look for \"tcg_max_ctxs\" in QEMU's log)",
+			return Slot{}, State{}, fmt.Errorf("%w; it was plugging CPU %s into slot %d (QEMU 10.0 under TCG aborts on the device_add that would create more vCPUs than -smp maxcpus in the VM's life, unplugged ones included: look for \"tcg_max_ctxs\" in QEMU's log)",
 				err, id, free.Index)
 		}
-		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s into slot %d (re-read State: another client may have plugged it): %w",
+		return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s into slot %d (re-read State: another client may have plugged it): %w",
 			q.socket, id, free.Index, err)
 	}
 	after, err := q.state(ctx, c)
 	if err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was plugged but reading it back failed: %w", q.socket, id, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was plugged but reading it back failed: %w", q.socket, id, err)
 	}
 	want := "/machine/peripheral/" + id
 	for _, s := range after {
 		if s.Ref == want {
 			q.log.Info("plugged CPU", "slot", s.Index, "id", id, "apic_id", s.APICID)
-			return s.Slot, nil
+			return s.Slot, qstate(after), nil
 		}
 	}
-	return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s succeeded but query-hotpluggable-cpus does not list %s", q.socket, id, want)
+	return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s succeeded but query-hotpluggable-cpus does not list %s", q.socket, id, want)
 }
 
 // deviceDeleted is the data of QEMU's DEVICE_DELETED event.
@@ -396,21 +406,21 @@ type deviceDeleted struct {
 // Unplug asks QEMU to remove the CPU in slot and waits, up to
 // UnplugTimeout, for the guest to eject it. It confirms from QEMU that the
 // slot is free before returning nil.
-func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
+func (q *QEMU) Unplug(ctx context.Context, slot Slot) (State, error) {
 	if err := acquire(ctx, q.opSem); err != nil {
-		return fmt.Errorf("hypervisor: QEMU %s: unplug slot %d: %w", q.socket, slot.Index, err)
+		return State{}, fmt.Errorf("hypervisor: QEMU %s: unplug slot %d: %w", q.socket, slot.Index, err)
 	}
 	defer func() { <-q.opSem }()
 	if slot.Ref == "" {
-		return fmt.Errorf("%w: slot %d of the VM at %s holds no CPU", ErrNotUnpluggable, slot.Index, q.socket)
+		return State{}, fmt.Errorf("%w: slot %d of the VM at %s holds no CPU", ErrNotUnpluggable, slot.Index, q.socket)
 	}
 	c, err := q.conn(ctx)
 	if err != nil {
-		return err
+		return State{}, err
 	}
-	slots, err := q.slots(ctx, c)
+	slots, err := q.state(ctx, c)
 	if err != nil {
-		return err
+		return State{}, err
 	}
 	var cur *qslot
 	for i := range slots {
@@ -420,10 +430,10 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 	}
 	if cur == nil {
 		q.log.Debug("CPU already gone", "qom_path", slot.Ref)
-		return nil
+		return qstate(slots), nil
 	}
 	if !cur.Removable {
-		return fmt.Errorf("%w: CPU %s (slot %d) of the VM at %s was not hot-plugged; only CPUs added by device_add are removed",
+		return State{}, fmt.Errorf("%w: CPU %s (slot %d) of the VM at %s was not hot-plugged; only CPUs added by device_add are removed",
 			ErrNotUnpluggable, cur.Ref, cur.Index, q.socket)
 	}
 	ref := cur.Ref
@@ -450,13 +460,13 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 			case qe.Class == "DeviceNotFound":
 				return q.confirmGone(ctx, c, *cur)
 			case strings.HasPrefix(qe.Desc, "acpi: device unplug request for not supported device type"):
-				return fmt.Errorf("%w: QEMU %s refused device_del of CPU %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
+				return State{}, fmt.Errorf("%w: QEMU %s refused device_del of CPU %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
 					ErrNotUnpluggable, q.socket, ref, err)
 			case qe.Desc == "Boot CPU is unpluggable":
-				return fmt.Errorf("%w: QEMU %s: CPU %s is the boot CPU: %v", ErrNotUnpluggable, q.socket, ref, err)
+				return State{}, fmt.Errorf("%w: QEMU %s: CPU %s is the boot CPU: %v", ErrNotUnpluggable, q.socket, ref, err)
 			}
 		}
-		return fmt.Errorf("hypervisor: QEMU %s: device_del CPU %s (slot %d): %w", q.socket, ref, cur.Index, err)
+		return State{}, fmt.Errorf("hypervisor: QEMU %s: device_del CPU %s (slot %d): %w", q.socket, ref, cur.Index, err)
 	}
 
 	timer := time.NewTimer(q.opts.UnplugTimeout)
@@ -464,15 +474,15 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 	select {
 	case ev, ok := <-sub.C():
 		if !ok {
-			return fmt.Errorf("%w: QEMU %s went away while CPU %s was being unplugged (re-read State when it is back): %v",
+			return State{}, fmt.Errorf("%w: QEMU %s went away while CPU %s was being unplugged (re-read State when it is back): %v",
 				ErrUnavailable, q.socket, ref, c.Err())
 		}
 		q.log.Debug("guest ejected CPU", "qom_path", ref, "device_deleted", string(ev.Data))
 	case <-timer.C:
-		return fmt.Errorf("%w: the guest of the VM at %s did not eject CPU %s (slot %d) within %s; QEMU removes it if the guest finishes later, so re-read State",
+		return State{}, fmt.Errorf("%w: the guest of the VM at %s did not eject CPU %s (slot %d) within %s; QEMU removes it if the guest finishes later, so re-read State",
 			ErrUnplugTimeout, q.socket, ref, cur.Index, q.opts.UnplugTimeout)
 	case <-ctx.Done():
-		return fmt.Errorf("hypervisor: QEMU %s: waiting for the guest to eject CPU %s: %w (the unplug may still complete; re-read State)",
+		return State{}, fmt.Errorf("hypervisor: QEMU %s: waiting for the guest to eject CPU %s: %w (the unplug may still complete; re-read State)",
 			q.socket, ref, ctx.Err())
 	}
 	return q.confirmGone(ctx, c, *cur)
@@ -481,12 +491,12 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 // confirmGone checks that QEMU lists the slot as free. QEMU frees the slot
 // before it sends DEVICE_DELETED, so one look normally suffices; a few short
 // retries cover a QEMU that orders them differently.
-func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) error {
+func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) (State, error) {
 	const tries = 5
 	for i := 0; ; i++ {
-		slots, err := q.slots(ctx, c)
+		slots, err := q.state(ctx, c)
 		if err != nil {
-			return fmt.Errorf("hypervisor: QEMU %s: CPU %s was unplugged but reading state failed: %w", q.socket, want.Ref, err)
+			return State{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was unplugged but reading state failed: %w", q.socket, want.Ref, err)
 		}
 		free := true
 		for _, s := range slots {
@@ -496,16 +506,16 @@ func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) error
 		}
 		if free {
 			q.log.Info("unplugged CPU", "slot", want.Index, "qom_path", want.Ref)
-			return nil
+			return qstate(slots), nil
 		}
 		if i == tries-1 {
-			return fmt.Errorf("hypervisor: QEMU %s: guest ejected CPU %s but QEMU still lists it in slot %d; re-read State",
+			return State{}, fmt.Errorf("hypervisor: QEMU %s: guest ejected CPU %s but QEMU still lists it in slot %d; re-read State",
 				q.socket, want.Ref, want.Index)
 		}
 		select {
 		case <-time.After(20 * time.Millisecond):
 		case <-ctx.Done():
-			return fmt.Errorf("hypervisor: QEMU %s: confirming CPU %s is gone: %w", q.socket, want.Ref, ctx.Err())
+			return State{}, fmt.Errorf("hypervisor: QEMU %s: confirming CPU %s is gone: %w", q.socket, want.Ref, ctx.Err())
 		}
 	}
 }
