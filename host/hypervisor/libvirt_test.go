@@ -735,7 +735,7 @@ func FuzzParseLibvirtVCPUs(f *testing.F) {
 			t.Fatalf("%d vCPUs", len(vcpus))
 		}
 		for i, v := range vcpus {
-			if v.id != i || len(v.topo) != len(lvTopoKeys) {
+			if v.id != i || len(v.topo) != len(topoKeys) {
 				t.Fatalf("vCPU %d = %+v", i, v)
 			}
 		}

@@ -143,7 +143,7 @@ func (lv *Libvirt) VCPULifetime(ctx context.Context) (Lifetime, error) {
 			kvm.Enabled = c.kvm
 			return nil
 		}
-		return lv.monitor(c, "query-kvm", nil, &kvm)
+		return lvMonitor{c}.Execute(ctx, "query-kvm", nil, &kvm)
 	}); err != nil {
 		return Lifetime{}, err
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -187,102 +186,6 @@ func (q *QEMU) Close() error {
 	return nil
 }
 
-// hotpluggableCPU is one entry of query-hotpluggable-cpus.
-type hotpluggableCPU struct {
-	Type       string                     `json:"type"`
-	VCPUsCount int                        `json:"vcpus-count"`
-	QOMPath    string                     `json:"qom-path"`
-	Props      map[string]json.RawMessage `json:"props"`
-}
-
-// qslot is a Slot with what Plug and Unplug need to address it in QEMU.
-type qslot struct {
-	Slot
-	cpuType string
-	// props are QEMU's, verbatim, to hand back to device_add.
-	props map[string]json.RawMessage
-	topo  []int64 // sort key, in topoKeys order
-}
-
-// topoKeys orders slots, outermost level first, as QEMU's CPU topology
-// does: x86 uses socket/die/module/core/thread (module-id since QEMU 9,
-// listed only with -smp modules > 1); cluster-id (QEMU 7.0+ on other
-// machines) sits between die and module. A level missing from a slot's
-// props counts as 0.
-var topoKeys = []string{"socket-id", "die-id", "cluster-id", "module-id", "core-id", "thread-id"}
-
-// idPrefixes name the parts of a device id we derive from props.
-var idPrefixes = map[string]string{"socket-id": "s", "die-id": "d", "cluster-id": "cl", "module-id": "m", "core-id": "c", "thread-id": "t"}
-
-// slots reads QEMU's CPU slots, ordered by topology so index 0 is the boot
-// CPU. It does not fill APICID or ThreadID.
-func (q *QEMU) slots(ctx context.Context, c *qmp.Client) ([]qslot, error) {
-	var cpus []hotpluggableCPU
-	if err := q.exec(ctx, c, "query-hotpluggable-cpus", nil, &cpus); err != nil {
-		return nil, fmt.Errorf("hypervisor: QEMU %s: query-hotpluggable-cpus: %w", q.socket, err)
-	}
-	out := make([]qslot, 0, len(cpus))
-	for _, cpu := range cpus {
-		if cpu.VCPUsCount != 1 {
-			return nil, fmt.Errorf("hypervisor: QEMU %s: slot of type %s holds %d vCPUs; only machines with one vCPU per slot (x86) are supported",
-				q.socket, cpu.Type, cpu.VCPUsCount)
-		}
-		s := qslot{cpuType: cpu.Type, props: cpu.Props}
-		for _, k := range topoKeys {
-			v := int64(0)
-			if raw, ok := cpu.Props[k]; ok {
-				if err := json.Unmarshal(raw, &v); err != nil {
-					return nil, fmt.Errorf("hypervisor: QEMU %s: query-hotpluggable-cpus: %s is %s, want an integer", q.socket, k, raw)
-				}
-			}
-			s.topo = append(s.topo, v)
-		}
-		s.Plugged = cpu.QOMPath != ""
-		s.Ref = cpu.QOMPath
-		s.Removable = hotplugged(cpu.QOMPath)
-		s.APICID = -1
-		out = append(out, s)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].topo, out[j].topo
-		for k := range a {
-			if a[k] != b[k] {
-				return a[k] < b[k]
-			}
-		}
-		return false
-	})
-	for i := range out {
-		out[i].Index = i
-	}
-	return out, nil
-}
-
-// hotplugged reports whether a CPU was created by device_add: QEMU puts
-// those under /machine/peripheral (with an id) or /machine/peripheral-anon.
-func hotplugged(qomPath string) bool {
-	return strings.HasPrefix(qomPath, "/machine/peripheral/") || strings.HasPrefix(qomPath, "/machine/peripheral-anon/")
-}
-
-// deviceID is the id Plug gives the CPU in a slot: stable across restarts
-// of the actuator, so a CPU we plugged is recognisable, e.g. hpcpu-s0-c1-t0.
-func deviceID(s qslot) string {
-	var b strings.Builder
-	b.WriteString("hpcpu")
-	for i, k := range topoKeys {
-		if _, ok := s.props[k]; ok {
-			fmt.Fprintf(&b, "-%s%d", idPrefixes[k], s.topo[i])
-		}
-	}
-	return b.String()
-}
-
-// cpuFast is one entry of query-cpus-fast.
-type cpuFast struct {
-	QOMPath  string `json:"qom-path"`
-	ThreadID int    `json:"thread-id"`
-}
-
 // State reads the VM's CPU slots: query-hotpluggable-cpus for the slots,
 // query-cpus-fast for host thread ids, qom-get apic-id for each plugged CPU.
 func (q *QEMU) State(ctx context.Context) (State, error) {
@@ -306,39 +209,31 @@ func qstate(slots []qslot) State {
 }
 
 func (q *QEMU) state(ctx context.Context, c *qmp.Client) ([]qslot, error) {
-	slots, err := q.slots(ctx, c)
+	slots, err := readState(ctx, qemuMonitor{q, c}, q.log)
 	if err != nil {
-		return nil, err
-	}
-	var fast []cpuFast
-	if err := q.exec(ctx, c, "query-cpus-fast", nil, &fast); err != nil {
-		return nil, fmt.Errorf("hypervisor: QEMU %s: query-cpus-fast: %w", q.socket, err)
-	}
-	threads := make(map[string]int, len(fast))
-	for _, f := range fast {
-		threads[f.QOMPath] = f.ThreadID
-	}
-	for i := range slots {
-		s := &slots[i]
-		if !s.Plugged {
-			continue
-		}
-		s.ThreadID = threads[s.Ref]
-		var apic int
-		err := q.exec(ctx, c, "qom-get", map[string]string{"path": s.Ref, "property": "apic-id"}, &apic)
-		var qe *qmp.Error
-		switch {
-		case err == nil:
-			s.APICID = apic
-		case errors.As(err, &qe) && qe.Class == "DeviceNotFound":
-			// Unplugged between the two queries: report what QEMU said
-			// first, with the APIC id unknown.
-			q.log.Debug("CPU vanished while reading state", "qom_path", s.Ref)
-		default:
-			return nil, fmt.Errorf("hypervisor: QEMU %s: qom-get %s apic-id: %w", q.socket, s.Ref, err)
-		}
+		return nil, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
 	}
 	return slots, nil
+}
+
+// slots reads QEMU's CPU slots, ordered by topology so index 0 is the boot
+// CPU. It does not fill APICID or ThreadID.
+func (q *QEMU) slots(ctx context.Context, c *qmp.Client) ([]qslot, error) {
+	slots, err := readSlots(ctx, qemuMonitor{q, c})
+	if err != nil {
+		return nil, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
+	}
+	return slots, nil
+}
+
+// qemuMonitor runs QMP commands on a QEMU's own socket.
+type qemuMonitor struct {
+	q *QEMU
+	c *qmp.Client
+}
+
+func (m qemuMonitor) Execute(ctx context.Context, cmd string, args, result any) error {
+	return m.q.exec(ctx, m.c, cmd, args, result)
 }
 
 // Plug device_adds a CPU into the lowest free slot, with exactly the props
