@@ -307,3 +307,22 @@ func TestLoopTransitions(t *testing.T) {
 func testLogger(t *testing.T) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}})
 }
+
+// Plugged and PluggedAPICIDs make memHyp a fakeguest.Machine.
+func (h *memHyp) Plugged() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stateLocked().Plugged()
+}
+
+func (h *memHyp) PluggedAPICIDs() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []int
+	for i, p := range h.plugged {
+		if p {
+			out = append(out, i)
+		}
+	}
+	return out
+}

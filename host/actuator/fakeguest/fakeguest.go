@@ -24,7 +24,7 @@ import (
 // Guest is one fake guest.
 type Guest struct {
 	mu            sync.Mutex
-	qmp           *qmptest.Server
+	qmp           Machine
 	online        proto.CPUSet
 	demand        float64
 	refuseOnline  bool
@@ -37,10 +37,22 @@ type Guest struct {
 	// failOnline and failOffline are CPUs the guest cannot bring online or
 	// take offline (-1: none).
 	failOnline, failOffline int
+	// noWall leaves reports undated: inside a synctest bubble the clock
+	// reads 2000, which the actuator refuses as no clock at all.
+	noWall bool
 }
 
+// Machine is the hypervisor side a fake guest sees: which CPUs are
+// plugged. A *qmptest.Server is one; an in-memory hypervisor another.
+type Machine interface {
+	Plugged() int
+	PluggedAPICIDs() []int
+}
+
+var _ Machine = (*qmptest.Server)(nil)
+
 // New returns a guest whose boot CPUs (those plugged in qmp now) are online.
-func New(qmp *qmptest.Server) *Guest {
+func New(qmp Machine) *Guest {
 	g := &Guest{qmp: qmp, received: make(chan struct{}, 64), failOnline: -1, failOffline: -1}
 	for i := 0; i < qmp.Plugged(); i++ {
 		g.online.Add(i)
@@ -55,6 +67,11 @@ func (g *Guest) SetFailOnline(cpu int) { g.mu.Lock(); g.failOnline = cpu; g.mu.U
 // SetFailOffline makes the guest refuse to offline cpu (-1: none), as a CPU
 // with tasks pinned to it.
 func (g *Guest) SetFailOffline(cpu int) { g.mu.Lock(); g.failOffline = cpu; g.mu.Unlock() }
+
+// SetNoWallClock makes the guest send its reports without a wall-clock
+// time (as an agent that cannot read one), for tests on synctest's fake
+// clock, which starts in 2000.
+func (g *Guest) SetNoWallClock() { g.mu.Lock(); g.noWall = true; g.mu.Unlock() }
 
 // SetDemand sets the CPUs' worth of work the guest wants; beyond its online
 // CPUs the rest is reported as runnable tasks waiting (run delay).
@@ -82,7 +99,7 @@ func (g *Guest) Received() <-chan struct{} { return g.received }
 func (g *Guest) SetOnline(s proto.CPUSet) { g.mu.Lock(); g.online = s.Clone(); g.mu.Unlock() }
 
 // SetQMP rewires the guest to another qmptest VM (a restarted QEMU).
-func (g *Guest) SetQMP(s *qmptest.Server) { g.mu.Lock(); g.qmp = s; g.mu.Unlock() }
+func (g *Guest) SetQMP(s Machine) { g.mu.Lock(); g.qmp = s; g.mu.Unlock() }
 
 // Commands returns the commands received so far.
 func (g *Guest) Commands() []proto.Command {
@@ -212,10 +229,14 @@ func (g *Guest) Session(ctx context.Context, conn net.Conn, interval time.Durati
 func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
 	present, online := g.Sets()
 	g.mu.Lock()
-	demand, app := g.demand, g.app
+	demand, app, noWall := g.demand, g.app, g.noWall
 	g.mu.Unlock()
 	now := time.Now().UnixNano()
-	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: now, IntervalNanos: int64(interval),
+	wall := now
+	if noWall {
+		wall = 0
+	}
+	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: wall, IntervalNanos: int64(interval),
 		Online: online, Present: present, MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, Load1: demand}
 	n := float64(max(online.Len(), 1))
 	busy := min(demand, n)
