@@ -12,18 +12,26 @@ import (
 	"github.com/hotplugheaven/hotplug/host/qmp/qmptest"
 )
 
+// pausedAndConnected pauses ctl (so only operator targets act) once its
+// agent has reported, and returns a context for the test's calls.
+func pausedAndConnected(t *testing.T, ctl *VM) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := ctl.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	return ctx
+}
+
 // TestBatchScaleUpFailingMiddleCPU: 1→4 plugs three slots and asks the
 // guest once to online them; the guest cannot online the middle one
 // (cpu2), which alone is unplugged again; the other two are confirmed.
 func TestBatchScaleUpFailingMiddleCPU(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1"})
 	vm, ctl := r.vms[0], r.act.VM("vm1")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	ctx := pausedAndConnected(t, ctl)
 	vm.guest.SetFailOnline(2)
 	if err := ctl.SetVCPUs(ctx, 4); err == nil {
 		t.Fatal("set-vcpus 4 reported success with a CPU that cannot come online")
@@ -58,12 +66,7 @@ func TestBatchScaleUpFailingMiddleCPU(t *testing.T) {
 func TestBatchScaleDownFailingMiddleCPU(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1"})
 	vm, ctl := r.vms[0], r.act.VM("vm1")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	ctx := pausedAndConnected(t, ctl)
 	if err := ctl.SetVCPUs(ctx, 4); err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +101,7 @@ func TestBatchScaleDownFailingMiddleCPU(t *testing.T) {
 func TestBatchScaleDownUnplugFailureRollsBackThatCPU(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1", unplugTimeout: time.Second})
 	vm, ctl := r.vms[0], r.act.VM("vm1")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	ctx := pausedAndConnected(t, ctl)
 	if err := ctl.SetVCPUs(ctx, 4); err != nil {
 		t.Fatal(err)
 	}
@@ -133,12 +131,7 @@ func TestBatchScaleDownUnplugFailureRollsBackThatCPU(t *testing.T) {
 func TestConcurrentPolicyUpdates(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1"})
 	vm, ctl := r.vms[0], r.act.VM("vm1")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	ctx := pausedAndConnected(t, ctl)
 	vm.guest.SetCommandDelay(time.Second)
 	done := make(chan error, 1)
 	go func() { done <- ctl.SetVCPUs(ctx, 2) }()

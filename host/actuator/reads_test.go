@@ -1,9 +1,7 @@
 package actuator
 
 import (
-	"context"
 	"testing"
-	"time"
 )
 
 // TestHypervisorReadsPerPlug counts the QMP commands a 1→4 scale-up
@@ -13,12 +11,7 @@ import (
 func TestHypervisorReadsPerPlug(t *testing.T) {
 	r := newRig(t, 0, vmSpec{name: "vm1"})
 	vm, ctl := r.vms[0], r.act.VM("vm1")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	ctx := pausedAndConnected(t, ctl)
 	before := len(vm.qmp.Requests())
 	if err := ctl.SetVCPUs(ctx, 4); err != nil {
 		t.Fatal(err)
