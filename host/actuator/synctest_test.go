@@ -1,9 +1,11 @@
 package actuator
 
 import (
+	"cmp"
 	"context"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -13,50 +15,83 @@ import (
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
 
-// memRig is a whole actuator over an in-memory hypervisor and a fake
-// guest on an in-memory pipe, for tests inside a synctest bubble: the
-// VM's goroutines, its timers and the guest's all run on fake time, so
-// waits of seconds or minutes take none and happen in one order.
+// memRig is a whole actuator over in-memory hypervisors and fake guests
+// on in-memory pipes, for tests inside a synctest bubble: the VMs'
+// goroutines, their timers and the guests' all run on fake time, so waits
+// of seconds or minutes take none and happen in one order.
 type memRig struct {
-	hyp    *memHyp
-	guest  *fakeguest.Guest
-	act    *Actuator
-	path   string
-	cancel context.CancelFunc
-	done   chan struct{}
+	vms  []*memVM
+	act  *Actuator
+	path string
 }
 
-func newMemRig(t *testing.T) *memRig {
-	r := &memRig{hyp: newMemHyp(4, 1), path: filepath.Join(t.TempDir(), "events.jsonl"), done: make(chan struct{})}
+type memVM struct {
+	name  string
+	hyp   *memHyp
+	guest *fakeguest.Guest
+	ch    *fakeguest.PipeChannel
+	// run starts the guest's agent (done by newMemRig unless noGuest).
+	run func()
+}
+
+type memSpec struct {
+	name        string
+	slots, boot int // default 4 and 1
+	policy      func(*engine.Policy)
+	noGuest     bool
+}
+
+// newMemRig must be called inside the bubble. Its cleanup stops the
+// actuator and every guest: a bubble must end with no goroutine left.
+func newMemRig(t *testing.T, budget int, specs ...memSpec) *memRig {
+	if len(specs) == 0 {
+		specs = []memSpec{{name: "vm1"}}
+	}
+	r := &memRig{path: filepath.Join(t.TempDir(), "events.jsonl")}
 	events, err := eventlog.Open(r.path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := fakeguest.NewPipeChannel()
-	r.guest = fakeguest.New(r.hyp)
-	r.guest.SetNoWallClock()
-	if r.act, err = New([]VMConfig{{Name: "vm1", Policy: fastPolicy(), Channel: ch, Hypervisor: r.hyp}},
-		events, 0, testLogger(t)); err != nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	var guests sync.WaitGroup
+	var cfgs []VMConfig
+	for _, sp := range specs {
+		slots, boot := cmp.Or(sp.slots, 4), cmp.Or(sp.boot, 1)
+		v := &memVM{name: sp.name, hyp: newMemHyp(slots, boot), ch: fakeguest.NewPipeChannel()}
+		v.guest = fakeguest.New(v.hyp)
+		v.guest.SetNoWallClock()
+		v.run = func() { guests.Go(func() { v.guest.Run(ctx, v.ch.Dial, interval) }) }
+		p := fastPolicy()
+		if sp.policy != nil {
+			sp.policy(&p)
+		}
+		cfgs = append(cfgs, VMConfig{Name: sp.name, Policy: p, Channel: v.ch, Hypervisor: v.hyp,
+			CommandTimeout: 5 * time.Second, RecheckInterval: 300 * time.Millisecond, AgentTimeout: 300 * time.Millisecond})
+		r.vms = append(r.vms, v)
+	}
+	if r.act, err = New(cfgs, events, budget, testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	go func() { r.act.Run(ctx); close(r.done) }()
-	guestDone := make(chan struct{})
-	go func() { r.guest.Run(ctx, ch.Dial, interval); close(guestDone) }()
-	// Every goroutine of the bubble must be gone when it ends: wait for
-	// the guest too (a delayed command still sleeps, in fake time).
-	t.Cleanup(func() { cancel(); <-r.done; <-guestDone; events.Close() })
+	done := make(chan struct{})
+	go func() { r.act.Run(ctx); close(done) }()
+	for i, v := range r.vms {
+		if !specs[i].noGuest {
+			v.run()
+		}
+	}
+	t.Cleanup(func() { cancel(); <-done; guests.Wait(); events.Close() })
 	return r
 }
 
-func (r *memRig) events(t *testing.T) []eventlog.Event {
-	evs, _, err := eventlog.ReadFile(r.path, eventlog.Filter{VM: "vm1"})
+func (r *memRig) eventsOf(t *testing.T, vm string) []eventlog.Event {
+	evs, _, err := eventlog.ReadFile(r.path, eventlog.Filter{VM: vm})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return evs
 }
+
+func (r *memRig) events(t *testing.T) []eventlog.Event { return r.eventsOf(t, "vm1") }
 
 // until advances fake time an interval at a time until cond holds.
 func until(t *testing.T, limit time.Duration, what string, cond func() bool) {
@@ -74,9 +109,9 @@ func until(t *testing.T, limit time.Duration, what string, cond func() bool) {
 func TestRunInFakeTime(t *testing.T) {
 	t.Run("1→4 in one batch", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			r := newMemRig(t)
-			r.guest.SetDemand(3)
-			until(t, time.Minute, "scale-up to 4", func() bool { return r.hyp.Plugged() == 4 && len(r.events(t)) > 0 })
+			r := newMemRig(t, 0)
+			r.vms[0].guest.SetDemand(3)
+			until(t, time.Minute, "scale-up to 4", func() bool { return r.vms[0].hyp.Plugged() == 4 && len(r.events(t)) > 0 })
 			ev := r.events(t)[0]
 			if stepNames(ev) != "plug,plug,plug,online,confirm" || ev.Outcome != eventlog.OutcomeOK || ev.Result != 4 {
 				t.Fatalf("event %+v", ev)
@@ -91,35 +126,35 @@ func TestRunInFakeTime(t *testing.T) {
 
 	t.Run("an agent that never answers: the command times out and every CPU is rolled back", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			r := newMemRig(t)
-			r.guest.SetCommandDelay(45 * time.Second) // past the 30 s command timeout
-			r.guest.SetDemand(3)
+			r := newMemRig(t, 0)
+			r.vms[0].guest.SetCommandDelay(45 * time.Second) // past the 5 s command timeout
+			r.vms[0].guest.SetDemand(3)
 			until(t, 2*time.Minute, "a rolled-back scale-up", func() bool {
 				evs := r.events(t)
 				return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
 			})
 			ev := r.events(t)[0]
 			if stepNames(ev) != "plug,plug,plug,online,rollback_unplug,rollback_unplug,rollback_unplug" ||
-				!strings.Contains(ev.Steps[3].Error, "did not answer command") || r.hyp.Plugged() != 1 {
-				t.Fatalf("event %+v, plugged %d", ev, r.hyp.Plugged())
+				!strings.Contains(ev.Steps[3].Error, "did not answer command") || r.vms[0].hyp.Plugged() != 1 {
+				t.Fatalf("event %+v, plugged %d", ev, r.vms[0].hyp.Plugged())
 			}
-			// The command timeout (30 s) passed in fake time, exactly.
-			if d := time.Duration(ev.Steps[3].DurationMS * float64(time.Millisecond)); d != 30*time.Second {
-				t.Fatalf("online step took %v, want the 30 s command timeout", d)
+			// The command timeout (5 s) passed in fake time, exactly.
+			if d := time.Duration(ev.Steps[3].DurationMS * float64(time.Millisecond)); d != 5*time.Second {
+				t.Fatalf("online step took %v, want the 5 s command timeout", d)
 			}
 		})
 	})
 
 	t.Run("pause and policy are served while an action waits for the agent", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			r := newMemRig(t)
+			r := newMemRig(t, 0)
 			ctl := r.act.VM("vm1")
-			r.guest.SetCommandDelay(10 * time.Second)
+			r.vms[0].guest.SetCommandDelay(3 * time.Second) // within the 5 s command timeout
 			ctx := context.Background()
 			until(t, time.Minute, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
 			done := make(chan error, 1)
 			go func() { done <- ctl.SetVCPUs(ctx, 3) }()
-			<-r.guest.Received()
+			<-r.vms[0].guest.Received()
 			start := time.Now()
 			if err := ctl.Pause(ctx); err != nil {
 				t.Fatal(err)
@@ -136,7 +171,7 @@ func TestRunInFakeTime(t *testing.T) {
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			if time.Since(start) < 10*time.Second {
+			if time.Since(start) < 3*time.Second {
 				t.Fatal("the action ended before the guest answered")
 			}
 		})
