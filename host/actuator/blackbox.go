@@ -189,11 +189,12 @@ func (c *cpuResource) plugBlind(ctx context.Context, a *action) {
 // to roll back.
 func (c *cpuResource) unplugBlind(ctx context.Context, a *action) {
 	l, v := c.l, c.l.vm
+	// One read of the state; after that, each Unplug returns it.
+	if !l.hv.refresh(ctx) {
+		a.fail(a.rec.step("unplug", time.Now(), fmt.Errorf("hypervisor unreachable")))
+		return
+	}
 	for a.err == nil && l.hv.current > a.d.To {
-		if !l.hv.refresh(ctx) {
-			a.fail(a.rec.step("unplug", time.Now(), fmt.Errorf("hypervisor unreachable")))
-			return
-		}
 		var victim *hypervisor.Slot
 		for i := range l.hv.state.Slots {
 			if s := l.hv.state.Slots[i]; s.Plugged && s.Removable && (victim == nil || s.Index > victim.Index) {

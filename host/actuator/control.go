@@ -91,7 +91,11 @@ func (l *loop) control(ctx context.Context, c control) {
 		c.reply <- l.setPolicy(c.update)
 	case "pause", "resume":
 		l.paused = c.kind == "pause"
-		l.vm.log.Info("scaling " + map[bool]string{true: "paused", false: "resumed"}[l.paused] + " by operator")
+		if l.paused {
+			l.vm.log.Info("scaling paused by operator")
+		} else {
+			l.vm.log.Info("scaling resumed by operator")
+		}
 		l.vm.publish(func(s *Status) { s.Paused = l.paused })
 		c.reply <- nil
 	case "vcpus":
