@@ -1,6 +1,8 @@
 // Package hypervisor defines how the actuator changes a VM's vCPUs on the
 // host. Each hypervisor (QEMU over QMP, libvirt, VirtualBox) is one file
-// implementing Hypervisor.
+// implementing Hypervisor. The two that reach QEMU share one model of its
+// CPU slots (qemumodel.go), run over a qmp.Executor: QEMU's own QMP socket,
+// or libvirt's monitor passthrough.
 //
 // Implementations report what the hypervisor says, never what the caller
 // asked for: the actuator relies on State to learn the truth after a restart
