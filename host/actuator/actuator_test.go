@@ -116,7 +116,7 @@ func run(act *Actuator, guest *fakeguest.Guest, ch *fakeguest.PipeChannel) (stop
 	return func() { cancel(); <-done }
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))

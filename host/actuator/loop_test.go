@@ -82,7 +82,7 @@ func (h *memHyp) Close() error { return nil }
 // timers, no agent goroutine; what the agent would answer is fed in as
 // events, so every transition is deterministic.
 type loopRig struct {
-	t      *testing.T
+	t      testing.TB
 	l      *loop
 	hyp    *memHyp
 	sess   *session
@@ -91,7 +91,7 @@ type loopRig struct {
 	events *eventlog.Log
 }
 
-func newLoopRig(t *testing.T, slots, boot int) *loopRig {
+func newLoopRig(t testing.TB, slots, boot int) *loopRig {
 	t.Helper()
 	r := &loopRig{t: t, hyp: newMemHyp(slots, boot), cmds: make(chan proto.Message, 16),
 		path: filepath.Join(t.TempDir(), "events.jsonl")}
@@ -304,7 +304,7 @@ func TestLoopTransitions(t *testing.T) {
 	})
 }
 
-func testLogger(t *testing.T) hclog.Logger {
+func testLogger(t testing.TB) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}})
 }
 
