@@ -349,7 +349,7 @@ func TestRunQueueLatencyInGuest(t *testing.T) {
 	// Registered after the VM's cleanup, so it runs first: QEMU serves one
 	// client per QMP socket and Stop needs this one.
 	t.Cleanup(func() { q.Close() })
-	if _, err := q.Plug(ctx); err != nil {
+	if _, _, err := q.Plug(ctx); err != nil {
 		t.Fatal(err)
 	}
 	g.waitFor(ctx, t, "ls /sys/devices/system/cpu/cpu1/", "online", 30*time.Second)

@@ -6,6 +6,42 @@
 //
 // It decides nothing itself (that is the engine) and speaks no hypervisor
 // protocol itself (that is the hypervisor package).
+//
+// # Who runs what
+//
+// Per VM there are two goroutines. The agent connection (agentConn, conn.go)
+// accepts the VM's channel, does the Hello and turns frames into events on
+// the VM's inbox; it holds no VM state. The VM loop (loop, loop.go) owns
+// everything else: the session in use, the hypervisor view (hvView), the
+// resources and the action in flight. It is a state machine:
+//
+//	idle ──decide──▶ acting ──Ack──▶ confirming ──report──▶ idle
+//	  ▲                 │  (timeout, lost agent:    │
+//	  └─────────────────┴── rollback steps) ◀───────┘
+//
+// The hypervisor steps of an action (plug, unplug) run at once on the loop;
+// only the waits for the guest are states, so the loop never nests: while
+// acting or confirming it still reads reports (they feed the engines but
+// start nothing) and operator controls (pause, resume and policy apply at
+// once; set-vcpus waits its turn). VM's exported methods only read the
+// published Status or send a request to the loop.
+//
+// # Resources
+//
+// What is scaled sits behind the resource interface (resource.go): observe
+// a sample, decide, start an action whose steps return what they wait for
+// next, reconcile after a (re)connect, and end the action. cpuResource
+// (cpu.go) is the only one. Memory (virtio-mem) will be a second resource in
+// the same loop: its observe takes the report's memory figures, decide asks
+// a memory engine, and start sets requested-size through the hypervisor and
+// returns a confirming wait for the guest's plugged size; the loop's
+// one-action-at-a-time rule keeps a CPU and a memory action from
+// interleaving, and decide asks the resources in order, so CPU can take
+// precedence. A live migration will be a loop state of its own (migrating),
+// entered only from idle: while in it the loop keeps reading reports and
+// controls but asks no resource to decide, so both CPU and memory pause, and
+// on leaving it the loop reconciles each resource against the destination's
+// hypervisor state, as it does after an actuator restart.
 package actuator
 
 import (
@@ -14,6 +50,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
 

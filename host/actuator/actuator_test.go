@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -115,7 +116,7 @@ func run(act *Actuator, guest *fakeguest.Guest, ch *fakeguest.PipeChannel) (stop
 	return func() { cancel(); <-done }
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
@@ -151,57 +152,65 @@ func stepNames(ev eventlog.Event) string {
 }
 
 func TestScaleUpThenDown(t *testing.T) {
-	r := newRig(t, 0, vmSpec{name: "vm1"})
-	vm := r.vms[0]
-	vm.guest.SetDemand(2) // two busy loops on one vCPU
-	waitFor(t, 10*time.Second, "scale-up to 3 (ceil(2/0.7))", func() bool { return vm.qmp.Plugged() == 3 && vm.guest.OnlineCount() == 3 })
+	// On fake time over an in-memory hypervisor: see memRig.
+	synctest.Test(t, func(t *testing.T) {
+		r := newMemRig(t, 0, memSpec{name: "vm1"})
+		vm := r.vms[0]
+		vm.guest.SetDemand(2) // two busy loops on one vCPU
+		waitFor(t, 10*time.Second, "scale-up to 3 (ceil(2/0.7))", func() bool { return vm.hyp.Plugged() == 3 && vm.guest.OnlineCount() == 3 })
 
-	vm.guest.SetDemand(0.05)
-	waitFor(t, 15*time.Second, "scale-down to 1", func() bool { return vm.qmp.Plugged() == 1 && len(r.eventsOf("vm1")) == 3 })
-	if vm.guest.OnlineCount() != 1 {
-		t.Fatalf("guest has %d online after scale-down", vm.guest.OnlineCount())
-	}
+		vm.guest.SetDemand(0.05)
+		waitFor(t, 15*time.Second, "scale-down to 1", func() bool { return vm.hyp.Plugged() == 1 && len(r.eventsOf(t, "vm1")) == 3 })
+		if vm.guest.OnlineCount() != 1 {
+			t.Fatalf("guest has %d online after scale-down", vm.guest.OnlineCount())
+		}
 
-	evs := r.eventsOf("vm1")
-	if len(evs) < 3 {
-		t.Fatalf("want a scale-up and two scale-downs, got %+v", evs)
-	}
-	up := evs[0]
-	if up.Kind != "scale_up" || up.From != 1 || up.To != 3 || up.Result != 3 || up.Outcome != eventlog.OutcomeOK ||
-		up.Rule != engine.RuleHotspot || stepNames(up) != "plug,online,confirm,plug,online,confirm" {
-		t.Fatalf("scale-up event: %+v", up)
-	}
-	if !strings.Contains(string(up.Signals), `"utilisation"`) || !strings.Contains(up.Reason, "samples above") {
-		t.Fatalf("event lacks the signals behind it: %s / %s", up.Signals, up.Reason)
-	}
-	down := evs[len(evs)-1]
-	if down.Kind != "scale_down" || down.Result != 1 || down.Outcome != eventlog.OutcomeOK || stepNames(down) != "offline,unplug" ||
-		down.Rule != engine.RuleSustainedLow {
-		t.Fatalf("last scale-down event: %+v", down)
-	}
+		evs := r.eventsOf(t, "vm1")
+		if len(evs) < 3 {
+			t.Fatalf("want a scale-up and two scale-downs, got %+v", evs)
+		}
+		up := evs[0]
+		if up.Kind != "scale_up" || up.From != 1 || up.To != 3 || up.Result != 3 || up.Outcome != eventlog.OutcomeOK ||
+			up.Rule != engine.RuleHotspot || stepNames(up) != "plug,plug,online,confirm" {
+			t.Fatalf("scale-up event: %+v", up)
+		}
+		if !strings.Contains(string(up.Signals), `"utilisation"`) || !strings.Contains(up.Reason, "samples above") {
+			t.Fatalf("event lacks the signals behind it: %s / %s", up.Signals, up.Reason)
+		}
+		down := evs[len(evs)-1]
+		if down.Kind != "scale_down" || down.Result != 1 || down.Outcome != eventlog.OutcomeOK || stepNames(down) != "offline,unplug" ||
+			down.Rule != engine.RuleSustainedLow {
+			t.Fatalf("last scale-down event: %+v", down)
+		}
+	})
 }
 
 // TestOnlineFailureRollsBack: a CPU the guest cannot online is unplugged
 // again, never left plugged but offline.
 func TestOnlineFailureRollsBack(t *testing.T) {
-	r := newRig(t, 0, vmSpec{name: "vm1"})
-	vm := r.vms[0]
-	vm.guest.SetDemand(2)
-	vm.guest.SetRefuseOnline(true)
-	waitFor(t, 10*time.Second, "a rolled-back scale-up", func() bool {
-		evs := r.eventsOf("vm1")
-		return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
+	// On fake time over an in-memory hypervisor: see memRig.
+	synctest.Test(t, func(t *testing.T) {
+		r := newMemRig(t, 0, memSpec{name: "vm1"})
+		vm := r.vms[0]
+		vm.guest.SetDemand(2)
+		vm.guest.SetRefuseOnline(true)
+		waitFor(t, 10*time.Second, "a rolled-back scale-up", func() bool {
+			evs := r.eventsOf(t, "vm1")
+			return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
+		})
+		ev := r.eventsOf(t, "vm1")[0]
+		// Both CPUs of the batch are plugged and onlined in one command; each
+		// is rolled back on its own.
+		if stepNames(ev) != "plug,plug,online,rollback_unplug,rollback_unplug" || ev.Result != 1 || vm.hyp.Plugged() != 1 {
+			t.Fatalf("rollback event %+v, plugged %d", ev, vm.hyp.Plugged())
+		}
+		if ev.Steps[2].OK || !strings.Contains(ev.Steps[2].Error, "input/output error") {
+			t.Fatalf("online step should carry the guest's error: %+v", ev.Steps[2])
+		}
+		if st := r.act.VMs()[0].Status(); st.Degraded == "" {
+			t.Fatal("VM not marked degraded after a failed action")
+		}
 	})
-	ev := r.eventsOf("vm1")[0]
-	if stepNames(ev) != "plug,online,rollback_unplug" || ev.Result != 1 || vm.qmp.Plugged() != 1 {
-		t.Fatalf("rollback event %+v, plugged %d", ev, vm.qmp.Plugged())
-	}
-	if ev.Steps[1].OK || !strings.Contains(ev.Steps[1].Error, "input/output error") {
-		t.Fatalf("online step should carry the guest's error: %+v", ev.Steps[1])
-	}
-	if st := r.act.VMs()[0].Status(); st.Degraded == "" {
-		t.Fatal("VM not marked degraded after a failed action")
-	}
 }
 
 // TestUnplugTimeoutRollsBack: a guest that never completes the eject gets
@@ -242,38 +251,42 @@ func TestUnplugTimeoutRollsBack(t *testing.T) {
 // TestGreedyGuestCappedByPolicyAndBudget: absurd demand never buys more
 // than the policy max, and the host budget caps the sum over VMs.
 func TestGreedyGuestCappedByPolicyAndBudget(t *testing.T) {
-	r := newRig(t, 5,
-		vmSpec{name: "greedy", policy: func(p *engine.Policy) { p.MaxVCPUs = 3 }},
-		vmSpec{name: "other"})
-	for _, v := range r.vms {
-		v.guest.SetDemand(5000) // 5,000 runnable tasks waiting
-	}
-	// Who gets the budget first is a race; that it is never exceeded is not.
-	waitFor(t, 15*time.Second, "the budget to be used up", func() bool {
-		return r.vms[0].qmp.Plugged()+r.vms[1].qmp.Plugged() == 5
+	// On fake time over an in-memory hypervisor: see memRig.
+	synctest.Test(t, func(t *testing.T) {
+		r := newMemRig(t, 5,
+			memSpec{name: "greedy", policy: func(p *engine.Policy) { p.MaxVCPUs = 3 }},
+			memSpec{name: "other"})
+		for _, v := range r.vms {
+			v.guest.SetDemand(5000) // 5,000 runnable tasks waiting
+		}
+		// Who gets the budget first is a race; that it is never exceeded is not.
+		waitFor(t, 15*time.Second, "the budget to be used up", func() bool {
+			return r.vms[0].hyp.Plugged()+r.vms[1].hyp.Plugged() == 5
+		})
+		time.Sleep(10 * interval)
+		if g, o := r.vms[0].hyp.Plugged(), r.vms[1].hyp.Plugged(); g > 3 || g+o > 5 {
+			t.Fatalf("greedy %d (max 3), total %d (budget 5)", g, g+o)
+		}
 	})
-	time.Sleep(10 * interval)
-	if g, o := r.vms[0].qmp.Plugged(), r.vms[1].qmp.Plugged(); g > 3 || g+o > 5 {
-		t.Fatalf("greedy %d (max 3), total %d (budget 5)", g, g+o)
-	}
 }
 
 // TestReconcileOnConnect: a CPU plugged but offline (an actuator killed
 // between plug and online) is onlined when the agent connects.
 func TestReconcileOnConnect(t *testing.T) {
-	r := newRig(t, 0, vmSpec{name: "vm1", qmp: &qmptest.Config{BootCPUs: 2},
-		policy: func(p *engine.Policy) { p.MinVCPUs = 2 }, noGuest: true})
-	vm := r.vms[0]
-	vm.guest.SetOnline(proto.NewCPUSet(0))
-	vm.guest.SetDemand(1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go vm.guest.Run(ctx, vm.ch.Dial, interval)
-	waitFor(t, 10*time.Second, "reconcile", func() bool { return vm.guest.OnlineCount() == 2 })
-	evs := r.eventsOf("vm1")
-	if len(evs) == 0 || evs[0].Kind != "reconcile" || evs[0].Outcome != eventlog.OutcomeOK {
-		t.Fatalf("events %+v", evs)
-	}
+	// On fake time over an in-memory hypervisor: see memRig.
+	synctest.Test(t, func(t *testing.T) {
+		r := newMemRig(t, 0, memSpec{name: "vm1", boot: 2,
+			policy: func(p *engine.Policy) { p.MinVCPUs = 2 }, noGuest: true})
+		vm := r.vms[0]
+		vm.guest.SetOnline(proto.NewCPUSet(0))
+		vm.guest.SetDemand(1)
+		vm.run()
+		waitFor(t, 10*time.Second, "reconcile", func() bool { return vm.guest.OnlineCount() == 2 })
+		evs := r.eventsOf(t, "vm1")
+		if len(evs) == 0 || evs[0].Kind != "reconcile" || evs[0].Outcome != eventlog.OutcomeOK {
+			t.Fatalf("events %+v", evs)
+		}
+	})
 }
 
 // TestBadGuestDoesNotHurtOthers: garbage on one VM's channel drops that
@@ -389,62 +402,65 @@ func (r *recorder) Rejected(_, reason string) {
 }
 
 func TestOperatorControls(t *testing.T) {
-	r := newRig(t, 0, vmSpec{name: "vm1"})
-	vm, ctl := r.vms[0], r.act.VM("vm1")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	// On fake time over an in-memory hypervisor: see memRig.
+	synctest.Test(t, func(t *testing.T) {
+		r := newMemRig(t, 0, memSpec{name: "vm1"})
+		vm, ctl := r.vms[0], r.act.VM("vm1")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
 
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	vm.guest.SetDemand(2)
-	waitFor(t, 5*time.Second, "a scale-up decision while paused", func() bool {
-		st := ctl.Status()
-		return st.Paused && st.LastDecision.Action == engine.ScaleUp
+		if err := ctl.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		vm.guest.SetDemand(2)
+		waitFor(t, 5*time.Second, "a scale-up decision while paused", func() bool {
+			st := ctl.Status()
+			return st.Paused && st.LastDecision.Action == engine.ScaleUp
+		})
+		time.Sleep(5 * interval)
+		if vm.hyp.Plugged() != 1 {
+			t.Fatalf("paused VM was scaled: %d vCPUs", vm.hyp.Plugged())
+		}
+		if err := ctl.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "scale-up after resume", func() bool { return vm.hyp.Plugged() == 3 })
+
+		// A manual target is clamped by the policy (max 4) and logged.
+		if err := ctl.Pause(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := ctl.SetVCPUs(ctx, 9); err != nil {
+			t.Fatal(err)
+		}
+		if vm.hyp.Plugged() != 4 {
+			t.Fatalf("set-vcpus 9 with max 4: %d vCPUs", vm.hyp.Plugged())
+		}
+		evs := r.eventsOf(t, "vm1")
+		last := evs[len(evs)-1]
+		if last.Rule != "manual" || last.Result != 4 || !strings.Contains(last.Reason, "clamped to 4") {
+			t.Fatalf("manual event %+v", last)
+		}
+
+		// An invalid policy is refused with the field, and nothing changes.
+		p := ctl.Status().Policy
+		p.K = 99
+		var fe *engine.FieldError
+		if err := ctl.SetPolicy(ctx, p); !errors.As(err, &fe) || fe.Field != "k" {
+			t.Fatalf("invalid policy: %v", err)
+		}
+		if ctl.Status().Policy.K == 99 {
+			t.Fatal("invalid policy applied")
+		}
+		p.K, p.MaxVCPUs = 2, 2
+		if err := ctl.SetPolicy(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if err := ctl.Resume(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the new max of 2 to be enforced", func() bool { return vm.hyp.Plugged() == 2 })
 	})
-	time.Sleep(5 * interval)
-	if vm.qmp.Plugged() != 1 {
-		t.Fatalf("paused VM was scaled: %d vCPUs", vm.qmp.Plugged())
-	}
-	if err := ctl.Resume(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "scale-up after resume", func() bool { return vm.qmp.Plugged() == 3 })
-
-	// A manual target is clamped by the policy (max 4) and logged.
-	if err := ctl.Pause(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := ctl.SetVCPUs(ctx, 9); err != nil {
-		t.Fatal(err)
-	}
-	if vm.qmp.Plugged() != 4 {
-		t.Fatalf("set-vcpus 9 with max 4: %d vCPUs", vm.qmp.Plugged())
-	}
-	evs := r.eventsOf("vm1")
-	last := evs[len(evs)-1]
-	if last.Rule != "manual" || last.Result != 4 || !strings.Contains(last.Reason, "clamped to 4") {
-		t.Fatalf("manual event %+v", last)
-	}
-
-	// An invalid policy is refused with the field, and nothing changes.
-	p := ctl.Status().Policy
-	p.K = 99
-	var fe *engine.FieldError
-	if err := ctl.SetPolicy(ctx, p); !errors.As(err, &fe) || fe.Field != "k" {
-		t.Fatalf("invalid policy: %v", err)
-	}
-	if ctl.Status().Policy.K == 99 {
-		t.Fatal("invalid policy applied")
-	}
-	p.K, p.MaxVCPUs = 2, 2
-	if err := ctl.SetPolicy(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	if err := ctl.Resume(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the new max of 2 to be enforced", func() bool { return vm.qmp.Plugged() == 2 })
 }
 
 func TestObserversAreTold(t *testing.T) {

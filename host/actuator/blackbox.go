@@ -13,20 +13,13 @@ import (
 )
 
 // Black-box fallback: a VM without an agent (or whose agent has been gone
-// longer than the agent timeout) is measured from the host — the CPU time
-// of each vCPU's host thread — and scaled by the same engine. Plugging
+// longer than the agent timeout) is measured from the host — what the
+// backend's hypervisor.VCPUStatser or hypervisor.VMLoader reports, or else
+// the CPU time of each vCPU's host thread — and scaled by the same engine. Plugging
 // then relies on the guest onlining new CPUs itself (a udev rule such as
 // SUBSYSTEM=="cpu", ACTION=="add", TEST=="online", ATTR{online}=="0",
 // ATTR{online}="1"), and unplugging on ACPI eject, in which the guest
 // kernel offlines the CPU before letting it go.
-
-// VCPUTimer is implemented by hypervisor backends that report the CPU
-// time each vCPU has used (libvirt's vCPU statistics, VirtualBox metrics).
-// Backends that report host thread ids instead (QEMU) are measured from
-// /proc/<tid>/stat.
-type VCPUTimer interface {
-	VCPUTimes(ctx context.Context) (map[int]time.Duration, error) // by slot index
-}
 
 // hostMeter turns cumulative vCPU CPU times into busy fractions.
 type hostMeter struct {
@@ -43,24 +36,10 @@ func newHostMeter(procRoot string) (*hostMeter, error) {
 	return &hostMeter{proc: fs}, nil
 }
 
-// vcpuStatser is a backend with per-vCPU statistics (libvirt).
-type vcpuStatser interface {
-	VCPUStats(ctx context.Context) ([]hypervisor.VCPUStat, error)
-}
-
-// vmLoader is a backend that only knows the whole VM's CPU load, as a
-// share of the host's CPUs (VirtualBox's metrics).
-type vmLoader interface {
-	CPULoad(ctx context.Context) (hypervisor.CPULoad, error)
-}
-
 // times reads each plugged vCPU's cumulative CPU time.
 func (m *hostMeter) times(ctx context.Context, hyp hypervisor.Hypervisor, st hypervisor.State) (map[int]time.Duration, error) {
-	if t, ok := hyp.(VCPUTimer); ok {
-		return t.VCPUTimes(ctx)
-	}
 	out := map[int]time.Duration{}
-	if vs, ok := hyp.(vcpuStatser); ok {
+	if vs, ok := hyp.(hypervisor.VCPUStatser); ok {
 		stats, err := vs.VCPUStats(ctx)
 		if err != nil {
 			return nil, err
@@ -115,100 +94,122 @@ func (m *hostMeter) sample(now time.Time, times map[int]time.Duration) (busy flo
 
 // blackBoxDue reports whether the VM should be measured from the host now:
 // no agent session, and none for longer than the agent timeout.
-func (v *VM) blackBoxDue(now time.Time) bool {
-	return v.blackbox && v.sess == nil && now.Sub(v.agentSeen) >= v.agentTimeout
+func (c *cpuResource) blackBoxDue(now time.Time) bool {
+	l := c.l
+	return l.vm.cfg.blackbox && l.agent.sess == nil && now.Sub(l.agent.seen) >= l.vm.cfg.agentTimeout
 }
 
 // hostSample measures the VM from the host and feeds the engine; it runs
 // on the VM's tick while black-box is due.
-func (v *VM) hostSample(ctx context.Context) {
-	if !v.refresh(ctx) {
+func (c *cpuResource) hostSample(ctx context.Context) {
+	l, v := c.l, c.l.vm
+	if !l.hv.refresh(ctx) {
 		return
 	}
-	if v.meter == nil {
-		m, err := newHostMeter(v.procRoot)
+	if c.meter == nil {
+		m, err := newHostMeter(v.cfg.procRoot)
 		if err != nil {
 			v.log.Error("black-box measurement impossible", "error", err)
 			return
 		}
-		v.meter = m
+		c.meter = m
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	now := time.Now()
 	var busy float64
 	ok := true
-	if l, isLoader := v.hyp.(vmLoader); isLoader {
+	if ld, isLoader := v.env.hyp.(hypervisor.VMLoader); isLoader {
 		// VirtualBox: the VM process's load as a share of all host CPUs.
-		load, err := l.CPULoad(cctx)
+		load, err := ld.CPULoad(cctx)
 		if err != nil {
 			v.log.Warn("black-box measurement failed", "error", err)
 			return
 		}
 		busy = (load.User + load.Kernel) * float64(runtime.NumCPU())
 	} else {
-		times, err := v.meter.times(cctx, v.hyp, v.state)
+		times, err := c.meter.times(cctx, v.env.hyp, l.hv.state)
 		if err != nil {
 			v.log.Warn("black-box measurement failed", "error", err)
-			v.meter.prev = nil
+			c.meter.prev = nil
 			return
 		}
-		busy, ok = v.meter.sample(now, times)
+		busy, ok = c.meter.sample(now, times)
 	}
-	if !v.blackboxOn {
-		v.blackboxOn = true
-		v.log.Warn("no agent: measuring the VM from the host (black-box)", "since", v.agentSeen, "agent_timeout", v.agentTimeout)
+	if !c.blackboxOn {
+		c.blackboxOn = true
+		v.log.Warn("no agent: measuring the VM from the host (black-box)", "since", l.agent.seen, "agent_timeout", v.cfg.agentTimeout)
 		v.publish(func(s *Status) { s.Source = SourceHost })
 	}
 	if !ok {
 		return
 	}
-	s := engine.Sample{Time: now, Online: v.current, Busy: busy}
-	v.engine.Observe(s)
+	s := engine.Sample{Time: now, Online: l.hv.current, Busy: busy}
+	for _, res := range l.res {
+		res.observe(s)
+	}
 	v.publish(func(st *Status) {
-		st.Online = v.current
-		st.Signals = Signals{At: now, Busy: busy, Demand: busy, Utilisation: busy / float64(max(1, v.current))}
+		st.Online = l.hv.current
+		st.Signals = Signals{At: now, Busy: busy, Demand: busy, Utilisation: busy / float64(max(1, l.hv.current))}
 		st.ReportsSeen++
 	})
-	v.obs.report(v.name, v.Status())
-	v.decideAndAct(ctx)
+	v.env.obs.report(v.name, v.Status())
+	l.decide(ctx)
 }
 
-// plugBlackBox adds a vCPU without an agent: plug, then confirm from the
-// hypervisor. The guest must online it by itself.
-func (v *VM) plugBlackBox(ctx context.Context, rec *record) error {
-	_, err := v.plugSlot(ctx, rec)
+// plugBlind adds vCPUs without an agent: plug, then confirm once from the
+// hypervisor. The guest must online them by itself.
+func (c *cpuResource) plugBlind(ctx context.Context, a *action) {
+	l := c.l
+	for l.hv.current < a.d.To {
+		slot, err := c.plugSlot(ctx, a.rec)
+		if err != nil {
+			a.fail(err)
+			break
+		}
+		a.plugged = append(a.plugged, slot)
+	}
+	// The guest onlines the CPUs itself: the hypervisor's state (which
+	// Plug returned) is the only confirmation there is.
 	start := time.Now()
-	if !v.refresh(ctx) {
-		return rec.step("confirm", start, fmt.Errorf("hypervisor state unreadable after plug"))
-	}
-	if err != nil {
-		return err
-	}
-	return rec.step("confirm", start, nil)
-}
-
-// unplugBlackBox removes the highest removable vCPU; the guest offlines it
-// as part of the ACPI eject. If the guest never ejects, the hypervisor
-// still shows the CPU and it stays online in the guest: nothing to roll
-// back.
-func (v *VM) unplugBlackBox(ctx context.Context, rec *record) error {
-	if !v.refresh(ctx) {
-		return rec.step("unplug", time.Now(), fmt.Errorf("hypervisor unreachable"))
-	}
-	var victim *hypervisor.Slot
-	for i := range v.state.Slots {
-		if s := v.state.Slots[i]; s.Plugged && s.Removable && (victim == nil || s.Index > victim.Index) {
-			victim = &v.state.Slots[i]
+	if a.err != nil {
+		if !l.hv.refresh(ctx) {
+			a.fail(a.rec.step("confirm", start, fmt.Errorf("hypervisor state unreadable after plug")))
+			return
 		}
 	}
-	if victim == nil {
-		return rec.step("unplug", time.Now(), fmt.Errorf("no removable vCPU"))
+	if len(a.plugged) > 0 {
+		a.rec.step("confirm", start, nil)
 	}
-	start := time.Now()
-	err := v.unplugSlot(ctx, *victim)
-	v.budget.Set(v.name, v.current)
-	return rec.step("unplug", start, err)
+}
+
+// unplugBlind removes the highest removable vCPUs one by one; the guest
+// offlines each as part of the ACPI eject. If the guest never ejects, the
+// hypervisor still shows the CPU and it stays online in the guest: nothing
+// to roll back.
+func (c *cpuResource) unplugBlind(ctx context.Context, a *action) {
+	l, v := c.l, c.l.vm
+	// One read of the state; after that, each Unplug returns it.
+	if !l.hv.refresh(ctx) {
+		a.fail(a.rec.step("unplug", time.Now(), fmt.Errorf("hypervisor unreachable")))
+		return
+	}
+	for a.err == nil && l.hv.current > a.d.To {
+		var victim *hypervisor.Slot
+		for i := range l.hv.state.Slots {
+			if s := l.hv.state.Slots[i]; s.Plugged && s.Removable && (victim == nil || s.Index > victim.Index) {
+				victim = &l.hv.state.Slots[i]
+			}
+		}
+		if victim == nil {
+			a.fail(a.rec.step("unplug", time.Now(), fmt.Errorf("no removable vCPU")))
+			return
+		}
+		start := time.Now()
+		err := c.unplugSlot(ctx, *victim)
+		v.env.budget.Set(v.name, l.hv.current)
+		a.fail(a.rec.step("unplug", start, err))
+	}
 }
 
 // Sources of a VM's measurements, for Status.

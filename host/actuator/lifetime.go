@@ -20,8 +20,9 @@ type lifetime struct {
 }
 
 // allowPlug reports an error when one more plug would pass the limit.
-func (v *VM) allowPlug(ctx context.Context) error {
-	lim, ok := v.hyp.(hypervisor.LifetimeLimiter)
+func (h *hvView) allowPlug(ctx context.Context) error {
+	v := h.vm
+	lim, ok := v.env.hyp.(hypervisor.LifetimeLimiter)
 	if !ok {
 		return nil
 	}
@@ -37,39 +38,40 @@ func (v *VM) allowPlug(ctx context.Context) error {
 	if !info.Limited {
 		return nil
 	}
-	if !v.life.checked || !info.Started.Equal(v.life.info.Started) {
+	if !h.life.checked || !info.Started.Equal(h.life.info.Started) {
 		// A new hypervisor process (or our first look): count the plugs
 		// this VM got since it started, from the event log, which
 		// survives our restarts; at least as many as are plugged now.
-		plugs := v.plugsSince(info.Started)
+		plugs := h.plugsSince(info.Started)
 		removable := 0
-		for _, s := range v.state.Slots {
+		for _, s := range h.state.Slots {
 			if s.Plugged && s.Removable {
 				removable++
 			}
 		}
-		v.life = lifetime{checked: true, info: info, used: info.Boot + max(plugs, removable)}
-		v.log.Info("hypervisor limits vCPUs over the VM's life", "max", info.Max, "used", v.life.used,
+		h.life = lifetime{checked: true, info: info, used: info.Boot + max(plugs, removable)}
+		v.log.Info("hypervisor limits vCPUs over the VM's life", "max", info.Max, "used", h.life.used,
 			"since", info.Started, "why", info.Why)
 	}
-	if v.life.used >= info.Max {
+	if h.life.used >= info.Max {
 		return fmt.Errorf("%s: %d of %d used since the VM started at %s; restart the VM (or run it under KVM) to plug again",
-			info.Why, v.life.used, info.Max, info.Started.Format(time.RFC3339))
+			info.Why, h.life.used, info.Max, info.Started.Format(time.RFC3339))
 	}
 	return nil
 }
 
 // plugged records a successful plug against the lifetime limit.
-func (v *VM) plugged() {
-	if v.life.checked {
-		v.life.used++
+func (h *hvView) plugged() {
+	if h.life.checked {
+		h.life.used++
 	}
 }
 
 // plugsSince counts successful plug steps for this VM in the event log
 // after t.
-func (v *VM) plugsSince(t time.Time) int {
-	evs, _, err := eventlog.ReadFile(v.events.Path(), eventlog.Filter{VM: v.name, Since: t})
+func (h *hvView) plugsSince(t time.Time) int {
+	v := h.vm
+	evs, _, err := eventlog.ReadFile(v.env.events.Path(), eventlog.Filter{VM: v.name, Since: t})
 	if err != nil {
 		v.log.Warn("cannot read the event log to count earlier plugs", "error", err)
 		return 0

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/channel"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
@@ -40,55 +41,50 @@ type VMConfig struct {
 	MaxBackoff time.Duration
 }
 
-// VM controls one virtual machine: it owns the agent session, the engine
-// and the hypervisor connection, and is the only goroutine that changes
-// the VM's vCPUs.
+// VM is the handle of one virtual machine's controller. Its methods are
+// safe from any goroutine: they read the published Status or send a
+// request to the VM's goroutine (Run), which alone owns the VM's state
+// (see loop).
 type VM struct {
-	name   string
-	log    hclog.Logger
+	name  string
+	log   hclog.Logger
+	env   env
+	ctrl  chan control
+	inbox chan any
+	conn  *agentConn
+	cfg   timing
+	// interval is the policy interval in force, ns: the loop stores it,
+	// agentConn reads it.
+	interval atomic.Int64
+	status   statusBox
+	// unfinished are actions a previous actuator did not finish, found by
+	// New in the event log; the loop takes them over.
+	unfinished []eventlog.Event
+	// loop is the VM's state; only the goroutine in Run touches it.
+	loop *loop
+}
+
+// env is what a VM's controller is given to act with.
+type env struct {
 	hyp    hypervisor.Hypervisor
-	ch     channel.Channel
 	events *eventlog.Log
 	budget *Budget
-	inbox  chan any
-	ctrl   chan control
 	obs    observers
+}
 
+// timing is a VM's configured timeouts.
+type timing struct {
 	cmdTimeout   time.Duration
-	helloTimeout time.Duration
 	recheck      time.Duration
-	lastRefresh  time.Time
+	agentTimeout time.Duration
+	blackbox     bool
+	procRoot     string
+}
 
-	// Owned by the Run goroutine.
-	engine     *engine.Engine
-	sess       *session
-	lastSeq    uint64
-	last       *proto.Report // latest report of the current session
-	lastAt     time.Time
-	current    int // vCPUs plugged, as the hypervisor last said
-	state      hypervisor.State
-	reachable  bool
-	apic       map[int]uint32 // guest CPU → APIC id, from Hello and Acks
-	nextCmd    uint64
-	retryAfter time.Time // backoff after a failed action
-	failures   int
-	paused     bool
-	interval   atomic.Int64 // policy interval, ns; read by the channel goroutine too
-
-	blackbox          bool
-	blackboxOn        bool
-	agentTimeout      time.Duration
-	agentSeen         time.Time // last time an agent session existed (or start)
-	meter             *hostMeter
-	unfinished        []eventlog.Event // actions a previous actuator did not finish
-	procRoot          string
-	maxBackoff        time.Duration
-	life              lifetime
-	unreachableLogged bool
-	skewLogged        bool
-
-	mu       sync.Mutex // guards the snapshot fields below for Status
-	snapshot Status
+// statusBox is the Status the loop publishes for everyone else.
+type statusBox struct {
+	mu sync.Mutex
+	st Status
 }
 
 // Status is a read-only view of a VM for the API, CLI, metrics and tests.
@@ -151,43 +147,42 @@ type AppSignal struct {
 }
 
 func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, logger hclog.Logger) (*VM, error) {
-	eng, err := engine.New(cfg.Policy)
-	if err != nil {
+	v := &VM{
+		name:  cfg.Name,
+		log:   logger.Named(cfg.Name).With("vm", cfg.Name),
+		env:   env{hyp: cfg.Hypervisor, events: events, budget: budget, obs: obs},
+		inbox: make(chan any, 16),
+		ctrl:  make(chan control),
+		cfg: timing{cmdTimeout: cfg.CommandTimeout, recheck: cfg.RecheckInterval, agentTimeout: cfg.AgentTimeout,
+			blackbox: cfg.BlackBox, procRoot: cfg.ProcRoot},
+	}
+	if v.cfg.cmdTimeout <= 0 {
+		v.cfg.cmdTimeout = 30 * time.Second
+	}
+	if v.cfg.recheck <= 0 {
+		v.cfg.recheck = 30 * time.Second
+	}
+	if v.cfg.agentTimeout <= 0 {
+		v.cfg.agentTimeout = 60 * time.Second
+	}
+	if v.cfg.procRoot == "" {
+		v.cfg.procRoot = "/proc"
+	}
+	conn := &agentConn{vm: cfg.Name, log: v.log, obs: obs, ch: cfg.Channel, out: v.inbox,
+		hello: cfg.HelloTimeout, backoff: cfg.MaxBackoff, interval: &v.interval}
+	if conn.hello <= 0 {
+		conn.hello = 10 * time.Second
+	}
+	if conn.backoff <= 0 {
+		conn.backoff = 5 * time.Second
+	}
+	v.conn = conn
+	v.interval.Store(int64(cfg.Policy.Interval))
+	v.status.st = Status{Name: cfg.Name, Policy: cfg.Policy, Mode: modeName(cfg.Policy)}
+	var err error
+	if v.loop, err = newLoop(v, cfg.Policy); err != nil {
 		return nil, fmt.Errorf("vm %s: policy: %w", cfg.Name, err)
 	}
-	v := &VM{
-		name: cfg.Name, log: logger.Named(cfg.Name).With("vm", cfg.Name),
-		hyp: cfg.Hypervisor, ch: cfg.Channel, events: events, budget: budget,
-		inbox:  make(chan any, 16),
-		ctrl:   make(chan control),
-		obs:    obs,
-		engine: eng, cmdTimeout: cfg.CommandTimeout, helloTimeout: cfg.HelloTimeout, recheck: cfg.RecheckInterval,
-		apic: map[int]uint32{},
-	}
-	if v.cmdTimeout <= 0 {
-		v.cmdTimeout = 30 * time.Second
-	}
-	if v.helloTimeout <= 0 {
-		v.helloTimeout = 10 * time.Second
-	}
-	if v.recheck <= 0 {
-		v.recheck = 30 * time.Second
-	}
-	v.blackbox, v.agentTimeout, v.procRoot = cfg.BlackBox, cfg.AgentTimeout, cfg.ProcRoot
-	if v.agentTimeout <= 0 {
-		v.agentTimeout = 60 * time.Second
-	}
-	if v.procRoot == "" {
-		v.procRoot = "/proc"
-	}
-	v.maxBackoff = cfg.MaxBackoff
-	if v.maxBackoff <= 0 {
-		v.maxBackoff = 5 * time.Second
-	}
-	v.interval.Store(int64(cfg.Policy.Interval))
-	v.snapshot.Name = cfg.Name
-	v.snapshot.Policy = cfg.Policy
-	v.snapshot.Mode = modeName(cfg.Policy)
 	return v, nil
 }
 
@@ -196,9 +191,9 @@ func (v *VM) Name() string { return v.name }
 
 // Status returns a snapshot of the VM's state.
 func (v *VM) Status() Status {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	st := v.snapshot
+	v.status.mu.Lock()
+	defer v.status.mu.Unlock()
+	st := v.status.st
 	st.Signals.Apps = append([]AppSignal(nil), st.Signals.Apps...)
 	return st
 }
@@ -211,149 +206,28 @@ func modeName(p engine.Policy) string {
 }
 
 func (v *VM) publish(update func(*Status)) {
-	v.mu.Lock()
-	update(&v.snapshot)
-	v.mu.Unlock()
+	v.status.mu.Lock()
+	update(&v.status.st)
+	v.status.mu.Unlock()
 }
 
-// policyInterval is the sampling interval in force. The channel goroutine
-// reads it too, hence an atomic rather than the engine's policy.
 func (v *VM) policyInterval() time.Duration { return time.Duration(v.interval.Load()) }
 
-// idleTimeout is how long an agent may stay silent before its connection is
-// dropped: three missed reports and some slack for a slow guest.
-func (v *VM) idleTimeout() time.Duration { return 3*v.policyInterval() + 10*time.Second }
-
-// Run controls the VM until ctx ends.
+// Run controls the VM until ctx ends: the agent connection on a goroutine
+// of its own, everything else on this one.
 func (v *VM) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		v.serveChannel(ctx, v.ch)
+		v.conn.serve(ctx)
 	}()
 	defer func() {
-		v.ch.Close()
+		v.conn.ch.Close()
 		wg.Wait()
-		v.hyp.Close()
+		v.env.hyp.Close()
 	}()
-
-	v.refresh(ctx)
-	v.agentSeen = time.Now()
-	v.warnUnfinished()
-	tick := time.NewTicker(v.policyInterval())
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-v.inbox:
-			v.handle(ctx, ev, true)
-		case c := <-v.ctrl:
-			c.reply <- v.control(ctx, c)
-			tick.Reset(v.policyInterval())
-		case <-tick.C:
-			if v.blackBoxDue(time.Now()) {
-				v.hostSample(ctx)
-			} else if !v.reachable || time.Since(v.lastRefresh) >= v.recheck {
-				v.refresh(ctx)
-			}
-		}
-	}
-}
-
-// refresh reads the VM's CPU state from the hypervisor: the only source of
-// truth for how many vCPUs it has.
-func (v *VM) refresh(ctx context.Context) bool {
-	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	v.lastRefresh = time.Now()
-	st, err := v.hyp.State(cctx)
-	if err != nil {
-		if v.reachable || !v.unreachableLogged {
-			v.log.Error("hypervisor unreachable; VM will not be scaled until it answers", "error", err)
-			v.unreachableLogged = true
-		}
-		v.reachable = false
-		v.publish(func(s *Status) { s.Reachable = false })
-		return false
-	}
-	if !v.reachable || st.Plugged() != v.current {
-		v.log.Info("hypervisor state", "vcpus", st.Plugged(), "slots", st.Max())
-	}
-	v.reachable = true
-	v.state = st
-	v.current = st.Plugged()
-	v.budget.Set(v.name, v.current)
-	v.publish(func(s *Status) { s.Reachable, s.Current, s.MaxSlots = true, v.current, st.Max() })
-	return true
-}
-
-// handle processes one event from the channel goroutine. decide is false
-// while an action is waiting for the agent: reports still feed the engine
-// but start nothing new.
-func (v *VM) handle(ctx context.Context, ev any, decide bool) {
-	switch ev := ev.(type) {
-	case evSession:
-		v.sess, v.lastSeq, v.last = ev.s, 0, nil
-		v.agentSeen = time.Now()
-		if v.blackboxOn {
-			v.blackboxOn, v.meter = false, nil
-			v.log.Info("agent back: measuring the VM from the guest again")
-		}
-		for _, t := range ev.s.hello.Topology {
-			v.apic[int(t.CPU)] = t.APICID
-		}
-		v.publish(func(s *Status) { s.Connected, s.Agent, s.Source = true, ev.s.hello.AgentVersion, SourceAgent })
-		if decide {
-			v.reconcile(ctx, ev.s.hello.Present, ev.s.hello.Online)
-		}
-	case evClosed:
-		if v.sess == ev.s {
-			v.sess, v.last = nil, nil
-			v.agentSeen = time.Now()
-			v.publish(func(s *Status) { s.Connected = false })
-		}
-	case evReport:
-		if ev.s != v.sess {
-			return // from a connection that has since been replaced
-		}
-		r := ev.r
-		if r.Seq <= v.lastSeq {
-			v.obs.rejected(v.name, RejectReplayed)
-			v.log.Warn("report ignored: sequence number not increasing", "seq", r.Seq, "last", v.lastSeq)
-			return
-		}
-		if err := checkClock(r, ev.at); err != nil {
-			v.obs.rejected(v.name, RejectInvalid)
-			v.log.Warn("report ignored", "seq", r.Seq, "reason", err)
-			return
-		}
-		if skew := time.Duration(r.WallUnixNanos - ev.at.UnixNano()); (skew > 5*time.Minute || skew < -5*time.Minute) && !v.skewLogged {
-			v.skewLogged = true
-			v.log.Warn("guest clock differs from the host's; reports are stamped with the host's time, so scaling is unaffected",
-				"skew", skew.Round(time.Second), "hint", "run NTP or chrony in the guest")
-		}
-		v.lastSeq = r.Seq
-		if r.Dropped > 0 {
-			v.log.Warn("agent dropped reports while the actuator was unreachable", "dropped", r.Dropped)
-		}
-		v.last, v.lastAt = r, ev.at
-		sample := sampleOf(r, ev.at)
-		v.engine.Observe(sample)
-		v.publish(func(s *Status) {
-			s.Online = r.Online.Len()
-			s.Signals = signalsOf(r, sample)
-			s.ReportsSeen++
-		})
-		v.obs.report(v.name, v.Status())
-		if decide {
-			v.decideAndAct(ctx)
-		}
-	case evAck:
-		// An Ack nobody waits for (its command timed out): nothing to do.
-		v.log.Debug("late ack ignored", "id", ev.a.ID, "ok", ev.a.OK)
-	}
+	v.loop.run(ctx)
 }
 
 // checkClock refuses reports whose wall clock is not a clock at all: more
@@ -406,32 +280,4 @@ func sampleOf(r *proto.Report, at time.Time) engine.Sample {
 			SLAMean: a.SLAMean, SLAPercentile: a.SLAPercentile, SLATarget: a.SLATarget})
 	}
 	return s
-}
-
-func (v *VM) decideAndAct(ctx context.Context) {
-	if !v.reachable && !v.refresh(ctx) {
-		return
-	}
-	now := time.Now()
-	d := v.engine.Decide(engine.Input{Now: now, Current: v.current, Allowed: v.allowed()})
-	acc := v.engine.Accuracy()
-	v.publish(func(s *Status) { s.LastDecision, s.LastDecisionAt, s.Target, s.Accuracy = d, now, d.To, acc })
-	v.obs.decision(v.name, d, now)
-	if d.Action == engine.Hold || v.paused {
-		return
-	}
-	if time.Now().Before(v.retryAfter) {
-		return
-	}
-	v.act(ctx, d)
-}
-
-// allowed is the most vCPUs this VM may have now: hypervisor slots and the
-// host budget.
-func (v *VM) allowed() int {
-	a := v.state.Max()
-	if b := v.budget.Allowed(v.name, v.current); b > 0 && (a == 0 || b < a) {
-		a = b
-	}
-	return a
 }

@@ -125,15 +125,18 @@ type vcpuLatency struct {
 }
 
 // vcpuLatencies splits an event's steps into one sequence per vCPU and
-// returns the duration of each that succeeded. A scale-up repeats plug,
-// online, confirm (plug, confirm without an agent); a scale-down offline,
-// unplug (unplug alone without an agent). A failed step or a rollback
-// ends a sequence without a latency: a failure's duration says how long
-// a timeout is, not how fast hot-plug is.
+// returns the duration of each that succeeded. A scale-up plugs its slots
+// (one plug step each), then has one online and one confirm for the batch
+// (plug, confirm without an agent): each vCPU of the batch is online when
+// the batch is confirmed, so each gets the batch's whole time. A
+// scale-down has one offline for the batch, then one unplug per vCPU
+// (unplugs alone without an agent). A failed step or a rollback ends a
+// sequence without a latency: a failure's duration says how long a
+// timeout is, not how fast hot-plug is.
 func vcpuLatencies(steps []eventlog.Step) []vcpuLatency {
 	var out []vcpuLatency
 	open, up := false, false
-	acc := 0.0
+	acc, pending := 0.0, 0
 	for _, s := range steps {
 		if !s.OK {
 			open = false
@@ -142,24 +145,30 @@ func vcpuLatencies(steps []eventlog.Step) []vcpuLatency {
 		d := s.DurationMS / 1000
 		switch s.Name {
 		case "plug":
-			open, up, acc = true, true, d
+			if open && up && pending > 0 {
+				acc += d
+				pending++
+			} else {
+				open, up, acc, pending = true, true, d, 1
+			}
 		case "online":
 			if open && up {
 				acc += d
 			}
 		case "confirm":
 			if open && up {
-				out = append(out, vcpuLatency{up: true, seconds: acc + d})
+				for range pending {
+					out = append(out, vcpuLatency{up: true, seconds: acc + d})
+				}
 			}
 			open = false
 		case "offline":
 			open, up, acc = true, false, d
 		case "unplug":
 			if !open || up {
-				acc = 0
+				open, up, acc = false, false, 0
 			}
 			out = append(out, vcpuLatency{up: false, seconds: acc + d})
-			open = false
 		default: // rollback_unplug, rollback_online, …
 			open = false
 		}

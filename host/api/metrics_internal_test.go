@@ -28,6 +28,12 @@ func TestVCPULatenciesFromSteps(t *testing.T) {
 			s("rollback_online", 50, true)}, "[]"},
 		{"first ok, second plug failed", []eventlog.Step{s("plug", 5, true), s("online", 5, true), s("confirm", 5, true),
 			s("plug", 1, false)}, "[{true 0.015}]"},
+		{"three CPUs up in one batch", []eventlog.Step{s("plug", 5, true), s("plug", 5, true), s("plug", 10, true),
+			s("online", 80, true), s("confirm", 100, true)}, "[{true 0.2} {true 0.2} {true 0.2}]"},
+		{"two CPUs down in one batch", []eventlog.Step{s("offline", 100, true), s("unplug", 50, true), s("unplug", 30, true)},
+			"[{false 0.15} {false 0.13}]"},
+		{"batch with a CPU rolled back", []eventlog.Step{s("plug", 5, true), s("plug", 5, true), s("online", 80, false),
+			s("rollback_unplug", 60, true), s("confirm", 100, true)}, "[]"},
 		{"reconcile online only", []eventlog.Step{s("online", 30, true)}, "[]"},
 	}
 	for _, tc := range tests {

@@ -141,6 +141,10 @@ type Decision struct {
 	// Reason says in one sentence why, with numbers.
 	Reason   string   `json:"reason"`
 	Evidence Evidence `json:"evidence"`
+	// Policy is the policy the decision was made under, so that it can be
+	// explained after the policy changed. Engine.Decide leaves it zero (a
+	// caller holding the engine knows it); the actuator fills it in.
+	Policy Policy `json:"policy"`
 }
 
 // Engine holds one VM's recent samples and the time of its last action.

@@ -1,6 +1,8 @@
 // Package hypervisor defines how the actuator changes a VM's vCPUs on the
 // host. Each hypervisor (QEMU over QMP, libvirt, VirtualBox) is one file
-// implementing Hypervisor.
+// implementing Hypervisor. The two that reach QEMU share one model of its
+// CPU slots (qemumodel.go), run over a qmp.Executor: QEMU's own QMP socket,
+// or libvirt's monitor passthrough.
 //
 // Implementations report what the hypervisor says, never what the caller
 // asked for: the actuator relies on State to learn the truth after a restart
@@ -70,11 +72,38 @@ type Hypervisor interface {
 	// State reads the VM's CPU slots from the hypervisor.
 	State(ctx context.Context) (State, error)
 	// Plug hot-plugs a CPU into the lowest free slot and returns that slot
-	// as the hypervisor now reports it.
-	Plug(ctx context.Context) (Slot, error)
-	// Unplug removes the CPU in slot and waits until the hypervisor reports
-	// it gone. On ErrUnplugTimeout the caller must re-read State.
-	Unplug(ctx context.Context, slot Slot) error
+	// and the VM's state as the hypervisor now reports them, so the caller
+	// need not read it again.
+	Plug(ctx context.Context) (Slot, State, error)
+	// Unplug removes the CPU in slot, waits until the hypervisor reports
+	// it gone and returns the state that shows it. On an error the state
+	// is unknown (zero) and the caller must re-read State: on
+	// ErrUnplugTimeout the CPU may still go away.
+	Unplug(ctx context.Context, slot Slot) (State, error)
 	// Close releases the connection.
 	Close() error
 }
+
+// Optional interfaces a backend implements to be measured from the host
+// when the VM has no agent (black-box mode). The actuator looks for them
+// with a type assertion, so each implementation says so with a
+// compile-time check: a renamed method would otherwise turn black-box
+// measurement off without a word. A backend with neither is measured from
+// the vCPU threads Slot.ThreadID names.
+
+// VCPUStatser reports the CPU time each vCPU has used (libvirt's vCPU
+// statistics).
+type VCPUStatser interface {
+	VCPUStats(ctx context.Context) ([]VCPUStat, error)
+}
+
+// VMLoader reports only the whole VM's CPU load, as a share of the host's
+// CPUs (VirtualBox's metrics).
+type VMLoader interface {
+	CPULoad(ctx context.Context) (CPULoad, error)
+}
+
+var (
+	_ VCPUStatser = (*Libvirt)(nil)
+	_ VMLoader    = (*VirtualBox)(nil)
+)

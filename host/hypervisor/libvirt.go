@@ -2,7 +2,6 @@ package hypervisor
 
 import (
 	"context"
-	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -16,6 +15,8 @@ import (
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/hotplugheaven/hotplug/host/qmp"
 )
 
 // What libvirt does, as checked against libvirtd 9.0.0 (Debian
@@ -137,6 +138,9 @@ type libvirtConn struct {
 	l   *libvirt.Libvirt
 	nc  net.Conn
 	dom libvirt.Domain
+	// kvm is query-kvm's answer once kvmKnown; set by VCPULifetime, which
+	// runs on the VM's goroutine only.
+	kvm, kvmKnown bool
 }
 
 // close drops the connection without the ConnectClose round trip, which
@@ -328,7 +332,7 @@ type libvirtVCPU struct {
 	id           int
 	enabled      bool
 	hotpluggable bool
-	// topo is the vCPU's place in lvTopoKeys order.
+	// topo is the vCPU's place in topoKeys order.
 	topo []int64
 }
 
@@ -399,13 +403,12 @@ func parseLibvirtVCPUs(doc []byte) ([]libvirtVCPU, error) {
 	return out, nil
 }
 
-// lvTopoKeys are the query-hotpluggable-cpus props that place a CPU, outer
-// first. libvirt 9.0's <topology> has no modules, so module-id is always 0;
-// x86 QEMU does not list clusters.
-var lvTopoKeys = []string{"socket-id", "die-id", "cluster-id", "module-id", "core-id", "thread-id"}
+// A libvirt vCPU's topology is in topoKeys order (qemumodel.go). libvirt
+// 9.0's <topology> has no modules, so module-id is always 0; x86 QEMU does
+// not list clusters.
 
 // x86APICID computes the APIC id QEMU gives a CPU on x86 from its topology
-// ids (lvTopoKeys order) and the topology's widths (QEMU
+// ids (topoKeys order) and the topology's widths (QEMU
 // include/hw/i386/topology.h: each level takes ceil(log2(count)) bits, the
 // thread lowest; x86 has no cluster level).
 func x86APICID(topo []int64, dies, cores, threads int) int {
@@ -416,10 +419,10 @@ func x86APICID(topo []int64, dies, cores, threads int) int {
 		}
 		return b
 	}
-	apic := topo[0]
-	apic = apic<<bits(dies) | topo[1]
-	apic = apic<<bits(cores) | topo[4]
-	apic = apic<<bits(threads) | topo[5]
+	apic := topo[topoSocket]
+	apic = apic<<bits(dies) | topo[topoDie]
+	apic = apic<<bits(cores) | topo[topoCore]
+	apic = apic<<bits(threads) | topo[topoThread]
 	return int(apic)
 }
 
@@ -432,94 +435,26 @@ type lvSlot struct {
 	hotpluggable   bool
 }
 
-// qemuCPUs is QEMU's view of the slots: plugged QOM path by topology.
-type qemuCPUs struct {
-	pathByTopo map[string]string
-	threads    map[string]int
-}
+// lvMonitor runs QMP commands through libvirt's monitor passthrough
+// (virDomainQemuMonitorCommand) on one connection. It runs inside lv.do,
+// which bounds it by the context (go-libvirt calls take none).
+type lvMonitor struct{ c *libvirtConn }
 
-func topoKey(topo []int64) string { return fmt.Sprint(topo) }
+var _ qmp.Executor = lvMonitor{}
 
-// monitor runs one QMP command through libvirt's passthrough and decodes
-// its return value into result.
-func (lv *Libvirt) monitor(c *libvirtConn, cmd string, args any, result any) error {
-	req := map[string]any{"execute": cmd}
-	if args != nil {
-		req["arguments"] = args
+func (m lvMonitor) Execute(_ context.Context, cmd string, args, result any) error {
+	req, err := qmp.EncodeCommand(cmd, args)
+	if err != nil {
+		return err
 	}
-	b, _ := json.Marshal(req)
-	out, err := c.l.QEMUDomainMonitorCommand(c.dom, string(b), 0)
+	out, err := m.c.l.QEMUDomainMonitorCommand(m.c.dom, string(req), 0)
 	if err != nil {
 		return fmt.Errorf("QEMU monitor passthrough %s: %w (set libvirt_view_only to do without it)", cmd, err)
 	}
-	var reply struct {
-		Return json.RawMessage `json:"return"`
-		Error  *struct {
-			Class string `json:"class"`
-			Desc  string `json:"desc"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(out), &reply); err != nil {
-		return fmt.Errorf("QEMU monitor passthrough %s: undecodable reply %.200q: %w", cmd, out, err)
-	}
-	if reply.Error != nil {
-		return &qemuMonitorError{Class: reply.Error.Class, Desc: reply.Error.Desc, Cmd: cmd}
-	}
-	if result == nil {
-		return nil
-	}
-	if err := json.Unmarshal(reply.Return, result); err != nil {
-		return fmt.Errorf("QEMU monitor passthrough %s: unexpected return %.200s: %w", cmd, reply.Return, err)
+	if err := qmp.DecodeReply(cmd, []byte(out), result); err != nil {
+		return fmt.Errorf("QEMU monitor passthrough: %w", err)
 	}
 	return nil
-}
-
-// qemuMonitorError is an error QEMU returned to a passthrough command.
-type qemuMonitorError struct{ Class, Desc, Cmd string }
-
-func (e *qemuMonitorError) Error() string {
-	return fmt.Sprintf("QEMU refused %s: %s (%s)", e.Cmd, e.Desc, e.Class)
-}
-
-// queryQEMU reads which slots QEMU has plugged and their threads.
-func (lv *Libvirt) queryQEMU(c *libvirtConn) (qemuCPUs, error) {
-	var cpus []hotpluggableCPU
-	if err := lv.monitor(c, "query-hotpluggable-cpus", nil, &cpus); err != nil {
-		return qemuCPUs{}, err
-	}
-	q := qemuCPUs{pathByTopo: map[string]string{}, threads: map[string]int{}}
-	for _, cpu := range cpus {
-		if cpu.QOMPath == "" {
-			continue
-		}
-		topo, err := propsTopo(cpu.Props)
-		if err != nil {
-			return qemuCPUs{}, err
-		}
-		q.pathByTopo[topoKey(topo)] = cpu.QOMPath
-	}
-	var fast []cpuFast
-	if err := lv.monitor(c, "query-cpus-fast", nil, &fast); err != nil {
-		return qemuCPUs{}, err
-	}
-	for _, f := range fast {
-		q.threads[f.QOMPath] = f.ThreadID
-	}
-	return q, nil
-}
-
-// propsTopo reads query-hotpluggable-cpus props in topoKeys order; a missing
-// level is 0.
-func propsTopo(props map[string]json.RawMessage) ([]int64, error) {
-	topo := make([]int64, len(lvTopoKeys))
-	for i, k := range lvTopoKeys {
-		if raw, ok := props[k]; ok {
-			if err := json.Unmarshal(raw, &topo[i]); err != nil {
-				return nil, fmt.Errorf("query-hotpluggable-cpus: %s is %s, want an integer", k, raw)
-			}
-		}
-	}
-	return topo, nil
 }
 
 // slots reads the domain's vCPUs: libvirt's live XML for the slots and
@@ -542,10 +477,17 @@ func (lv *Libvirt) slots(ctx context.Context) ([]lvSlot, error) {
 		if t := d.Topology; t != nil {
 			dies, cores, threads = max(t.Dies, 1), t.Cores, t.Threads
 		}
-		var q qemuCPUs
+		// QEMU's own view of the slots, by place in the topology.
+		byTopo := map[string]qslot{}
 		if !lv.opts.LibvirtViewOnly {
-			if q, err = lv.queryQEMU(c); err != nil {
+			qs, err := readState(ctx, lvMonitor{c}, lv.log)
+			if err != nil {
 				return err
+			}
+			for _, q := range qs {
+				if q.Plugged {
+					byTopo[topoKey(q.topo)] = q
+				}
 			}
 		}
 		out = make([]lvSlot, len(vcpus))
@@ -556,25 +498,13 @@ func (lv *Libvirt) slots(ctx context.Context) ([]lvSlot, error) {
 				if s.Plugged {
 					s.APICID = x86APICID(v.topo, dies, cores, threads)
 				}
-			} else if path, ok := q.pathByTopo[topoKey(v.topo)]; ok {
-				s.Plugged = true
-				s.ThreadID = q.threads[path]
+			} else if q, ok := byTopo[topoKey(v.topo)]; ok && q.APICID >= 0 {
+				// (No APIC id: unplugged between the queries.)
+				s.Plugged, s.ThreadID, s.APICID = true, q.ThreadID, q.APICID
 				// A CPU libvirt plugged is /machine/peripheral/vcpu<id>;
 				// anything else there means the topology mapping is wrong.
-				if id, ok := strings.CutPrefix(path, "/machine/peripheral/vcpu"); ok && id != strconv.Itoa(v.id) {
-					return fmt.Errorf("QEMU has %s in the slot of libvirt vCPU %d: unexpected topology mapping", path, v.id)
-				}
-				var apic int
-				err := lv.monitor(c, "qom-get", map[string]string{"path": path, "property": "apic-id"}, &apic)
-				var qe *qemuMonitorError
-				switch {
-				case err == nil:
-					s.APICID = apic
-				case errors.As(err, &qe) && qe.Class == "DeviceNotFound":
-					// Unplugged between the two queries.
-					s.Plugged, s.ThreadID = false, 0
-				default:
-					return err
+				if id, ok := strings.CutPrefix(q.Ref, "/machine/peripheral/vcpu"); ok && id != strconv.Itoa(v.id) {
+					return fmt.Errorf("QEMU has %s in the slot of libvirt vCPU %d: unexpected topology mapping", q.Ref, v.id)
 				}
 			}
 			if s.Plugged {
@@ -613,11 +543,15 @@ func (lv *Libvirt) State(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	return lvState(slots), nil
+}
+
+func lvState(slots []lvSlot) State {
 	st := State{Slots: make([]Slot, len(slots))}
 	for i, s := range slots {
 		st.Slots[i] = s.Slot
 	}
-	return st, nil
+	return st
 }
 
 // setVCPU enables or disables one vCPU live.
@@ -633,14 +567,14 @@ func (lv *Libvirt) setVCPU(ctx context.Context, id int, enable bool) error {
 
 // Plug enables the lowest vCPU that libvirt may hot-plug and QEMU has free,
 // with virDomainSetVcpu(LIVE), and returns its slot as QEMU then reports it.
-func (lv *Libvirt) Plug(ctx context.Context) (Slot, error) {
+func (lv *Libvirt) Plug(ctx context.Context) (Slot, State, error) {
 	if err := acquire(ctx, lv.opSem); err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: %s: plug: %w", lv, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: %s: plug: %w", lv, err)
 	}
 	defer func() { <-lv.opSem }()
 	slots, err := lv.slots(ctx)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	free, stale := -1, 0
 	for _, s := range slots {
@@ -657,56 +591,56 @@ func (lv *Libvirt) Plug(ctx context.Context) (Slot, error) {
 		if stale > 0 {
 			msg = fmt.Sprintf("%s: %d more are free in QEMU but libvirt still counts them enabled after unplugs it did not see complete; restart libvirtd to resynchronise it", msg, stale)
 		}
-		return Slot{}, fmt.Errorf("%w: %s", ErrNoFreeSlot, msg)
+		return Slot{}, State{}, fmt.Errorf("%w: %s", ErrNoFreeSlot, msg)
 	}
 	lv.log.Debug("plugging vCPU", "vcpu", free)
 	if err := lv.setVCPU(ctx, free, true); err != nil {
-		return Slot{}, fmt.Errorf("%w (re-read State: another client may have plugged it)", err)
+		return Slot{}, State{}, fmt.Errorf("%w (re-read State: another client may have plugged it)", err)
 	}
 	after, err := lv.slots(ctx)
 	if err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: %s: vCPU %d was plugged but reading it back failed: %w", lv, free, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: %s: vCPU %d was plugged but reading it back failed: %w", lv, free, err)
 	}
 	for _, s := range after {
 		if s.Index == free && s.Plugged {
 			lv.log.Info("plugged vCPU", "vcpu", free, "apic_id", s.APICID)
-			return s.Slot, nil
+			return s.Slot, lvState(after), nil
 		}
 	}
-	return Slot{}, fmt.Errorf("hypervisor: %s: libvirt enabled vCPU %d but QEMU does not list it plugged", lv, free)
+	return Slot{}, State{}, fmt.Errorf("hypervisor: %s: libvirt enabled vCPU %d but QEMU does not list it plugged", lv, free)
 }
 
 // Unplug disables the vCPU in slot with virDomainSetVcpu(LIVE) and waits, up
 // to UnplugTimeout, until QEMU reports the slot empty. libvirt's own answer
 // does not decide: it times out under TCG even when the guest ejected the
 // CPU (see the notes above).
-func (lv *Libvirt) Unplug(ctx context.Context, slot Slot) error {
+func (lv *Libvirt) Unplug(ctx context.Context, slot Slot) (State, error) {
 	if err := acquire(ctx, lv.opSem); err != nil {
-		return fmt.Errorf("hypervisor: %s: unplug vCPU %d: %w", lv, slot.Index, err)
+		return State{}, fmt.Errorf("hypervisor: %s: unplug vCPU %d: %w", lv, slot.Index, err)
 	}
 	defer func() { <-lv.opSem }()
 	if slot.Ref == "" {
-		return fmt.Errorf("%w: slot %d of %s holds no CPU", ErrNotUnpluggable, slot.Index, lv)
+		return State{}, fmt.Errorf("%w: slot %d of %s holds no CPU", ErrNotUnpluggable, slot.Index, lv)
 	}
 	start := time.Now()
 	slots, err := lv.slots(ctx)
 	if err != nil {
-		return err
+		return State{}, err
 	}
 	if slot.Index < 0 || slot.Index >= len(slots) {
-		return fmt.Errorf("%w: %s has no vCPU %d (it has %d)", ErrNotUnpluggable, lv, slot.Index, len(slots))
+		return State{}, fmt.Errorf("%w: %s has no vCPU %d (it has %d)", ErrNotUnpluggable, lv, slot.Index, len(slots))
 	}
 	cur := slots[slot.Index]
 	if !cur.Plugged {
 		lv.log.Debug("vCPU already gone", "vcpu", slot.Index)
-		return nil
+		return lvState(slots), nil
 	}
 	if !cur.Removable {
-		return fmt.Errorf("%w: vCPU %d of %s is not hot-pluggable in libvirt (a boot vCPU); only vCPUs above <vcpu current> are removed",
+		return State{}, fmt.Errorf("%w: vCPU %d of %s is not hot-pluggable in libvirt (a boot vCPU); only vCPUs above <vcpu current> are removed",
 			ErrNotUnpluggable, slot.Index, lv)
 	}
 	if !cur.libvirtEnabled {
-		return fmt.Errorf("%w: QEMU has vCPU %d of %s plugged but libvirt counts it disabled, so libvirt cannot remove it; restart libvirtd to resynchronise it",
+		return State{}, fmt.Errorf("%w: QEMU has vCPU %d of %s plugged but libvirt counts it disabled, so libvirt cannot remove it; restart libvirtd to resynchronise it",
 			ErrNotUnpluggable, slot.Index, lv)
 	}
 
@@ -720,39 +654,39 @@ func (lv *Libvirt) Unplug(ctx context.Context, slot Slot) error {
 		// finished already. QEMU says which.
 		lv.log.Debug("libvirt timed out waiting for the unplug; polling QEMU", "vcpu", slot.Index, "error", le.Message)
 	case strings.Contains(err.Error(), "acpi: device unplug request for not supported device type"):
-		return fmt.Errorf("%w: QEMU refused to remove vCPU %d of %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
+		return State{}, fmt.Errorf("%w: QEMU refused to remove vCPU %d of %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
 			ErrNotUnpluggable, slot.Index, lv, err)
 	default:
-		return err
+		return State{}, err
 	}
 	return lv.waitGone(ctx, slot.Index, start)
 }
 
 // waitGone polls until the slot is empty (QEMU's view, or libvirt's with
 // LibvirtViewOnly) or UnplugTimeout has passed since start.
-func (lv *Libvirt) waitGone(ctx context.Context, id int, start time.Time) error {
+func (lv *Libvirt) waitGone(ctx context.Context, id int, start time.Time) (State, error) {
 	deadline := start.Add(lv.opts.UnplugTimeout)
 	for {
 		slots, err := lv.slots(ctx)
 		if err != nil {
-			return fmt.Errorf("hypervisor: %s: vCPU %d was being unplugged but reading state failed (re-read State): %w", lv, id, err)
+			return State{}, fmt.Errorf("hypervisor: %s: vCPU %d was being unplugged but reading state failed (re-read State): %w", lv, id, err)
 		}
 		if !slots[id].Plugged {
 			lv.log.Info("unplugged vCPU", "vcpu", id, "libvirt_in_step", !slots[id].libvirtEnabled)
-			return nil
+			return lvState(slots), nil
 		}
 		if time.Now().After(deadline) {
 			hint := "the CPU goes away if the guest finishes later, so re-read State"
 			if lv.opts.LibvirtViewOnly {
 				hint += "; under TCG libvirt never notices, so libvirt_view_only cannot confirm unplugs there"
 			}
-			return fmt.Errorf("%w: the guest of %s did not eject vCPU %d within %s; %s",
+			return State{}, fmt.Errorf("%w: the guest of %s did not eject vCPU %d within %s; %s",
 				ErrUnplugTimeout, lv, id, lv.opts.UnplugTimeout, hint)
 		}
 		select {
 		case <-time.After(libvirtPoll):
 		case <-ctx.Done():
-			return fmt.Errorf("hypervisor: %s: waiting for the guest to eject vCPU %d: %w (the unplug may still complete; re-read State)",
+			return State{}, fmt.Errorf("hypervisor: %s: waiting for the guest to eject vCPU %d: %w (the unplug may still complete; re-read State)",
 				lv, id, ctx.Err())
 		}
 	}

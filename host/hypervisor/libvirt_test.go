@@ -80,8 +80,15 @@ func randomName(prefix string) string {
 // startLibvirtDomain creates a transient guestless domain with current of
 // max vCPUs (and topology, "" for libvirt's default) and destroys it when
 // the test ends.
+// lvDomains bounds how many test domains run at once: each is a TCG QEMU,
+// and on a loaded 2-core machine more than two starve each other (and the
+// libvirtd they share) past any step's deadline.
+var lvDomains = make(chan struct{}, 2)
+
 func startLibvirtDomain(t *testing.T, current, maxVCPUs int, topology string) *lvDomain {
 	t.Helper()
+	lvDomains <- struct{}{}
+	t.Cleanup(func() { <-lvDomains }) // registered first, so it runs after the domain is gone
 	c := dialLibvirtForTest(t)
 	emulator, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
@@ -194,6 +201,11 @@ func (d *lvDomain) ejectCPU(t *testing.T, slot int) {
 	}
 }
 
+// lvStep is the deadline of one step of a test (one call to the backend):
+// each step gets its own, so a slow domain start does not eat the next
+// call's time.
+func lvStep(t *testing.T) context.Context { return lvCtx(t) }
+
 func lvCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
@@ -242,7 +254,7 @@ func lvUnplugEjecting(t *testing.T, lv *Libvirt, w *logWatch, d *lvDomain, s Slo
 	t.Helper()
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- lv.Unplug(lvCtx(t), s) }()
+	go func() { _, err := lv.Unplug(lvCtx(t), s); done <- err }()
 	select {
 	case <-w.seen:
 	case err := <-done:
@@ -286,7 +298,7 @@ func TestLibvirtPlugUntilFull(t *testing.T) {
 	ctx := lvCtx(t)
 	for i := 1; i < 4; i++ {
 		start := time.Now()
-		s, err := lv.Plug(ctx)
+		s, _, err := lv.Plug(ctx)
 		if err != nil {
 			t.Fatalf("Plug %d: %v", i, err)
 		}
@@ -300,7 +312,7 @@ func TestLibvirtPlugUntilFull(t *testing.T) {
 	if !reflect.DeepEqual(sortedCopy(got), want) {
 		t.Errorf("QEMU has %v, want %v", got, want)
 	}
-	if _, err := lv.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), d.name) {
+	if _, _, err := lv.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), d.name) {
 		t.Errorf("Plug on a full domain: %v, want ErrNoFreeSlot naming the domain", err)
 	}
 }
@@ -327,7 +339,7 @@ func TestLibvirtTopologyAPICIDs(t *testing.T) {
 	view, _ := newTestLibvirt(t, d, LibvirtOptions{LibvirtViewOnly: true})
 	ctx := lvCtx(t)
 	for i := 0; i < 5; i++ {
-		if _, err := lv.Plug(ctx); err != nil {
+		if _, _, err := lv.Plug(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -357,11 +369,11 @@ func TestLibvirtUnplugWithoutGuestOS(t *testing.T) {
 	d := startLibvirtDomain(t, 1, 4, "")
 	lv, _ := newTestLibvirt(t, d, LibvirtOptions{UnplugTimeout: 10 * time.Second})
 	ctx := lvCtx(t)
-	s, err := lv.Plug(ctx)
+	s, _, err := lv.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = lv.Unplug(ctx, s)
+	_, err = lv.Unplug(ctx, s)
 	if !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "not supported device type") || !strings.Contains(err.Error(), d.name) {
 		t.Fatalf("Unplug: %v, want ErrNotUnpluggable with QEMU's reason and the domain", err)
 	}
@@ -381,13 +393,13 @@ func TestLibvirtUnplugRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := lv.Unplug(ctx, st.Slots[0]); !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "vCPU 0") {
+	if _, err := lv.Unplug(ctx, st.Slots[0]); !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "vCPU 0") {
 		t.Errorf("Unplug(boot vCPU): %v", err)
 	}
-	if err := lv.Unplug(ctx, st.Slots[2]); !errors.Is(err, ErrNotUnpluggable) {
+	if _, err := lv.Unplug(ctx, st.Slots[2]); !errors.Is(err, ErrNotUnpluggable) {
 		t.Errorf("Unplug(empty slot): %v", err)
 	}
-	if err := lv.Unplug(ctx, Slot{Index: 9, Ref: "9"}); !errors.Is(err, ErrNotUnpluggable) {
+	if _, err := lv.Unplug(ctx, Slot{Index: 9, Ref: "9"}); !errors.Is(err, ErrNotUnpluggable) {
 		t.Errorf("Unplug(slot 9 of 4): %v", err)
 	}
 }
@@ -402,7 +414,7 @@ func TestLibvirtUnplugConfirmedFromQEMU(t *testing.T) {
 	lv, w := newTestLibvirt(t, d, LibvirtOptions{})
 	ctx := lvCtx(t)
 	d.enableCPUHotUnplug(t)
-	s, err := lv.Plug(ctx)
+	s, _, err := lv.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,14 +448,14 @@ func TestLibvirtUnplugConfirmedFromQEMU(t *testing.T) {
 	if !vcpus[1].enabled {
 		t.Errorf("libvirt now sees the unplug of vCPU 1 complete: update the notes in libvirt.go")
 	}
-	s2, err := lv.Plug(ctx)
+	s2, _, err := lv.Plug(ctx)
 	if err != nil || s2.Index != 2 {
 		t.Fatalf("Plug after the unplug = %+v, %v; want vCPU 2", s2, err)
 	}
-	if _, err := lv.Plug(ctx); err != nil {
+	if _, _, err := lv.Plug(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err = lv.Plug(ctx)
+	_, _, err = lv.Plug(ctx)
 	if !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), "restart libvirtd") {
 		t.Errorf("Plug with only the stale slot free: %v, want ErrNoFreeSlot telling to restart libvirtd", err)
 	}
@@ -457,12 +469,12 @@ func TestLibvirtUnplugTimeout(t *testing.T) {
 	lv, _ := newTestLibvirt(t, d, LibvirtOptions{UnplugTimeout: 6 * time.Second})
 	ctx := lvCtx(t)
 	d.enableCPUHotUnplug(t)
-	s, err := lv.Plug(ctx)
+	s, _, err := lv.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	err = lv.Unplug(ctx, s)
+	_, err = lv.Unplug(ctx, s)
 	if !errors.Is(err, ErrUnplugTimeout) || !strings.Contains(err.Error(), "vCPU 1") || !strings.Contains(err.Error(), d.name) {
 		t.Fatalf("Unplug: %v, want ErrUnplugTimeout naming vCPU 1 and the domain", err)
 	}
@@ -487,7 +499,7 @@ func TestLibvirtViewOnlyUnderTCG(t *testing.T) {
 	lv, w := newTestLibvirt(t, d, LibvirtOptions{LibvirtViewOnly: true, UnplugTimeout: 7 * time.Second})
 	ctx := lvCtx(t)
 	d.enableCPUHotUnplug(t)
-	s, err := lv.Plug(ctx)
+	s, _, err := lv.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,7 +525,7 @@ func TestLibvirtVCPUStats(t *testing.T) {
 	d := startLibvirtDomain(t, 1, 4, "")
 	lv, _ := newTestLibvirt(t, d, LibvirtOptions{})
 	ctx := lvCtx(t)
-	if _, err := lv.Plug(ctx); err != nil {
+	if _, _, err := lv.Plug(ctx); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -530,32 +542,31 @@ func TestLibvirtVCPUStats(t *testing.T) {
 // are ErrUnavailable naming what is missing.
 func TestLibvirtUnavailable(t *testing.T) {
 	t.Parallel()
-	ctx := lvCtx(t)
 	sock := filepath.Join(t.TempDir(), "nope")
 	lv := NewLibvirt("x", LibvirtOptions{Socket: sock})
 	defer lv.Close()
-	if _, err := lv.State(ctx); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), sock) {
+	if _, err := lv.State(lvStep(t)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), sock) {
 		t.Errorf("missing socket: %v", err)
 	}
 
 	d := startLibvirtDomain(t, 1, 4, "")
 	missing := NewLibvirt("no-such-domain-hp", LibvirtOptions{})
 	defer missing.Close()
-	if _, err := missing.State(ctx); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no-such-domain-hp") {
+	if _, err := missing.State(lvStep(t)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no-such-domain-hp") {
 		t.Errorf("missing domain: %v", err)
 	}
 
 	lv2, _ := newTestLibvirt(t, d, LibvirtOptions{})
-	if _, err := lv2.State(ctx); err != nil {
+	if _, err := lv2.State(lvStep(t)); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.c.l.DomainDestroy(d.dom); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lv2.State(ctx); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), d.name) {
+	if _, err := lv2.State(lvStep(t)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), d.name) {
 		t.Errorf("destroyed domain: %v", err)
 	}
-	if _, err := lv2.Plug(ctx); !errors.Is(err, ErrUnavailable) {
+	if _, _, err := lv2.Plug(lvStep(t)); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Plug on a destroyed domain: %v", err)
 	}
 }
@@ -567,7 +578,7 @@ func TestLibvirtContext(t *testing.T) {
 	d := startLibvirtDomain(t, 1, 4, "")
 	lv, _ := newTestLibvirt(t, d, LibvirtOptions{UnplugTimeout: 30 * time.Second})
 	d.enableCPUHotUnplug(t)
-	s, err := lv.Plug(lvCtx(t))
+	s, _, err := lv.Plug(lvCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +586,7 @@ func TestLibvirtContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	start := time.Now()
-	err = lv.Unplug(ctx, s)
+	_, err = lv.Unplug(ctx, s)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
 		t.Fatalf("Unplug under a 1 s deadline: %v after %v", err, time.Since(start))
 	}
@@ -724,7 +735,7 @@ func FuzzParseLibvirtVCPUs(f *testing.F) {
 			t.Fatalf("%d vCPUs", len(vcpus))
 		}
 		for i, v := range vcpus {
-			if v.id != i || len(v.topo) != len(lvTopoKeys) {
+			if v.id != i || len(v.topo) != len(topoKeys) {
 				t.Fatalf("vCPU %d = %+v", i, v)
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/host/qmp"
+
 	"github.com/prometheus/procfs"
 )
 
@@ -41,12 +43,27 @@ var _ LifetimeLimiter = (*QEMU)(nil)
 
 // VCPULifetime reports QEMU's TCG lifetime limit: query-kvm says whether
 // KVM is in use; the QEMU process's start time comes from the socket
-// peer's pid (SO_PEERCRED) and /proc.
+// peer's pid (SO_PEERCRED) and /proc. None of it changes while one QEMU
+// process lives, so it is asked once per connection (a new connection may
+// be a new process).
 func (q *QEMU) VCPULifetime(ctx context.Context) (Lifetime, error) {
 	c, err := q.conn(ctx)
 	if err != nil {
 		return Lifetime{}, err
 	}
+	q.lifeMu.Lock()
+	defer q.lifeMu.Unlock()
+	if q.lifeOf == c {
+		return q.life, nil
+	}
+	lt, err := q.vcpuLifetime(ctx, c)
+	if err == nil {
+		q.life, q.lifeOf = lt, c
+	}
+	return lt, err
+}
+
+func (q *QEMU) vcpuLifetime(ctx context.Context, c *qmp.Client) (Lifetime, error) {
 	var kvm struct {
 		Enabled bool `json:"enabled"`
 	}
@@ -56,11 +73,11 @@ func (q *QEMU) VCPULifetime(ctx context.Context) (Lifetime, error) {
 	if kvm.Enabled {
 		return Lifetime{}, nil
 	}
-	st, err := q.State(ctx)
+	slots, err := q.slots(ctx, c)
 	if err != nil {
 		return Lifetime{}, err
 	}
-	lt := tcgLifetime(st)
+	lt := tcgLifetime(qstate(slots))
 	pid := c.PeerPID()
 	if pid <= 0 {
 		return lt, fmt.Errorf("hypervisor: QEMU %s: cannot tell QEMU's pid, so not when it started", q.socket)
@@ -114,12 +131,23 @@ func (lv *Libvirt) VCPULifetime(ctx context.Context) (Lifetime, error) {
 	if lv.opts.LibvirtViewOnly {
 		return Lifetime{}, nil // no passthrough: cannot tell; libvirt keeps slots single-use under TCG anyway
 	}
+	// Whether KVM is in use does not change while the domain runs: asked
+	// once per connection to libvirtd.
 	var kvm struct {
 		Enabled bool `json:"enabled"`
 	}
-	if err := lv.do(ctx, "query-kvm", func(c *libvirtConn) error { return lv.monitor(c, "query-kvm", nil, &kvm) }); err != nil {
+	var asked *libvirtConn
+	if err := lv.do(ctx, "query-kvm", func(c *libvirtConn) error {
+		asked = c
+		if c.kvmKnown {
+			kvm.Enabled = c.kvm
+			return nil
+		}
+		return lvMonitor{c}.Execute(ctx, "query-kvm", nil, &kvm)
+	}); err != nil {
 		return Lifetime{}, err
 	}
+	asked.kvm, asked.kvmKnown = kvm.Enabled, true
 	if kvm.Enabled {
 		return Lifetime{}, nil
 	}

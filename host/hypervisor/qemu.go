@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -97,6 +97,11 @@ type QEMU struct {
 	// opSem serialises Plug and Unplug: two concurrent Plugs would pick
 	// the same free slot.
 	opSem chan struct{}
+
+	// lifeMu guards life, VCPULifetime's answer for the connection lifeOf.
+	lifeMu sync.Mutex
+	life   Lifetime
+	lifeOf *qmp.Client
 }
 
 var _ Hypervisor = (*QEMU)(nil)
@@ -181,102 +186,6 @@ func (q *QEMU) Close() error {
 	return nil
 }
 
-// hotpluggableCPU is one entry of query-hotpluggable-cpus.
-type hotpluggableCPU struct {
-	Type       string                     `json:"type"`
-	VCPUsCount int                        `json:"vcpus-count"`
-	QOMPath    string                     `json:"qom-path"`
-	Props      map[string]json.RawMessage `json:"props"`
-}
-
-// qslot is a Slot with what Plug and Unplug need to address it in QEMU.
-type qslot struct {
-	Slot
-	cpuType string
-	// props are QEMU's, verbatim, to hand back to device_add.
-	props map[string]json.RawMessage
-	topo  []int64 // sort key, in topoKeys order
-}
-
-// topoKeys orders slots, outermost level first, as QEMU's CPU topology
-// does: x86 uses socket/die/module/core/thread (module-id since QEMU 9,
-// listed only with -smp modules > 1); cluster-id (QEMU 7.0+ on other
-// machines) sits between die and module. A level missing from a slot's
-// props counts as 0.
-var topoKeys = []string{"socket-id", "die-id", "cluster-id", "module-id", "core-id", "thread-id"}
-
-// idPrefixes name the parts of a device id we derive from props.
-var idPrefixes = map[string]string{"socket-id": "s", "die-id": "d", "cluster-id": "cl", "module-id": "m", "core-id": "c", "thread-id": "t"}
-
-// slots reads QEMU's CPU slots, ordered by topology so index 0 is the boot
-// CPU. It does not fill APICID or ThreadID.
-func (q *QEMU) slots(ctx context.Context, c *qmp.Client) ([]qslot, error) {
-	var cpus []hotpluggableCPU
-	if err := q.exec(ctx, c, "query-hotpluggable-cpus", nil, &cpus); err != nil {
-		return nil, fmt.Errorf("hypervisor: QEMU %s: query-hotpluggable-cpus: %w", q.socket, err)
-	}
-	out := make([]qslot, 0, len(cpus))
-	for _, cpu := range cpus {
-		if cpu.VCPUsCount != 1 {
-			return nil, fmt.Errorf("hypervisor: QEMU %s: slot of type %s holds %d vCPUs; only machines with one vCPU per slot (x86) are supported",
-				q.socket, cpu.Type, cpu.VCPUsCount)
-		}
-		s := qslot{cpuType: cpu.Type, props: cpu.Props}
-		for _, k := range topoKeys {
-			v := int64(0)
-			if raw, ok := cpu.Props[k]; ok {
-				if err := json.Unmarshal(raw, &v); err != nil {
-					return nil, fmt.Errorf("hypervisor: QEMU %s: query-hotpluggable-cpus: %s is %s, want an integer", q.socket, k, raw)
-				}
-			}
-			s.topo = append(s.topo, v)
-		}
-		s.Plugged = cpu.QOMPath != ""
-		s.Ref = cpu.QOMPath
-		s.Removable = hotplugged(cpu.QOMPath)
-		s.APICID = -1
-		out = append(out, s)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := out[i].topo, out[j].topo
-		for k := range a {
-			if a[k] != b[k] {
-				return a[k] < b[k]
-			}
-		}
-		return false
-	})
-	for i := range out {
-		out[i].Index = i
-	}
-	return out, nil
-}
-
-// hotplugged reports whether a CPU was created by device_add: QEMU puts
-// those under /machine/peripheral (with an id) or /machine/peripheral-anon.
-func hotplugged(qomPath string) bool {
-	return strings.HasPrefix(qomPath, "/machine/peripheral/") || strings.HasPrefix(qomPath, "/machine/peripheral-anon/")
-}
-
-// deviceID is the id Plug gives the CPU in a slot: stable across restarts
-// of the actuator, so a CPU we plugged is recognisable, e.g. hpcpu-s0-c1-t0.
-func deviceID(s qslot) string {
-	var b strings.Builder
-	b.WriteString("hpcpu")
-	for i, k := range topoKeys {
-		if _, ok := s.props[k]; ok {
-			fmt.Fprintf(&b, "-%s%d", idPrefixes[k], s.topo[i])
-		}
-	}
-	return b.String()
-}
-
-// cpuFast is one entry of query-cpus-fast.
-type cpuFast struct {
-	QOMPath  string `json:"qom-path"`
-	ThreadID int    `json:"thread-id"`
-}
-
 // State reads the VM's CPU slots: query-hotpluggable-cpus for the slots,
 // query-cpus-fast for host thread ids, qom-get apic-id for each plugged CPU.
 func (q *QEMU) State(ctx context.Context) (State, error) {
@@ -288,63 +197,59 @@ func (q *QEMU) State(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	return qstate(slots), nil
+}
+
+func qstate(slots []qslot) State {
 	st := State{Slots: make([]Slot, len(slots))}
 	for i, s := range slots {
 		st.Slots[i] = s.Slot
 	}
-	return st, nil
+	return st
 }
 
 func (q *QEMU) state(ctx context.Context, c *qmp.Client) ([]qslot, error) {
-	slots, err := q.slots(ctx, c)
+	slots, err := readState(ctx, qemuMonitor{q, c}, q.log)
 	if err != nil {
-		return nil, err
-	}
-	var fast []cpuFast
-	if err := q.exec(ctx, c, "query-cpus-fast", nil, &fast); err != nil {
-		return nil, fmt.Errorf("hypervisor: QEMU %s: query-cpus-fast: %w", q.socket, err)
-	}
-	threads := make(map[string]int, len(fast))
-	for _, f := range fast {
-		threads[f.QOMPath] = f.ThreadID
-	}
-	for i := range slots {
-		s := &slots[i]
-		if !s.Plugged {
-			continue
-		}
-		s.ThreadID = threads[s.Ref]
-		var apic int
-		err := q.exec(ctx, c, "qom-get", map[string]string{"path": s.Ref, "property": "apic-id"}, &apic)
-		var qe *qmp.Error
-		switch {
-		case err == nil:
-			s.APICID = apic
-		case errors.As(err, &qe) && qe.Class == "DeviceNotFound":
-			// Unplugged between the two queries: report what QEMU said
-			// first, with the APIC id unknown.
-			q.log.Debug("CPU vanished while reading state", "qom_path", s.Ref)
-		default:
-			return nil, fmt.Errorf("hypervisor: QEMU %s: qom-get %s apic-id: %w", q.socket, s.Ref, err)
-		}
+		return nil, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
 	}
 	return slots, nil
 }
 
+// slots reads QEMU's CPU slots, ordered by topology so index 0 is the boot
+// CPU. It does not fill APICID or ThreadID.
+func (q *QEMU) slots(ctx context.Context, c *qmp.Client) ([]qslot, error) {
+	slots, err := readSlots(ctx, qemuMonitor{q, c})
+	if err != nil {
+		return nil, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
+	}
+	return slots, nil
+}
+
+// qemuMonitor runs QMP commands on a QEMU's own socket.
+type qemuMonitor struct {
+	q *QEMU
+	c *qmp.Client
+}
+
+func (m qemuMonitor) Execute(ctx context.Context, cmd string, args, result any) error {
+	return m.q.exec(ctx, m.c, cmd, args, result)
+}
+
 // Plug device_adds a CPU into the lowest free slot, with exactly the props
 // QEMU listed for it, and returns the slot as QEMU then reports it.
-func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
+func (q *QEMU) Plug(ctx context.Context) (Slot, State, error) {
 	if err := acquire(ctx, q.opSem); err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: plug: %w", q.socket, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: plug: %w", q.socket, err)
 	}
 	defer func() { <-q.opSem }()
 	c, err := q.conn(ctx)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	slots, err := q.slots(ctx, c)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	var free *qslot
 	for i := range slots {
@@ -354,7 +259,7 @@ func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
 		}
 	}
 	if free == nil {
-		return Slot{}, fmt.Errorf("%w: all %d CPU slots of the VM at %s are plugged (raise -smp maxcpus to allow more)",
+		return Slot{}, State{}, fmt.Errorf("%w: all %d CPU slots of the VM at %s are plugged (raise -smp maxcpus to allow more)",
 			ErrNoFreeSlot, len(slots), q.socket)
 	}
 	id := deviceID(*free)
@@ -367,24 +272,24 @@ func (q *QEMU) Plug(ctx context.Context) (Slot, error) {
 	q.log.Debug("plugging CPU", "slot", free.Index, "id", id)
 	if err := q.exec(ctx, c, "device_add", args, nil); err != nil {
 		if errors.Is(err, ErrUnavailable) {
-			return Slot{}, fmt.Errorf("%w; it was plugging CPU %s into slot %d (QEMU 10.0 under TCG aborts on the device_add that would create more vCPUs than -smp maxcpus in the VM's life, unplugged ones included: look for \"tcg_max_ctxs\" in QEMU's log)",
+			return Slot{}, State{}, fmt.Errorf("%w; it was plugging CPU %s into slot %d (QEMU 10.0 under TCG aborts on the device_add that would create more vCPUs than -smp maxcpus in the VM's life, unplugged ones included: look for \"tcg_max_ctxs\" in QEMU's log)",
 				err, id, free.Index)
 		}
-		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s into slot %d (re-read State: another client may have plugged it): %w",
+		return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s into slot %d (re-read State: another client may have plugged it): %w",
 			q.socket, id, free.Index, err)
 	}
 	after, err := q.state(ctx, c)
 	if err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was plugged but reading it back failed: %w", q.socket, id, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was plugged but reading it back failed: %w", q.socket, id, err)
 	}
 	want := "/machine/peripheral/" + id
 	for _, s := range after {
 		if s.Ref == want {
 			q.log.Info("plugged CPU", "slot", s.Index, "id", id, "apic_id", s.APICID)
-			return s.Slot, nil
+			return s.Slot, qstate(after), nil
 		}
 	}
-	return Slot{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s succeeded but query-hotpluggable-cpus does not list %s", q.socket, id, want)
+	return Slot{}, State{}, fmt.Errorf("hypervisor: QEMU %s: device_add CPU %s succeeded but query-hotpluggable-cpus does not list %s", q.socket, id, want)
 }
 
 // deviceDeleted is the data of QEMU's DEVICE_DELETED event.
@@ -396,21 +301,21 @@ type deviceDeleted struct {
 // Unplug asks QEMU to remove the CPU in slot and waits, up to
 // UnplugTimeout, for the guest to eject it. It confirms from QEMU that the
 // slot is free before returning nil.
-func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
+func (q *QEMU) Unplug(ctx context.Context, slot Slot) (State, error) {
 	if err := acquire(ctx, q.opSem); err != nil {
-		return fmt.Errorf("hypervisor: QEMU %s: unplug slot %d: %w", q.socket, slot.Index, err)
+		return State{}, fmt.Errorf("hypervisor: QEMU %s: unplug slot %d: %w", q.socket, slot.Index, err)
 	}
 	defer func() { <-q.opSem }()
 	if slot.Ref == "" {
-		return fmt.Errorf("%w: slot %d of the VM at %s holds no CPU", ErrNotUnpluggable, slot.Index, q.socket)
+		return State{}, fmt.Errorf("%w: slot %d of the VM at %s holds no CPU", ErrNotUnpluggable, slot.Index, q.socket)
 	}
 	c, err := q.conn(ctx)
 	if err != nil {
-		return err
+		return State{}, err
 	}
-	slots, err := q.slots(ctx, c)
+	slots, err := q.state(ctx, c)
 	if err != nil {
-		return err
+		return State{}, err
 	}
 	var cur *qslot
 	for i := range slots {
@@ -420,10 +325,10 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 	}
 	if cur == nil {
 		q.log.Debug("CPU already gone", "qom_path", slot.Ref)
-		return nil
+		return qstate(slots), nil
 	}
 	if !cur.Removable {
-		return fmt.Errorf("%w: CPU %s (slot %d) of the VM at %s was not hot-plugged; only CPUs added by device_add are removed",
+		return State{}, fmt.Errorf("%w: CPU %s (slot %d) of the VM at %s was not hot-plugged; only CPUs added by device_add are removed",
 			ErrNotUnpluggable, cur.Ref, cur.Index, q.socket)
 	}
 	ref := cur.Ref
@@ -450,13 +355,13 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 			case qe.Class == "DeviceNotFound":
 				return q.confirmGone(ctx, c, *cur)
 			case strings.HasPrefix(qe.Desc, "acpi: device unplug request for not supported device type"):
-				return fmt.Errorf("%w: QEMU %s refused device_del of CPU %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
+				return State{}, fmt.Errorf("%w: QEMU %s refused device_del of CPU %s: the guest has not enabled ACPI CPU hot-unplug (still booting, or no ACPI); retry once the guest OS is up: %v",
 					ErrNotUnpluggable, q.socket, ref, err)
 			case qe.Desc == "Boot CPU is unpluggable":
-				return fmt.Errorf("%w: QEMU %s: CPU %s is the boot CPU: %v", ErrNotUnpluggable, q.socket, ref, err)
+				return State{}, fmt.Errorf("%w: QEMU %s: CPU %s is the boot CPU: %v", ErrNotUnpluggable, q.socket, ref, err)
 			}
 		}
-		return fmt.Errorf("hypervisor: QEMU %s: device_del CPU %s (slot %d): %w", q.socket, ref, cur.Index, err)
+		return State{}, fmt.Errorf("hypervisor: QEMU %s: device_del CPU %s (slot %d): %w", q.socket, ref, cur.Index, err)
 	}
 
 	timer := time.NewTimer(q.opts.UnplugTimeout)
@@ -464,15 +369,15 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 	select {
 	case ev, ok := <-sub.C():
 		if !ok {
-			return fmt.Errorf("%w: QEMU %s went away while CPU %s was being unplugged (re-read State when it is back): %v",
+			return State{}, fmt.Errorf("%w: QEMU %s went away while CPU %s was being unplugged (re-read State when it is back): %v",
 				ErrUnavailable, q.socket, ref, c.Err())
 		}
 		q.log.Debug("guest ejected CPU", "qom_path", ref, "device_deleted", string(ev.Data))
 	case <-timer.C:
-		return fmt.Errorf("%w: the guest of the VM at %s did not eject CPU %s (slot %d) within %s; QEMU removes it if the guest finishes later, so re-read State",
+		return State{}, fmt.Errorf("%w: the guest of the VM at %s did not eject CPU %s (slot %d) within %s; QEMU removes it if the guest finishes later, so re-read State",
 			ErrUnplugTimeout, q.socket, ref, cur.Index, q.opts.UnplugTimeout)
 	case <-ctx.Done():
-		return fmt.Errorf("hypervisor: QEMU %s: waiting for the guest to eject CPU %s: %w (the unplug may still complete; re-read State)",
+		return State{}, fmt.Errorf("hypervisor: QEMU %s: waiting for the guest to eject CPU %s: %w (the unplug may still complete; re-read State)",
 			q.socket, ref, ctx.Err())
 	}
 	return q.confirmGone(ctx, c, *cur)
@@ -481,12 +386,12 @@ func (q *QEMU) Unplug(ctx context.Context, slot Slot) error {
 // confirmGone checks that QEMU lists the slot as free. QEMU frees the slot
 // before it sends DEVICE_DELETED, so one look normally suffices; a few short
 // retries cover a QEMU that orders them differently.
-func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) error {
+func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) (State, error) {
 	const tries = 5
 	for i := 0; ; i++ {
-		slots, err := q.slots(ctx, c)
+		slots, err := q.state(ctx, c)
 		if err != nil {
-			return fmt.Errorf("hypervisor: QEMU %s: CPU %s was unplugged but reading state failed: %w", q.socket, want.Ref, err)
+			return State{}, fmt.Errorf("hypervisor: QEMU %s: CPU %s was unplugged but reading state failed: %w", q.socket, want.Ref, err)
 		}
 		free := true
 		for _, s := range slots {
@@ -496,16 +401,16 @@ func (q *QEMU) confirmGone(ctx context.Context, c *qmp.Client, want qslot) error
 		}
 		if free {
 			q.log.Info("unplugged CPU", "slot", want.Index, "qom_path", want.Ref)
-			return nil
+			return qstate(slots), nil
 		}
 		if i == tries-1 {
-			return fmt.Errorf("hypervisor: QEMU %s: guest ejected CPU %s but QEMU still lists it in slot %d; re-read State",
+			return State{}, fmt.Errorf("hypervisor: QEMU %s: guest ejected CPU %s but QEMU still lists it in slot %d; re-read State",
 				q.socket, want.Ref, want.Index)
 		}
 		select {
 		case <-time.After(20 * time.Millisecond):
 		case <-ctx.Done():
-			return fmt.Errorf("hypervisor: QEMU %s: confirming CPU %s is gone: %w", q.socket, want.Ref, ctx.Err())
+			return State{}, fmt.Errorf("hypervisor: QEMU %s: confirming CPU %s is gone: %w", q.socket, want.Ref, ctx.Err())
 		}
 	}
 }

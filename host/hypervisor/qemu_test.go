@@ -101,7 +101,7 @@ func TestQEMUPlug(t *testing.T) {
 	srv, q := fakeVM(t, nil)
 	ctx := testCtx(t)
 	for i := 1; i < 4; i++ {
-		s, err := q.Plug(ctx)
+		s, _, err := q.Plug(ctx)
 		if err != nil {
 			t.Fatalf("Plug %d: %v", i, err)
 		}
@@ -123,14 +123,14 @@ func TestQEMUPlug(t *testing.T) {
 	if !reflect.DeepEqual(args, want) {
 		t.Errorf("device_add arguments = %v, want %v", args, want)
 	}
-	if _, err := q.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) {
+	if _, _, err := q.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) {
 		t.Errorf("Plug on a full VM: err = %v, want ErrNoFreeSlot", err)
 	}
 }
 
 func TestQEMUPlugDieTopology(t *testing.T) {
 	_, q := fakeVM(t, &qmptest.Config{Sockets: 1, Dies: 2, Cores: 1, Threads: 1})
-	s, err := q.Plug(testCtx(t))
+	s, _, err := q.Plug(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestQEMUPlugModuleTopology(t *testing.T) {
 	ctx := testCtx(t)
 	var refs []string
 	for i := 1; i < 4; i++ {
-		s, err := q.Plug(ctx)
+		s, _, err := q.Plug(ctx)
 		if err != nil {
 			t.Fatalf("Plug %d: %v", i, err)
 		}
@@ -164,7 +164,7 @@ func TestQEMUPlugModuleTopology(t *testing.T) {
 func TestQEMUPlugFails(t *testing.T) {
 	srv, q := fakeVM(t, nil)
 	srv.FailNext("device_add", "GenericError", "out of memory")
-	_, err := q.Plug(testCtx(t))
+	_, _, err := q.Plug(testCtx(t))
 	var qe *qmp.Error
 	if !errors.As(err, &qe) || qe.Desc != "out of memory" {
 		t.Fatalf("err = %v, want the QMP error", err)
@@ -186,11 +186,11 @@ func TestQEMUUnplug(t *testing.T) {
 			srv.SetUnplugDelay(time.Nanosecond)
 			ctx := testCtx(t)
 			for round := 0; round < 3; round++ {
-				s, err := q.Plug(ctx)
+				s, _, err := q.Plug(ctx)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := q.Unplug(ctx, s); err != nil {
+				if _, err := q.Unplug(ctx, s); err != nil {
 					t.Fatalf("round %d: Unplug: %v", round, err)
 				}
 				st, err := q.State(ctx)
@@ -211,14 +211,14 @@ func TestQEMUPlugTCGLimit(t *testing.T) {
 	srv, q := fakeVM(t, &qmptest.Config{MaxCPUs: 2})
 	srv.SetUnplugDelay(time.Nanosecond)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Unplug(ctx, s); err != nil {
+	if _, err := q.Unplug(ctx, s); err != nil {
 		t.Fatal(err)
 	}
-	_, err = q.Plug(ctx)
+	_, _, err = q.Plug(ctx)
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "tcg_max_ctxs") || !strings.Contains(err.Error(), "hpcpu-s0-c1-t0") {
 		t.Errorf("err = %v, want ErrUnavailable naming the CPU and the TCG limit", err)
 	}
@@ -228,12 +228,12 @@ func TestQEMUUnplugTimeout(t *testing.T) {
 	srv, _ := fakeVM(t, &qmptest.Config{GuestIgnoresUnplug: true})
 	q := newQEMU(t, srv.Path(), 100*time.Millisecond)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	err = q.Unplug(ctx, s)
+	_, err = q.Unplug(ctx, s)
 	if !errors.Is(err, ErrUnplugTimeout) {
 		t.Fatalf("err = %v, want ErrUnplugTimeout", err)
 	}
@@ -268,7 +268,7 @@ func TestQEMUUnplugRefused(t *testing.T) {
 		{"empty slot", st.Slots[2]},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := q.Unplug(ctx, tt.slot); !errors.Is(err, ErrNotUnpluggable) {
+			if _, err := q.Unplug(ctx, tt.slot); !errors.Is(err, ErrNotUnpluggable) {
 				t.Errorf("err = %v, want ErrNotUnpluggable", err)
 			}
 		})
@@ -280,13 +280,13 @@ func TestQEMUUnplugRefused(t *testing.T) {
 	}
 
 	t.Run("guest without ACPI hotplug", func(t *testing.T) {
-		s, err := q.Plug(ctx)
+		s, _, err := q.Plug(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		srv.SetLegacyCPUHotplug(true)
 		defer srv.SetLegacyCPUHotplug(false)
-		err = q.Unplug(ctx, s)
+		_, err = q.Unplug(ctx, s)
 		if !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "guest OS is up") {
 			t.Errorf("err = %v, want ErrNotUnpluggable telling to retry after boot", err)
 		}
@@ -296,15 +296,15 @@ func TestQEMUUnplugRefused(t *testing.T) {
 func TestQEMUUnplugAlreadyGone(t *testing.T) {
 	srv, q := fakeVM(t, nil)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Unplug(ctx, s); err != nil {
+	if _, err := q.Unplug(ctx, s); err != nil {
 		t.Fatal(err)
 	}
 	n := len(srv.Requests())
-	if err := q.Unplug(ctx, s); err != nil {
+	if _, err := q.Unplug(ctx, s); err != nil {
 		t.Errorf("second Unplug of the same CPU: %v", err)
 	}
 	for _, r := range srv.Requests()[n:] {
@@ -323,10 +323,10 @@ func TestQEMUUnavailable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "-qmp unix:") {
 		t.Errorf("State: err = %v, want ErrUnavailable naming %s and how QEMU must be started", err, path)
 	}
-	if _, err := q.Plug(ctx); !errors.Is(err, ErrUnavailable) {
+	if _, _, err := q.Plug(ctx); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Plug: err = %v", err)
 	}
-	if err := q.Unplug(ctx, Slot{Index: 1, Ref: "/machine/peripheral/x"}); !errors.Is(err, ErrUnavailable) {
+	if _, err := q.Unplug(ctx, Slot{Index: 1, Ref: "/machine/peripheral/x"}); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Unplug: err = %v", err)
 	}
 }
@@ -382,12 +382,12 @@ func TestQEMUDiesDuringUnplug(t *testing.T) {
 	srv, _ := fakeVM(t, &qmptest.Config{GuestIgnoresUnplug: true})
 	q := newQEMU(t, srv.Path(), time.Minute)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- q.Unplug(ctx, s) }()
+	go func() { _, err := q.Unplug(ctx, s); done <- err }()
 	waitFor(t, func() bool {
 		rs := srv.Requests()
 		return rs[len(rs)-1].Command == "device_del"
@@ -409,7 +409,7 @@ func TestQEMUDiesDuringUnplug(t *testing.T) {
 func TestQEMUContext(t *testing.T) {
 	srv, q := fakeVM(t, &qmptest.Config{GuestIgnoresUnplug: true})
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,7 +430,7 @@ func TestQEMUContext(t *testing.T) {
 	t.Run("unplug wait", func(t *testing.T) {
 		short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		defer cancel()
-		err := q.Unplug(short, s)
+		_, err := q.Unplug(short, s)
 		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnplugTimeout) {
 			t.Errorf("err = %v, want the context's error", err)
 		}
@@ -485,7 +485,7 @@ func TestRealQEMUPlug(t *testing.T) {
 		t.Fatalf("State = %+v", st)
 	}
 	for i := 1; i < 4; i++ {
-		s, err := q.Plug(ctx)
+		s, _, err := q.Plug(ctx)
 		if err != nil {
 			t.Fatalf("Plug %d: %v", i, err)
 		}
@@ -493,7 +493,7 @@ func TestRealQEMUPlug(t *testing.T) {
 			t.Errorf("Plug %d = %+v", i, s)
 		}
 	}
-	if _, err := q.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) {
+	if _, _, err := q.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) {
 		t.Errorf("Plug on a full VM: err = %v, want ErrNoFreeSlot", err)
 	}
 }
@@ -511,15 +511,15 @@ func TestRealQEMUUnplugWithoutGuest(t *testing.T) {
 		t.Errorf("-smp CPU = %+v, want plugged and not removable", s)
 	}
 	for _, s := range st.Slots[:2] {
-		if err := q.Unplug(ctx, s); !errors.Is(err, ErrNotUnpluggable) {
+		if _, err := q.Unplug(ctx, s); !errors.Is(err, ErrNotUnpluggable) {
 			t.Errorf("Unplug(%s): err = %v, want ErrNotUnpluggable", s.Ref, err)
 		}
 	}
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = q.Unplug(ctx, s)
+	_, err = q.Unplug(ctx, s)
 	if !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "acpi: device unplug request for not supported device type") {
 		t.Errorf("err = %v, want ErrNotUnpluggable carrying QEMU's refusal", err)
 	}
@@ -531,12 +531,12 @@ func TestRealQEMUUnplugTimeout(t *testing.T) {
 	vm, q := realQEMU(t, "1,maxcpus=4", 300*time.Millisecond)
 	vm.EnableCPUHotUnplug(t)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := q.Unplug(ctx, s); !errors.Is(err, ErrUnplugTimeout) {
+	if _, err := q.Unplug(ctx, s); !errors.Is(err, ErrUnplugTimeout) {
 		t.Fatalf("err = %v, want ErrUnplugTimeout", err)
 	}
 	if d := time.Since(start); d < 300*time.Millisecond {
@@ -550,7 +550,7 @@ func TestRealQEMUUnplugTimeout(t *testing.T) {
 		t.Error("CPU gone without a guest to eject it")
 	}
 	// The boot CPU stays refused in modern mode too.
-	if err := q.Unplug(ctx, st.Slots[0]); !errors.Is(err, ErrNotUnpluggable) {
+	if _, err := q.Unplug(ctx, st.Slots[0]); !errors.Is(err, ErrNotUnpluggable) {
 		t.Errorf("Unplug(boot) = %v", err)
 	}
 }
@@ -559,12 +559,12 @@ func TestRealQEMUDies(t *testing.T) {
 	vm, q := realQEMU(t, "1,maxcpus=4", time.Minute)
 	vm.EnableCPUHotUnplug(t)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- q.Unplug(ctx, s) }()
+	go func() { _, err := q.Unplug(ctx, s); done <- err }()
 	time.Sleep(200 * time.Millisecond) // let device_del go out
 	vm.Kill()
 	select {
@@ -586,7 +586,7 @@ func unplugEjecting(t *testing.T, w *watchedQEMU, s Slot) error {
 	t.Helper()
 	ctx := testCtx(t)
 	done := make(chan error, 1)
-	go func() { done <- w.q.Unplug(ctx, s) }()
+	go func() { _, err := w.q.Unplug(ctx, s); done <- err }()
 	select {
 	case <-w.sending:
 	case err := <-done:
@@ -652,7 +652,7 @@ func TestRealQEMUReplugAfterUnplug(t *testing.T) {
 	vm.EnableCPUHotUnplug(t)
 	ctx := testCtx(t)
 	for round := 0; round < 2; round++ {
-		s, err := q.Plug(ctx)
+		s, _, err := q.Plug(ctx)
 		if err != nil {
 			t.Fatalf("round %d: Plug: %v\n%s", round, err, vm.Output())
 		}
@@ -676,7 +676,7 @@ func TestRealQEMUReplugAfterUnplug(t *testing.T) {
 	if n := strings.Count(w.Log(), `device_deleted="{\"path\": \"/machine/peripheral/hpcpu-s0-c1-t0/lapic\"}"`); n < 1 {
 		t.Errorf("Unplug never woke on the lapic's DEVICE_DELETED; log:\n%s", w.Log())
 	}
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil || s.Index != 1 {
 		t.Fatalf("Plug after two unplugs = %+v, %v\n%s", s, err, vm.Output())
 	}
@@ -691,14 +691,14 @@ func TestRealQEMUTCGvCPULimit(t *testing.T) {
 	vm, q := w.vm, w.q
 	vm.EnableCPUHotUnplug(t)
 	ctx := testCtx(t)
-	s, err := q.Plug(ctx)
+	s, _, err := q.Plug(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := unplugEjecting(t, w, s); err != nil {
 		t.Fatal(err)
 	}
-	s, err = q.Plug(ctx)
+	s, _, err = q.Plug(ctx)
 	if err == nil {
 		t.Fatalf("third vCPU of a maxcpus=2 VM plugged (%+v): QEMU no longer aborts, update the notes", s)
 	}

@@ -344,17 +344,17 @@ func (vb *VirtualBox) State(ctx context.Context) (State, error) {
 
 // Plug plugs the lowest free CPU with controlvm plugcpu and returns its slot
 // as VirtualBox then reports it.
-func (vb *VirtualBox) Plug(ctx context.Context) (Slot, error) {
+func (vb *VirtualBox) Plug(ctx context.Context) (Slot, State, error) {
 	if err := acquire(ctx, vb.opSem); err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: %s: plug: %w", vb, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: %s: plug: %w", vb, err)
 	}
 	defer func() { <-vb.opSem }()
 	st, hotplug, err := vb.state(ctx)
 	if err != nil {
-		return Slot{}, err
+		return Slot{}, State{}, err
 	}
 	if !hotplug {
-		return Slot{}, fmt.Errorf("%w: CPU hot-plug is not enabled for %s (power it off, then VBoxManage modifyvm %s --cpuhotplug on --cpus N)",
+		return Slot{}, State{}, fmt.Errorf("%w: CPU hot-plug is not enabled for %s (power it off, then VBoxManage modifyvm %s --cpuhotplug on --cpus N)",
 			ErrNoFreeSlot, vb, vb.vm)
 	}
 	free := -1
@@ -365,50 +365,50 @@ func (vb *VirtualBox) Plug(ctx context.Context) (Slot, error) {
 		}
 	}
 	if free < 0 {
-		return Slot{}, fmt.Errorf("%w: all %d CPUs of %s are plugged (raise --cpus while it is off)", ErrNoFreeSlot, st.Max(), vb)
+		return Slot{}, State{}, fmt.Errorf("%w: all %d CPUs of %s are plugged (raise --cpus while it is off)", ErrNoFreeSlot, st.Max(), vb)
 	}
 	vb.log.Debug("plugging CPU", "cpu", free)
 	if _, err := vb.manage(ctx, "controlvm", vb.vm, "plugcpu", strconv.Itoa(free)); err != nil {
-		return Slot{}, fmt.Errorf("%w (CPU %d; re-read State: another client may have plugged it)", err, free)
+		return Slot{}, State{}, fmt.Errorf("%w (CPU %d; re-read State: another client may have plugged it)", err, free)
 	}
 	after, _, err := vb.state(ctx)
 	if err != nil {
-		return Slot{}, fmt.Errorf("hypervisor: %s: CPU %d was plugged but reading it back failed: %w", vb, free, err)
+		return Slot{}, State{}, fmt.Errorf("hypervisor: %s: CPU %d was plugged but reading it back failed: %w", vb, free, err)
 	}
 	if s := after.Slots[free]; s.Plugged {
 		vb.log.Info("plugged CPU", "cpu", free)
-		return s, nil
+		return s, after, nil
 	}
-	return Slot{}, fmt.Errorf("hypervisor: %s: plugcpu %d succeeded but the settings file does not list the CPU", vb, free)
+	return Slot{}, State{}, fmt.Errorf("hypervisor: %s: plugcpu %d succeeded but the settings file does not list the CPU", vb, free)
 }
 
 // Unplug removes the CPU in slot with controlvm unplugcpu. VirtualBox itself
 // waits for the guest to eject it and aborts if it does not: the CPU then
 // stays plugged, and the error wraps ErrUnplugTimeout.
-func (vb *VirtualBox) Unplug(ctx context.Context, slot Slot) error {
+func (vb *VirtualBox) Unplug(ctx context.Context, slot Slot) (State, error) {
 	if err := acquire(ctx, vb.opSem); err != nil {
-		return fmt.Errorf("hypervisor: %s: unplug CPU %d: %w", vb, slot.Index, err)
+		return State{}, fmt.Errorf("hypervisor: %s: unplug CPU %d: %w", vb, slot.Index, err)
 	}
 	defer func() { <-vb.opSem }()
 	if slot.Ref == "" {
-		return fmt.Errorf("%w: slot %d of %s holds no CPU", ErrNotUnpluggable, slot.Index, vb)
+		return State{}, fmt.Errorf("%w: slot %d of %s holds no CPU", ErrNotUnpluggable, slot.Index, vb)
 	}
 	if slot.Index == 0 {
-		return fmt.Errorf("%w: CPU 0 of %s is never removed (VirtualBox: \"It is not possible to detach CPU 0\")", ErrNotUnpluggable, vb)
+		return State{}, fmt.Errorf("%w: CPU 0 of %s is never removed (VirtualBox: \"It is not possible to detach CPU 0\")", ErrNotUnpluggable, vb)
 	}
 	st, hotplug, err := vb.state(ctx)
 	if err != nil {
-		return err
+		return State{}, err
 	}
 	if slot.Index < 0 || slot.Index >= st.Max() {
-		return fmt.Errorf("%w: %s has no CPU %d (it has %d)", ErrNotUnpluggable, vb, slot.Index, st.Max())
+		return State{}, fmt.Errorf("%w: %s has no CPU %d (it has %d)", ErrNotUnpluggable, vb, slot.Index, st.Max())
 	}
 	if !hotplug {
-		return fmt.Errorf("%w: CPU hot-plug is not enabled for %s", ErrNotUnpluggable, vb)
+		return State{}, fmt.Errorf("%w: CPU hot-plug is not enabled for %s", ErrNotUnpluggable, vb)
 	}
 	if !st.Slots[slot.Index].Plugged {
 		vb.log.Debug("CPU already gone", "cpu", slot.Index)
-		return nil
+		return st, nil
 	}
 	vb.log.Debug("unplugging CPU", "cpu", slot.Index)
 	_, err = vb.manage(ctx, "controlvm", vb.vm, "unplugcpu", strconv.Itoa(slot.Index))
@@ -416,22 +416,22 @@ func (vb *VirtualBox) Unplug(ctx context.Context, slot Slot) error {
 	switch {
 	case err == nil:
 	case errors.As(err, &te) && te.has("may still be used by the guest"):
-		return fmt.Errorf("%w: the guest of %s did not eject CPU %d, so VirtualBox kept it: the guest must offline and eject it first (the Guest Additions' VBoxService does, or echo 1 > /sys/bus/acpi/devices/LNXCPU:%02x/eject): %v",
+		return State{}, fmt.Errorf("%w: the guest of %s did not eject CPU %d, so VirtualBox kept it: the guest must offline and eject it first (the Guest Additions' VBoxService does, or echo 1 > /sys/bus/acpi/devices/LNXCPU:%02x/eject): %v",
 			ErrUnplugTimeout, vb, slot.Index, slot.Index, err)
 	case errors.As(err, &te) && te.has("is not attached"):
 		vb.log.Debug("CPU already gone", "cpu", slot.Index)
 	default:
-		return err
+		return State{}, err
 	}
 	after, _, err := vb.state(ctx)
 	if err != nil {
-		return fmt.Errorf("hypervisor: %s: CPU %d was unplugged but reading state failed (re-read State): %w", vb, slot.Index, err)
+		return State{}, fmt.Errorf("hypervisor: %s: CPU %d was unplugged but reading state failed (re-read State): %w", vb, slot.Index, err)
 	}
 	if after.Slots[slot.Index].Plugged {
-		return fmt.Errorf("hypervisor: %s: unplugcpu %d succeeded but the settings file still lists the CPU; re-read State", vb, slot.Index)
+		return State{}, fmt.Errorf("hypervisor: %s: unplugcpu %d succeeded but the settings file still lists the CPU; re-read State", vb, slot.Index)
 	}
 	vb.log.Info("unplugged CPU", "cpu", slot.Index)
-	return nil
+	return after, nil
 }
 
 // CPULoad is the VM process's CPU load as VirtualBox's performance

@@ -76,7 +76,7 @@ func TestVirtualBoxPlugUntilFull(t *testing.T) {
 	e := startVBoxFake(t, vboxfake.Machine{CPUs: 3, CPUHotplug: true})
 	ctx := testCtx(t)
 	for i := 1; i < 3; i++ {
-		s, err := e.vb.Plug(ctx)
+		s, _, err := e.vb.Plug(ctx)
 		if err != nil {
 			t.Fatalf("Plug %d: %v", i, err)
 		}
@@ -87,7 +87,7 @@ func TestVirtualBoxPlugUntilFull(t *testing.T) {
 	if got := e.machine(t).Attached; !reflect.DeepEqual(got, []int{0, 1, 2}) {
 		t.Errorf("VirtualBox has CPUs %v attached", got)
 	}
-	if _, err := e.vb.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), "web1") {
+	if _, _, err := e.vb.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), "web1") {
 		t.Errorf("Plug on a full VM: %v", err)
 	}
 }
@@ -101,7 +101,7 @@ func TestVirtualBoxUnplugNeedsEject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = e.vb.Unplug(ctx, st.Slots[1])
+	_, err = e.vb.Unplug(ctx, st.Slots[1])
 	if !errors.Is(err, ErrUnplugTimeout) || !strings.Contains(err.Error(), "did not eject CPU 1") ||
 		!strings.Contains(err.Error(), "Hot-Remove was aborted because the CPU may still be used by the guest") {
 		t.Fatalf("Unplug of a CPU the guest holds: %v", err)
@@ -112,14 +112,14 @@ func TestVirtualBoxUnplugNeedsEject(t *testing.T) {
 	if err := e.fake.GuestEject(e.vm, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
+	if _, err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
 		t.Fatalf("Unplug after the guest ejected: %v", err)
 	}
 	if st, _ := e.vb.State(ctx); st.Plugged() != 1 {
 		t.Errorf("after Unplug: %+v", st)
 	}
 	// Again: already gone is not an error.
-	if err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
+	if _, err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
 		t.Errorf("second Unplug: %v", err)
 	}
 }
@@ -164,7 +164,7 @@ func TestVirtualBoxUnplugAfterAgentEject(t *testing.T) {
 	if err := c.Offline(3); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.vb.Unplug(ctx, slot(2)); !errors.Is(err, ErrUnplugTimeout) {
+	if _, err := e.vb.Unplug(ctx, slot(2)); !errors.Is(err, ErrUnplugTimeout) {
 		t.Fatalf("Unplug of a CPU the guest offlined but did not eject: %v", err)
 	}
 	// Ejected: Linux's cpu3 is VirtualBox's CPU 2, which now goes.
@@ -173,7 +173,7 @@ func TestVirtualBoxUnplugAfterAgentEject(t *testing.T) {
 	if err := c.Eject(ectx, 3); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.vb.Unplug(ctx, slot(2)); err != nil {
+	if _, err := e.vb.Unplug(ctx, slot(2)); err != nil {
 		t.Fatalf("Unplug after the guest ejected: %v", err)
 	}
 	if got := e.machine(t).Attached; !reflect.DeepEqual(got, []int{0, 1, 3}) {
@@ -189,7 +189,7 @@ func TestVirtualBoxUnplugAfterAgentEject(t *testing.T) {
 	if err := c.Eject(ectx2, 2); !errors.Is(err, cpu.ErrStillPresent) {
 		t.Fatalf("eject with a refusing firmware: %v", err)
 	}
-	if err := e.vb.Unplug(ctx, slot(3)); !errors.Is(err, ErrUnplugTimeout) {
+	if _, err := e.vb.Unplug(ctx, slot(3)); !errors.Is(err, ErrUnplugTimeout) {
 		t.Fatalf("Unplug after a failed eject: %v", err)
 	}
 }
@@ -201,10 +201,10 @@ func TestVirtualBoxUnplugWithGuestService(t *testing.T) {
 		UnplugWait: 50 * time.Millisecond})
 	ctx := testCtx(t)
 	st, _ := e.vb.State(ctx)
-	if err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
+	if _, err := e.vb.Unplug(ctx, st.Slots[1]); err != nil {
 		t.Fatalf("Unplug with the service: %v", err)
 	}
-	if err := e.vb.Unplug(ctx, st.Slots[2]); !errors.Is(err, ErrUnplugTimeout) {
+	if _, err := e.vb.Unplug(ctx, st.Slots[2]); !errors.Is(err, ErrUnplugTimeout) {
 		t.Fatalf("Unplug of a CPU the guest cannot give up: %v", err)
 	}
 	if got := e.machine(t).Attached; !reflect.DeepEqual(got, []int{0, 2}) {
@@ -215,16 +215,16 @@ func TestVirtualBoxUnplugWithGuestService(t *testing.T) {
 func TestVirtualBoxUnplugRefused(t *testing.T) {
 	e := startVBoxFake(t, vboxfake.Machine{CPUs: 4, CPUHotplug: true})
 	ctx := testCtx(t)
-	if err := e.vb.Unplug(ctx, Slot{Index: 0, Plugged: true, Ref: "0"}); !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "CPU 0") {
+	if _, err := e.vb.Unplug(ctx, Slot{Index: 0, Plugged: true, Ref: "0"}); !errors.Is(err, ErrNotUnpluggable) || !strings.Contains(err.Error(), "CPU 0") {
 		t.Errorf("Unplug(CPU 0): %v", err)
 	}
 	if n := e.machine(t).Calls["controlvm unplugcpu"]; n != 0 {
 		t.Errorf("CPU 0 unplug reached VBoxManage %d times", n)
 	}
-	if err := e.vb.Unplug(ctx, Slot{Index: 2}); !errors.Is(err, ErrNotUnpluggable) {
+	if _, err := e.vb.Unplug(ctx, Slot{Index: 2}); !errors.Is(err, ErrNotUnpluggable) {
 		t.Errorf("Unplug(empty slot): %v", err)
 	}
-	if err := e.vb.Unplug(ctx, Slot{Index: 9, Ref: "9"}); !errors.Is(err, ErrNotUnpluggable) {
+	if _, err := e.vb.Unplug(ctx, Slot{Index: 9, Ref: "9"}); !errors.Is(err, ErrNotUnpluggable) {
 		t.Errorf("Unplug(CPU 9 of 4): %v", err)
 	}
 }
@@ -239,10 +239,10 @@ func TestVirtualBoxHotplugDisabled(t *testing.T) {
 	if st.Plugged() != 2 || st.Slots[1].Removable {
 		t.Errorf("without hot-plug every CPU is plugged and fixed: %+v", st)
 	}
-	if _, err := e.vb.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), "--cpuhotplug on") {
+	if _, _, err := e.vb.Plug(ctx); !errors.Is(err, ErrNoFreeSlot) || !strings.Contains(err.Error(), "--cpuhotplug on") {
 		t.Errorf("Plug: %v", err)
 	}
-	if err := e.vb.Unplug(ctx, st.Slots[1]); !errors.Is(err, ErrNotUnpluggable) {
+	if _, err := e.vb.Unplug(ctx, st.Slots[1]); !errors.Is(err, ErrNotUnpluggable) {
 		t.Errorf("Unplug: %v", err)
 	}
 }
@@ -281,7 +281,7 @@ func TestVirtualBoxContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := e.vb.Unplug(ctx, Slot{Index: 1, Plugged: true, Ref: "1"})
+	_, err := e.vb.Unplug(ctx, Slot{Index: 1, Plugged: true, Ref: "1"})
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
 		t.Errorf("Unplug under a 500 ms deadline: %v after %v", err, time.Since(start))
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -129,5 +130,31 @@ func FuzzClientStream(f *testing.F) {
 		sub.Close()
 		c.Close()
 		<-done
+	})
+}
+
+// FuzzDecodeReply: any bytes a monitor passthrough returns decode to a
+// value or an error, never a panic; a reply's error is a *Error.
+func FuzzDecodeReply(f *testing.F) {
+	for _, s := range []string{
+		`{"return": {"enabled": true, "present": true}}`,
+		`{"return": {}}`,
+		`{"error": {"class": "DeviceNotFound", "desc": "no such device"}}`,
+		`{"QMP": {"version": {}}}`,
+		`{"event": "STOP"}`,
+		`{"return": [1, 2]}`,
+		`null`, `[]`, `{`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var v struct {
+			Enabled bool `json:"enabled"`
+		}
+		err := DecodeReply("query-kvm", raw, &v)
+		var qe *Error
+		if errors.As(err, &qe) && qe == nil {
+			t.Fatal("nil *Error")
+		}
 	})
 }

@@ -24,7 +24,7 @@ import (
 // Guest is one fake guest.
 type Guest struct {
 	mu            sync.Mutex
-	qmp           *qmptest.Server
+	qmp           Machine
 	online        proto.CPUSet
 	demand        float64
 	refuseOnline  bool
@@ -34,16 +34,44 @@ type Guest struct {
 	cmdDelay      time.Duration
 	received      chan struct{} // signalled when a command arrives
 	app           bool
+	// failOnline and failOffline are CPUs the guest cannot bring online or
+	// take offline (-1: none).
+	failOnline, failOffline int
+	// noWall leaves reports undated: inside a synctest bubble the clock
+	// reads 2000, which the actuator refuses as no clock at all.
+	noWall bool
 }
 
+// Machine is the hypervisor side a fake guest sees: which CPUs are
+// plugged. A *qmptest.Server is one; an in-memory hypervisor another.
+type Machine interface {
+	Plugged() int
+	PluggedAPICIDs() []int
+}
+
+var _ Machine = (*qmptest.Server)(nil)
+
 // New returns a guest whose boot CPUs (those plugged in qmp now) are online.
-func New(qmp *qmptest.Server) *Guest {
-	g := &Guest{qmp: qmp, received: make(chan struct{}, 64)}
+func New(qmp Machine) *Guest {
+	g := &Guest{qmp: qmp, received: make(chan struct{}, 64), failOnline: -1, failOffline: -1}
 	for i := 0; i < qmp.Plugged(); i++ {
 		g.online.Add(i)
 	}
 	return g
 }
+
+// SetFailOnline makes the guest fail to online cpu (-1: none), as a CPU
+// whose hot-add went wrong in the kernel.
+func (g *Guest) SetFailOnline(cpu int) { g.mu.Lock(); g.failOnline = cpu; g.mu.Unlock() }
+
+// SetFailOffline makes the guest refuse to offline cpu (-1: none), as a CPU
+// with tasks pinned to it.
+func (g *Guest) SetFailOffline(cpu int) { g.mu.Lock(); g.failOffline = cpu; g.mu.Unlock() }
+
+// SetNoWallClock makes the guest send its reports without a wall-clock
+// time (as an agent that cannot read one), for tests on synctest's fake
+// clock, which starts in 2000.
+func (g *Guest) SetNoWallClock() { g.mu.Lock(); g.noWall = true; g.mu.Unlock() }
 
 // SetDemand sets the CPUs' worth of work the guest wants; beyond its online
 // CPUs the rest is reported as runnable tasks waiting (run delay).
@@ -71,7 +99,7 @@ func (g *Guest) Received() <-chan struct{} { return g.received }
 func (g *Guest) SetOnline(s proto.CPUSet) { g.mu.Lock(); g.online = s.Clone(); g.mu.Unlock() }
 
 // SetQMP rewires the guest to another qmptest VM (a restarted QEMU).
-func (g *Guest) SetQMP(s *qmptest.Server) { g.mu.Lock(); g.qmp = s; g.mu.Unlock() }
+func (g *Guest) SetQMP(s Machine) { g.mu.Lock(); g.qmp = s; g.mu.Unlock() }
 
 // Commands returns the commands received so far.
 func (g *Guest) Commands() []proto.Command {
@@ -87,9 +115,11 @@ func (g *Guest) present() proto.CPUSet {
 	g.mu.Lock()
 	q := g.qmp
 	g.mu.Unlock()
+	// The guest numbers CPUs by APIC id, so a slot unplugged in the
+	// middle leaves a hole, as in Linux.
 	var s proto.CPUSet
-	for i := 0; i < q.Plugged(); i++ {
-		s.Add(i)
+	for _, apic := range q.PluggedAPICIDs() {
+		s.Add(apic)
 	}
 	return s
 }
@@ -199,10 +229,14 @@ func (g *Guest) Session(ctx context.Context, conn net.Conn, interval time.Durati
 func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
 	present, online := g.Sets()
 	g.mu.Lock()
-	demand, app := g.demand, g.app
+	demand, app, noWall := g.demand, g.app, g.noWall
 	g.mu.Unlock()
 	now := time.Now().UnixNano()
-	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: now, IntervalNanos: int64(interval),
+	wall := now
+	if noWall {
+		wall = 0
+	}
+	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: wall, IntervalNanos: int64(interval),
 		Online: online, Present: present, MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, Load1: demand}
 	n := float64(max(online.Len(), 1))
 	busy := min(demand, n)
@@ -229,6 +263,7 @@ func (g *Guest) execute(c *proto.Command) *proto.Ack {
 	g.mu.Lock()
 	g.commands = append(g.commands, *c)
 	refuseOn, refuseOff, delay := g.refuseOnline, g.refuseOffline, g.cmdDelay
+	failOn, failOff := g.failOnline, g.failOffline
 	g.mu.Unlock()
 	select {
 	case g.received <- struct{}{}:
@@ -238,7 +273,7 @@ func (g *Guest) execute(c *proto.Command) *proto.Ack {
 	ack := &proto.Ack{ID: c.ID}
 	for _, n := range c.Offline.Slice() {
 		ack.Topology = append(ack.Topology, proto.CPUTopology{CPU: uint16(n), APICID: uint32(n)})
-		if n == 0 || refuseOff {
+		if n == 0 || refuseOff || n == failOff {
 			ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(n), Error: "device or resource busy"})
 			continue
 		}
@@ -252,7 +287,7 @@ func (g *Guest) execute(c *proto.Command) *proto.Ack {
 		for !g.present().Has(n) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if refuseOn || !g.present().Has(n) {
+		if refuseOn || n == failOn || !g.present().Has(n) {
 			ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(n), Error: "no such CPU"})
 			continue
 		}
@@ -265,12 +300,24 @@ func (g *Guest) execute(c *proto.Command) *proto.Ack {
 		// Online hot-added CPUs (they appear a little after device_add)
 		// until enough are online.
 		deadline := time.Now().Add(2 * time.Second)
+		failed := false
 		for {
 			present, online := g.Sets()
 			if online.Len() >= int(c.WantOnline) {
 				break
 			}
 			stray := present.Difference(online)
+			if failOn >= 0 && stray.Has(failOn) {
+				stray.Remove(failOn)
+				if !failed {
+					failed = true
+					ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(failOn),
+						Error: fmt.Sprintf("cpu %d: write 1 to online: input/output error", failOn)})
+				}
+				if stray.Len() == 0 {
+					break
+				}
+			}
 			if refuseOn && stray.Len() > 0 {
 				for _, n := range stray.Slice() {
 					ack.Failed = append(ack.Failed, proto.CPUError{CPU: uint16(n),

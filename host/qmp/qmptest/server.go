@@ -389,6 +389,20 @@ func (s *Server) Plugged() int {
 	return n
 }
 
+// PluggedAPICIDs are the APIC ids of the plugged CPUs, ascending: a fake
+// guest numbers its CPUs by them, as Linux does on x86.
+func (s *Server) PluggedAPICIDs() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []int
+	for _, sl := range s.vm.slots {
+		if sl.plugged {
+			out = append(out, sl.apicID)
+		}
+	}
+	return out
+}
+
 func (s *Server) accept() {
 	defer s.wg.Done()
 	for {

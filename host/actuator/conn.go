@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/channel"
 	"github.com/hotplugheaven/hotplug/proto"
 )
@@ -36,6 +37,24 @@ var (
 	errAgentRestarted = errors.New("agent restarted")
 )
 
+// agentConn serves a VM's agent channel on a goroutine of its own: it
+// accepts connections one at a time, does the Hello, reads frames and
+// delivers what they say to the VM loop as events. It holds no VM state:
+// what the VM knows of its agent (the session in use, the last report)
+// lives in the loop, which alone decides what an event means.
+type agentConn struct {
+	vm      string
+	log     hclog.Logger
+	obs     observers
+	ch      channel.Channel
+	out     chan<- any // the VM loop's inbox
+	hello   time.Duration
+	backoff time.Duration
+	// interval is the policy interval in force, told to the agent in the
+	// Welcome and the base of the idle timeout; the loop stores it.
+	interval *atomic.Int64
+}
+
 // session is one accepted, greeted agent connection.
 type session struct {
 	id      uint64
@@ -52,7 +71,7 @@ func (s *session) send(m proto.Message) error {
 	return s.w.Write(m)
 }
 
-// Events from a VM's channel goroutine to its loop.
+// Events from a VM's agentConn to its loop.
 type (
 	evSession struct{ s *session }
 	evReport  struct {
@@ -72,7 +91,8 @@ type (
 
 // serveChannel accepts connections from the VM's channel one at a time,
 // greets them and forwards their messages to the VM loop until ctx ends.
-func (v *VM) serveChannel(ctx context.Context, ch channel.Channel) {
+func (v *agentConn) serve(ctx context.Context) {
+	ch := v.ch
 	failures := 0
 	for ctx.Err() == nil {
 		conn, err := ch.Accept(ctx)
@@ -109,20 +129,20 @@ func (v *VM) serveChannel(ctx context.Context, ch channel.Channel) {
 
 // serveConn runs one connection: Hello, Welcome, then messages until error.
 // greeted reports whether the handshake succeeded.
-func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (greeted bool, err error) {
+func (v *agentConn) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (greeted bool, err error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	r := proto.NewReader(conn, 0)
 	s, err := v.handshake(conn, r, ch)
 	if err != nil {
 		if ctx.Err() == nil {
-			v.obs.rejected(v.name, RejectHandshake)
+			v.obs.rejected(v.vm, RejectHandshake)
 		}
 		return false, err
 	}
 	for {
 		v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
-			"protocol", s.version, "machine_id", s.hello.MachineID, "online_cpus", hclog.Quote(s.hello.Online.String()))
+			"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
 		if !v.deliver(ctx, evSession{s: s}) {
 			return true, ctx.Err()
 		}
@@ -135,7 +155,7 @@ func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (
 			v.deliver(ctx, evClosed{s: s, err: errAgentRestarted})
 			v.log.Info("agent restarted: new Hello on the same stream")
 			if s, err = v.greet(conn, again.hello); err != nil {
-				v.obs.rejected(v.name, RejectHandshake)
+				v.obs.rejected(v.vm, RejectHandshake)
 				return true, err
 			}
 			continue
@@ -143,9 +163,9 @@ func (v *VM) serveConn(ctx context.Context, conn net.Conn, ch channel.Channel) (
 		if ctx.Err() == nil {
 			switch {
 			case errors.Is(err, errSilent):
-				v.obs.rejected(v.name, RejectSilent)
+				v.obs.rejected(v.vm, RejectSilent)
 			case !errors.Is(err, errAgentClosed):
-				v.obs.rejected(v.name, RejectFraming)
+				v.obs.rejected(v.vm, RejectFraming)
 			}
 		}
 		v.deliver(ctx, evClosed{s: s, err: err})
@@ -160,7 +180,7 @@ func (r *rehello) Error() string { return "agent sent a new Hello" }
 
 // handshake waits for a Hello, skipping what an earlier connection left in
 // the stream, and answers it.
-func (v *VM) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*session, error) {
+func (v *agentConn) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*session, error) {
 	// On virtio-serial a guest without a running agent says nothing for as
 	// long as it likes, and that costs nothing; on a listener a silent peer
 	// holds a connection slot. Either way, from its first byte a peer has
@@ -170,7 +190,7 @@ func (v *VM) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*ses
 			return nil, fmt.Errorf("waiting for Hello: %w", err)
 		}
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(v.helloTimeout))
+	_ = conn.SetReadDeadline(time.Now().Add(v.hello))
 	skippedBytes, skippedFrames := 0, 0
 	for {
 		t, payload, err := r.ReadFrame()
@@ -203,7 +223,7 @@ func (v *VM) handshake(conn net.Conn, r *proto.Reader, ch channel.Channel) (*ses
 }
 
 // greet answers a Hello: the common version, or why there is none.
-func (v *VM) greet(conn net.Conn, hello *proto.Hello) (*session, error) {
+func (v *agentConn) greet(conn net.Conn, hello *proto.Hello) (*session, error) {
 	w := proto.NewWriter(conn)
 	version, err := proto.Negotiate(hello)
 	if err != nil {
@@ -212,7 +232,7 @@ func (v *VM) greet(conn net.Conn, hello *proto.Hello) (*session, error) {
 		return nil, err
 	}
 	s := &session{id: sessionIDs.Add(1), conn: conn, w: w, hello: hello, version: version}
-	if err := s.send(&proto.Welcome{Version: version, VM: v.name, IntervalNanos: int64(v.policyInterval())}); err != nil {
+	if err := s.send(&proto.Welcome{Version: version, VM: v.vm, IntervalNanos: int64(v.policyInterval())}); err != nil {
 		return nil, fmt.Errorf("sending Welcome: %w", err)
 	}
 	return s, nil
@@ -220,7 +240,7 @@ func (v *VM) greet(conn net.Conn, hello *proto.Hello) (*session, error) {
 
 // readLoop forwards messages until the connection fails or the agent goes
 // silent for longer than idleTimeout.
-func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
+func (v *agentConn) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
 	bad := 0
 	for {
 		_ = s.conn.SetReadDeadline(time.Now().Add(v.idleTimeout()))
@@ -236,7 +256,7 @@ func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
 		}
 		m, err := proto.Decode(t, payload)
 		if err != nil {
-			v.obs.rejected(v.name, rejectReason(err))
+			v.obs.rejected(v.vm, rejectReason(err))
 			v.log.Warn("message from agent rejected", "type", t.String(), "error", err)
 			if bad++; bad >= badMessageLimit {
 				return fmt.Errorf("%d bad messages in a row, last: %w", bad, err)
@@ -261,19 +281,25 @@ func (v *VM) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
 	}
 }
 
+func (v *agentConn) policyInterval() time.Duration { return time.Duration(v.interval.Load()) }
+
+// idleTimeout is how long an agent may stay silent before its connection is
+// dropped: three missed reports and some slack for a slow guest.
+func (v *agentConn) idleTimeout() time.Duration { return 3*v.policyInterval() + 10*time.Second }
+
 // deliver hands an event to the VM loop unless ctx ends first.
-func (v *VM) deliver(ctx context.Context, ev any) bool {
+func (v *agentConn) deliver(ctx context.Context, ev any) bool {
 	select {
-	case v.inbox <- ev:
+	case v.out <- ev:
 		return true
 	case <-ctx.Done():
 		return false
 	}
 }
 
-func (v *VM) retryDelay(failures int) time.Duration {
+func (v *agentConn) retryDelay(failures int) time.Duration {
 	d := 250 * time.Millisecond << min(failures, 5)
-	return min(d, v.maxBackoff)
+	return min(d, v.backoff)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
