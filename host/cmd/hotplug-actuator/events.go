@@ -14,7 +14,7 @@ import (
 )
 
 func cmdEvents(args []string, stdout, stderr io.Writer) int {
-	f := newClientFlags("events", stderr)
+	f := newClientFlags("events", stdout, stderr)
 	logPath := f.fs.String("log", "", "read this event log file directly, without the actuator (offline)")
 	vm := f.fs.String("vm", "", "only this VM")
 	since := f.fs.String("since", "", "only events at or after this time (RFC 3339, or a duration like 1h meaning that long ago)")
@@ -22,7 +22,7 @@ func cmdEvents(args []string, stdout, stderr io.Writer) int {
 	follow := f.fs.Bool("follow", false, "keep printing new events as they are committed")
 	pos, ok := f.parse(args)
 	if !ok {
-		return 2
+		return f.exit
 	}
 	if len(pos) > 0 {
 		return f.usage("takes no arguments, got %q (for one VM: --vm %s)", pos[0], pos[0])
