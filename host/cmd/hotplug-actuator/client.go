@@ -14,6 +14,7 @@ import (
 
 	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/config"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 // clientFlags are the flags of every command that talks to the API.
@@ -46,9 +47,9 @@ func newClientFlags(name string, stdout, stderr io.Writer) *clientFlags {
 // positional ones. When it returns false the command is over, with the
 // exit status in c.exit: 0 after --help, 2 after a bad flag.
 func (c *clientFlags) parse(args []string) ([]string, bool) {
-	if c.exit = 2; wantsHelp(args) {
+	if c.exit = 2; cmdline.WantsHelp(args) {
 		c.exit = 0
-		showUsage(c.fs, c.stdout)
+		cmdline.ShowUsage(c.fs, c.stdout)
 		return nil, false
 	}
 	var pos []string

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -50,7 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "run"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
-	} else if len(args) > 0 && wantsHelp(args[:1]) {
+	} else if len(args) > 0 && cmdline.WantsHelp(args[:1]) {
 		cmd, args = "help", nil // hotplug-actuator --help: the commands, not run's flags
 	}
 	switch cmd {
@@ -73,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "simulate":
 		return cmdSimulate(args, stdout, stderr)
 	case "version":
-		if len(args) > 0 && !wantsHelp(args) {
+		if len(args) > 0 && !cmdline.WantsHelp(args) {
 			fmtErr(stderr, "hotplug-actuator version", "unexpected argument %q", args[0])
 			return 2
 		}

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/hotplugheaven/hotplug/host/sim"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 const simulateUsage = `hotplug-actuator simulate — replay CPU demand traces through the engine
@@ -71,8 +72,8 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 	workers := fs.Int("workers", 0, "VMs replayed in parallel (default: one per CPU)")
 	sweep := fs.Bool("sweep", false, "run each policy over its knob and report frontiers at matched overload (see above)")
 	sweepGrid := fs.Bool("sweep-grid", false, "with --sweep: the whole grid of the two-knob modes, not the path chosen on the development day")
-	if wantsHelp(args) {
-		showUsage(fs, stdout)
+	if cmdline.WantsHelp(args) {
+		cmdline.ShowUsage(fs, stdout)
 		return 0
 	}
 	if err := fs.Parse(args); err != nil {
