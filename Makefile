@@ -35,6 +35,8 @@ deps:
 vet:
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@out=$$($(GO) tool goimports -local github.com/hotplugheaven/hotplug -l $$(git ls-files '*.go')); \
+	  if [ -n "$$out" ]; then echo "imports not grouped as stdlib, third-party, then this module (run $(GO) tool goimports -local github.com/hotplugheaven/hotplug -w FILE): $$out"; exit 1; fi
 
 # The race detector needs cgo; the shipped binaries do not.
 test: deps vet

@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
+	"github.com/hotplugheaven/hotplug/internal/propbridge"
 )
 
 // The VirtualBox guest-property bridge (proto/propbridge) carries the

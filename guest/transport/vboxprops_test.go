@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/hotplugheaven/hotplug/host/hypervisor/vboxfake"
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
+	"github.com/hotplugheaven/hotplug/internal/propbridge"
 )
 
 // The guest end against vboxfake's VBoxControl, with the host's side of

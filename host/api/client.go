@@ -174,7 +174,7 @@ func (c *Client) Events(ctx context.Context, q EventQuery) (EventsPage, error) {
 	if q.Limit > 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
-	if q.IncludeStarted {
+	if q.WithStarted {
 		v.Set("started", "true")
 	}
 	var p EventsPage

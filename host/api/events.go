@@ -1,14 +1,8 @@
 package api
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"time"
 
@@ -19,7 +13,6 @@ import (
 const (
 	DefaultEventsLimit = 100
 	MaxEventsLimit     = 1000
-	maxEventLine       = 4 << 20
 )
 
 // EventsPage is the answer to GET /v1/events.
@@ -29,25 +22,17 @@ type EventsPage struct {
 	// when this page reached the end of the log; to wait for newer events,
 	// pass the seq of the last event as cursor later, or use /v1/stream.
 	NextCursor string `json:"next_cursor,omitempty"`
-	// SkippedLines counts lines of the file that are not events.
+	// SkippedLines counts lines of the file read for this page that are
+	// not events.
 	SkippedLines int `json:"skipped_lines,omitempty"`
 }
 
-// EventQuery selects a page of events.
+// EventQuery selects a page of events: the event log's filter (After is
+// the cursor) and a page size, 1 to MaxEventsLimit.
 type EventQuery struct {
 	eventlog.Filter
-	// After: only events with a greater seq (the cursor).
-	After uint64
-	// Limit is the page size, 1 to MaxEventsLimit.
 	Limit int
-	// IncludeStarted also returns the line the actuator writes when an
-	// action starts (outcome "started"), bookkeeping for recovery after a
-	// crash; by default only the line with the action's result is.
-	IncludeStarted bool
 }
-
-// outcomeStarted is the event log's outcome of an action's first line.
-const outcomeStarted = eventlog.OutcomeStarted
 
 // parseEventQuery reads vm, since, until, cursor and limit; an error names
 // the parameter.
@@ -78,7 +63,7 @@ func parseEventQuery(r *http.Request) (EventQuery, *apiError) {
 		if err != nil {
 			return eq, badRequest("started", fmt.Sprintf("want true or false, got %q", v))
 		}
-		eq.IncludeStarted = b
+		eq.WithStarted = b
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -90,79 +75,14 @@ func parseEventQuery(r *http.Request) (EventQuery, *apiError) {
 	return eq, nil
 }
 
-// ReadEvents reads one page of the event log at path. Only whole lines
-// count: the last line may be an event being written right now.
+// ReadEvents reads one page of the event log at path.
 func ReadEvents(path string, q EventQuery) (EventsPage, error) {
-	page := EventsPage{Events: []eventlog.Event{}}
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return page, nil // no event yet
-		}
-		return page, fmt.Errorf("event log: %w", err)
+	p, err := eventlog.ReadPage(path, q.Filter, max(q.Limit, 1))
+	page := EventsPage{Events: p.Events, SkippedLines: p.Skipped}
+	if p.More && len(p.Events) > 0 {
+		page.NextCursor = strconv.FormatUint(p.Events[len(p.Events)-1].Seq, 10)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), maxEventLine)
-	sc.Split(wholeLines)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if seq, ok := leadingSeq(line); ok && seq <= q.After {
-			continue // before the cursor: no need to decode
-		}
-		var ev eventlog.Event
-		if err := json.Unmarshal(line, &ev); err != nil || ev.Seq == 0 {
-			page.SkippedLines++
-			continue
-		}
-		if ev.Seq <= q.After || !matches(q, &ev) {
-			continue
-		}
-		if len(page.Events) == q.Limit {
-			page.NextCursor = strconv.FormatUint(page.Events[len(page.Events)-1].Seq, 10)
-			return page, nil
-		}
-		page.Events = append(page.Events, ev)
-	}
-	if err := sc.Err(); err != nil {
-		return page, fmt.Errorf("event log %s: %w", path, err)
-	}
-	return page, nil
-}
-
-func matches(q EventQuery, ev *eventlog.Event) bool {
-	f := q.Filter
-	return (q.IncludeStarted || ev.Outcome != outcomeStarted) &&
-		(f.VM == "" || ev.VM == f.VM) &&
-		(f.Since.IsZero() || !ev.Time.Before(f.Since)) &&
-		(f.Until.IsZero() || ev.Time.Before(f.Until))
-}
-
-// wholeLines is bufio.ScanLines without the final unterminated line.
-func wholeLines(data []byte, atEOF bool) (int, []byte, error) {
-	if i := bytes.IndexByte(data, '\n'); i >= 0 {
-		return i + 1, data[:i], nil
-	}
-	if atEOF {
-		return len(data), nil, io.EOF
-	}
-	return 0, nil, nil
-}
-
-// leadingSeq reads the seq of a line the event log wrote (its first key),
-// so pages far into a long log skip earlier lines without decoding them.
-func leadingSeq(line []byte) (uint64, bool) {
-	const prefix = `{"seq":`
-	if !bytes.HasPrefix(line, []byte(prefix)) {
-		return 0, false
-	}
-	rest := line[len(prefix):]
-	end := bytes.IndexByte(rest, ',')
-	if end < 0 {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(string(rest[:end]), 10, 64)
-	return n, err == nil
+	return page, err
 }
 
 // serveEvents is GET /v1/events.

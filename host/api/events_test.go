@@ -110,7 +110,7 @@ func TestReadEventsLeavesOutStartedLines(t *testing.T) {
 	if err != nil || len(p.Events) != 1 || p.Events[0].Outcome != eventlog.OutcomeOK {
 		t.Fatalf("default: %+v %v", p.Events, err)
 	}
-	p, err = ReadEvents(path, EventQuery{Limit: 10, IncludeStarted: true})
+	p, err = ReadEvents(path, EventQuery{Limit: 10, Filter: eventlog.Filter{WithStarted: true}})
 	if err != nil || len(p.Events) != 2 || p.Events[0].Outcome != "started" {
 		t.Fatalf("with started: %+v %v", p.Events, err)
 	}
@@ -139,7 +139,7 @@ func TestEventQueryErrorsNameTheParameter(t *testing.T) {
 		}
 	}
 	q, err := parseEventQuery(httptest.NewRequest("GET", "/v1/events?vm=a&since=2025-01-01T00:00:00Z&cursor=12&limit=1000&started=true", nil))
-	if err != nil || q.VM != "a" || q.After != 12 || q.Limit != 1000 || q.Since.IsZero() || !q.IncludeStarted {
+	if err != nil || q.VM != "a" || q.After != 12 || q.Limit != 1000 || q.Since.IsZero() || !q.WithStarted {
 		t.Fatalf("good query: %+v %v", q, err)
 	}
 }
@@ -148,7 +148,7 @@ func TestEventQueryErrorsNameTheParameter(t *testing.T) {
 // decoding them.
 func BenchmarkReadEventsLastPage(b *testing.B) {
 	path := writeLog(b, 20000, time.Now().Add(-24*time.Hour))
-	q := EventQuery{After: 19900, Limit: 100}
+	q := EventQuery{Filter: eventlog.Filter{After: 19900}, Limit: 100}
 	for b.Loop() {
 		p, err := ReadEvents(path, q)
 		if err != nil || len(p.Events) != 100 {

@@ -103,7 +103,7 @@ func (m *Metrics) Event(ev eventlog.Event, committed bool) {
 	if !committed {
 		m.logErrors.WithLabelValues(ev.VM).Inc()
 	}
-	if ev.Outcome == outcomeStarted {
+	if ev.Outcome == eventlog.OutcomeStarted {
 		return // an action's first line; its result comes as another event
 	}
 	m.actions.WithLabelValues(ev.VM, ev.Kind, ev.Outcome).Inc()

@@ -16,7 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
+	"github.com/hotplugheaven/hotplug/internal/propbridge"
 )
 
 // VBoxProps is the host end of the VirtualBox guest-property bridge: the

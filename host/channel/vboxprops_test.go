@@ -16,8 +16,8 @@ import (
 
 	"github.com/hotplugheaven/hotplug/guest/transport"
 	"github.com/hotplugheaven/hotplug/host/hypervisor/vboxfake"
+	"github.com/hotplugheaven/hotplug/internal/propbridge"
 	"github.com/hotplugheaven/hotplug/proto"
-	"github.com/hotplugheaven/hotplug/proto/propbridge"
 )
 
 // These tests run both ends of the guest-property bridge — this channel and

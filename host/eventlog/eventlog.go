@@ -10,7 +10,6 @@
 package eventlog
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,31 @@ import (
 	"os"
 	"sync"
 	"time"
+)
+
+// Kinds of event.
+const (
+	KindScaleUp   = "scale_up"   // vCPUs added on a decision or an operator's target
+	KindScaleDown = "scale_down" // vCPUs removed
+	// KindReconcile: the actuator found the guest's online CPUs and the
+	// hypervisor's vCPUs apart and brought them together.
+	KindReconcile = "reconcile"
+	// KindRecover: at start, the actuator found an action the previous
+	// run did not live to finish (see Unfinished) and records where the VM
+	// really is, read from the hypervisor.
+	KindRecover = "recover"
+)
+
+// Steps of an action, in Step.Name.
+const (
+	StepPlug    = "plug"    // the hypervisor adds a vCPU (one step per vCPU)
+	StepOnline  = "online"  // the agent onlines the new CPUs (one step per batch)
+	StepConfirm = "confirm" // the hypervisor's and the guest's state agree
+	StepOffline = "offline" // the agent offlines CPUs before they are unplugged
+	StepUnplug  = "unplug"  // the hypervisor removes a vCPU (one step per vCPU)
+	// Undoing a failed action, per CPU.
+	StepRollbackUnplug = "rollback_unplug"
+	StepRollbackOnline = "rollback_online"
 )
 
 // Outcomes of an event.
@@ -34,7 +58,7 @@ const (
 	OutcomeStarted = "started"
 )
 
-// Step is one stage of an action (plug, online, confirm, offline, unplug…).
+// Step is one stage of an action (the Step constants).
 type Step struct {
 	Name       string  `json:"name"`
 	DurationMS float64 `json:"duration_ms"`
@@ -42,13 +66,15 @@ type Step struct {
 	Error      string  `json:"error,omitempty"`
 }
 
-// Event is one line of the log.
+// Event is one line of the log. Seq is its first field, so every line
+// Append writes begins with {"seq":N, which the readers use to skip lines
+// before a cursor without decoding them.
 type Event struct {
 	// Seq increases by one per committed event in this file.
 	Seq  uint64    `json:"seq"`
 	Time time.Time `json:"time"`
 	VM   string    `json:"vm"`
-	// Kind is scale_up, scale_down, reconcile or rollback.
+	// Kind is one of the Kind constants.
 	Kind string `json:"kind"`
 	From int    `json:"from"`
 	To   int    `json:"to"`
@@ -185,42 +211,6 @@ func (l *Log) Path() string { return l.path }
 // Close closes the file.
 func (l *Log) Close() error { return l.f.Close() }
 
-// Filter selects events when reading.
-type Filter struct {
-	VM    string    // empty: all VMs
-	Since time.Time // zero: from the start
-	Until time.Time // zero: to the end
-	// WithStarted includes actions' started lines, which are bookkeeping
-	// for recovery; by default only final lines are returned.
-	WithStarted bool
-}
-
-func (f Filter) match(ev *Event) bool {
-	return (f.WithStarted || ev.Outcome != OutcomeStarted) &&
-		(f.VM == "" || ev.VM == f.VM) &&
-		(f.Since.IsZero() || !ev.Time.Before(f.Since)) &&
-		(f.Until.IsZero() || ev.Time.Before(f.Until))
-}
-
-// Read returns the events in r that match f, in order. Lines that are not
-// events (a torn tail being written right now, hand edits) are skipped and
-// counted.
-func Read(r io.Reader, f Filter) (events []Event, skipped int, err error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		var ev Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil || ev.Seq == 0 {
-			skipped++
-			continue
-		}
-		if f.match(&ev) {
-			events = append(events, ev)
-		}
-	}
-	return events, skipped, sc.Err()
-}
-
 // Unfinished returns the started lines of vm's actions that have no final
 // line: the actions an actuator was stopped in the middle of.
 func Unfinished(events []Event, vm string) []Event {
@@ -244,14 +234,4 @@ func Unfinished(events []Event, vm string) []Event {
 		}
 	}
 	return out
-}
-
-// ReadFile reads the log at path.
-func ReadFile(path string, f Filter) ([]Event, int, error) {
-	file, err := os.Open(path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("event log: %w", err)
-	}
-	defer file.Close()
-	return Read(file, f)
 }

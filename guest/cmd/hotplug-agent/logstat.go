@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/guest/applog"
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"github.com/hotplugheaven/hotplug/guest/applog/stats"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 // loadAppLogs reads apps_dir and prepares the gray-box source. With no
@@ -85,11 +87,15 @@ func cmdLogstat(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("logstat", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, logstatUsage, strings.Join(parse.Formats(), ", "))
+		fmt.Fprintf(fs.Output(), logstatUsage, strings.Join(parse.Formats(), ", "))
 		fs.PrintDefaults()
 	}
 	format := fs.String("format", "", "log format")
 	appFile := fs.String("app", "", "application config (apps.d/*.toml) for format options")
+	if cmdline.WantsHelp(args) {
+		cmdline.ShowUsage(fs, stdout)
+		return 0
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -114,7 +114,7 @@ func TestAppsDirErrorsStopTheAgent(t *testing.T) {
 	conf := filepath.Join(dir, "agent.toml")
 	os.WriteFile(conf, []byte("apps_dir = \""+apps+"\"\nstate_dir = \""+dir+"\"\ntransport = \"tcp\"\ntcp_address = \"127.0.0.1:1\"\n"), 0o644)
 	var errb bytes.Buffer
-	if code := run([]string{"--config", conf}, &errb); code != 2 || !strings.Contains(errb.String(), "web.toml: format") {
+	if code := run([]string{"--config", conf}, new(bytes.Buffer), &errb); code != 2 || !strings.Contains(errb.String(), "web.toml: format") {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/guest/runq"
 	"github.com/hotplugheaven/hotplug/guest/transport"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -90,6 +91,7 @@ Usage:
   hotplug-agent status [--json]   what the running agent sees (from its status file)
   hotplug-agent logstat --format FORMAT [--app FILE.toml] FILE...
                                   parse access logs as gray-box mode does; print JSON
+  hotplug-agent help [COMMAND]    this text, or one command's
   hotplug-agent --version         print the version
 
 The agent samples /proc and /sys every interval, sends the measurements to
@@ -104,15 +106,29 @@ Flags:
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "logstat" {
-		return cmdLogstat(args[1:], os.Stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "status" {
-		return cmdStatus(args[1:], os.Stdout, stderr)
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "logstat":
+			return cmdLogstat(args[1:], stdout, stderr)
+		case "status":
+			return cmdStatus(args[1:], stdout, stderr)
+		case "help":
+			switch {
+			case len(args) == 1 || args[1] == "help":
+				return run([]string{"--help"}, stdout, stderr)
+			case len(args) > 2:
+				fmt.Fprintf(stderr, "hotplug-agent help: takes one command, got %q\n", args[1:])
+				return 2
+			case args[1] == "check" || args[1] == "logstat" || args[1] == "status":
+				return run([]string{args[1], "--help"}, stdout, stderr)
+			}
+			fmt.Fprintf(stderr, "hotplug-agent help: unknown command %q (commands: check, status, logstat)\n", args[1])
+			return 2
+		}
 	}
 	// check validates the configuration (agent.toml, apps.d) and exits:
 	// 0 when the agent would start, 2 with the reason otherwise.
@@ -123,7 +139,7 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("hotplug-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, usage, defaultConfig)
+		fmt.Fprintf(fs.Output(), usage, defaultConfig)
 		fs.PrintDefaults()
 	}
 	configPath := fs.String("config", defaultConfig, "config file (a missing default file is not an error)")
@@ -136,11 +152,21 @@ func run(args []string, stderr io.Writer) int {
 	interval := fs.Duration("interval", 0, "sampling interval (the actuator may change it)")
 	noAutoOnline := fs.Bool("no-auto-online", false, "do not online hot-added CPUs on our own")
 	logLevel := fs.String("log-level", "", "trace, debug, info, warn, error")
+	if cmdline.WantsHelp(args) {
+		cmdline.ShowUsage(fs, stdout)
+		return 0
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		// Positional arguments used to be ignored, so a mistyped command
+		// started the daemon.
+		fmt.Fprintf(stderr, "hotplug-agent: unknown command or stray argument %q (commands: check, status, logstat, help)\n", fs.Arg(0))
+		return 2
+	}
 	if *showVersion {
-		fmt.Println("hotplug-agent", version)
+		fmt.Fprintln(stdout, "hotplug-agent", version)
 		return 0
 	}
 
@@ -222,7 +248,7 @@ func run(args []string, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "hotplug-agent: interval: must be between %v and %v, got %v\n", proto.MinInterval, proto.MaxInterval, cfg.Interval.Duration)
 			return 2
 		}
-		fmt.Printf("%s: OK (transport %s, %d application log(s))\n", *configPath, dialer.String(), apps.Len())
+		fmt.Fprintf(stdout, "%s: OK (transport %s, %d application log(s))\n", *configPath, dialer.String(), apps.Len())
 		return 0
 	}
 	extras := []agent.Extra{apps}

@@ -23,7 +23,7 @@ func TestBadConfigIsOneClearLine(t *testing.T) {
 			p := filepath.Join(dir, "agent.toml")
 			os.WriteFile(p, []byte(tc.file), 0o644)
 			var errb bytes.Buffer
-			if code := run([]string{"--config", p}, &errb); code != 2 {
+			if code := run([]string{"--config", p}, new(bytes.Buffer), &errb); code != 2 {
 				t.Fatalf("exit %d, want 2 (%s)", code, errb.String())
 			}
 			if !strings.Contains(errb.String(), tc.want) {
@@ -32,7 +32,7 @@ func TestBadConfigIsOneClearLine(t *testing.T) {
 		})
 	}
 	var errb bytes.Buffer
-	if code := run([]string{"--config", filepath.Join(dir, "nope.toml")}, &errb); code != 2 {
+	if code := run([]string{"--config", filepath.Join(dir, "nope.toml")}, new(bytes.Buffer), &errb); code != 2 {
 		t.Fatalf("explicit missing config file: exit %d", code)
 	}
 }
@@ -44,12 +44,12 @@ func TestCheckCommand(t *testing.T) {
 	cfg := filepath.Join(dir, "agent.toml")
 	os.WriteFile(cfg, []byte("transport = \"tcp\"\ntcp_address = \"127.0.0.1:1\"\napps_dir = \""+apps+"\"\nstate_dir = \""+dir+"\"\nstatus_file = \"\"\n"), 0o644)
 	var errb bytes.Buffer
-	if code := run([]string{"check", "--config", cfg}, &errb); code != 0 {
+	if code := run([]string{"check", "--config", cfg}, new(bytes.Buffer), &errb); code != 0 {
 		t.Fatalf("good config: exit %d: %s", code, errb.String())
 	}
 	os.WriteFile(filepath.Join(apps, "web.toml"), []byte("name = \"web\"\npath = \"/var/log/x.log\"\nformat = \"nginx\"\nsla_typo = 1\n"), 0o644)
 	errb.Reset()
-	if code := run([]string{"check", "--config", cfg}, &errb); code != 2 || !strings.Contains(errb.String(), "web.toml") {
+	if code := run([]string{"check", "--config", cfg}, new(bytes.Buffer), &errb); code != 2 || !strings.Contains(errb.String(), "web.toml") {
 		t.Fatalf("bad app config: exit %d: %s", code, errb.String())
 	}
 }
@@ -83,7 +83,7 @@ func TestPackagedConfigChecks(t *testing.T) {
 	p := filepath.Join(dir, "agent.toml")
 	os.WriteFile(p, []byte(text), 0o644)
 	var errb bytes.Buffer
-	if code := run([]string{"check", "--config", p}, &errb); code != 0 {
+	if code := run([]string{"check", "--config", p}, new(bytes.Buffer), &errb); code != 0 {
 		t.Fatalf("packaged agent.toml, uncommented: exit %d: %s", code, errb.String())
 	}
 }
@@ -91,11 +91,11 @@ func TestPackagedConfigChecks(t *testing.T) {
 // TestHelpListsSubcommands: every subcommand the docs tell users to run is
 // in --help.
 func TestHelpListsSubcommands(t *testing.T) {
-	var errb bytes.Buffer
-	run([]string{"--help"}, &errb)
+	var out bytes.Buffer
+	run([]string{"--help"}, &out, new(bytes.Buffer))
 	for _, sub := range []string{"hotplug-agent check", "hotplug-agent status", "hotplug-agent logstat --format"} {
-		if !strings.Contains(errb.String(), sub) {
-			t.Errorf("--help lacks %q:\n%s", sub, errb.String())
+		if !strings.Contains(out.String(), sub) {
+			t.Errorf("--help lacks %q:\n%s", sub, out.String())
 		}
 	}
 }

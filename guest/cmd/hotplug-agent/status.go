@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
 	"github.com/hotplugheaven/hotplug/guest/agent"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 // cmdStatus prints what the running agent sees, from the status file it
@@ -25,6 +27,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", defaultConfig, "config file, for status_file (a missing default file is not an error)")
 	file := fs.String("file", "", "status file (default: status_file of the config, else "+agent.DefaultStatusFile+")")
 	asJSON := fs.Bool("json", false, "print the status file as JSON")
+	if cmdline.WantsHelp(args) {
+		cmdline.ShowUsage(fs, stdout)
+		return 0
+	}
 	if fs.Parse(args) != nil {
 		return 2
 	}

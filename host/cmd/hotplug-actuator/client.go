@@ -14,13 +14,16 @@ import (
 
 	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/config"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 // clientFlags are the flags of every command that talks to the API.
 type clientFlags struct {
 	fs        *flag.FlagSet
 	name      string
+	stdout    io.Writer
 	stderr    io.Writer
+	exit      int // after parse returned false
 	config    *string
 	socket    *string
 	url       *string
@@ -28,10 +31,10 @@ type clientFlags struct {
 	json      *bool
 }
 
-func newClientFlags(name string, stderr io.Writer) *clientFlags {
+func newClientFlags(name string, stdout, stderr io.Writer) *clientFlags {
 	fs := flag.NewFlagSet("hotplug-actuator "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	return &clientFlags{fs: fs, name: name, stderr: stderr,
+	return &clientFlags{fs: fs, name: name, stdout: stdout, stderr: stderr,
 		config:    fs.String("config", defaultConfig, "configuration file, for api.socket (when it exists and --socket is not given)"),
 		socket:    fs.String("socket", "", "API unix socket (default: api.socket of the configuration, else "+config.DefaultAPISocket+")"),
 		url:       fs.String("url", "", "API over TCP instead, e.g. http://host:9470 (needs --token-file)"),
@@ -41,8 +44,14 @@ func newClientFlags(name string, stderr io.Writer) *clientFlags {
 }
 
 // parse parses flags placed anywhere among the arguments and returns the
-// positional ones.
+// positional ones. When it returns false the command is over, with the
+// exit status in c.exit: 0 after --help, 2 after a bad flag.
 func (c *clientFlags) parse(args []string) ([]string, bool) {
+	if c.exit = 2; cmdline.WantsHelp(args) {
+		c.exit = 0
+		cmdline.ShowUsage(c.fs, c.stdout)
+		return nil, false
+	}
 	var pos []string
 	for {
 		if err := c.fs.Parse(args); err != nil {

@@ -15,10 +15,10 @@ func cmdResume(args []string, stdout, stderr io.Writer) int {
 }
 
 func pauseResume(name string, args []string, stdout, stderr io.Writer) int {
-	f := newClientFlags(name, stderr)
+	f := newClientFlags(name, stdout, stderr)
 	pos, ok := f.parse(args)
 	if !ok {
-		return 2
+		return f.exit
 	}
 	if len(pos) != 1 {
 		return f.usage("usage: %s VM [--json]", name)
@@ -51,10 +51,10 @@ func pauseResume(name string, args []string, stdout, stderr io.Writer) int {
 
 // cmdSetVCPUs moves a VM to N vCPUs now, within its policy.
 func cmdSetVCPUs(args []string, stdout, stderr io.Writer) int {
-	f := newClientFlags("set-vcpus", stderr)
+	f := newClientFlags("set-vcpus", stdout, stderr)
 	pos, ok := f.parse(args)
 	if !ok {
-		return 2
+		return f.exit
 	}
 	if len(pos) != 2 {
 		return f.usage("usage: set-vcpus VM N [--json]")

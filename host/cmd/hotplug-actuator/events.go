@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -16,7 +14,7 @@ import (
 )
 
 func cmdEvents(args []string, stdout, stderr io.Writer) int {
-	f := newClientFlags("events", stderr)
+	f := newClientFlags("events", stdout, stderr)
 	logPath := f.fs.String("log", "", "read this event log file directly, without the actuator (offline)")
 	vm := f.fs.String("vm", "", "only this VM")
 	since := f.fs.String("since", "", "only events at or after this time (RFC 3339, or a duration like 1h meaning that long ago)")
@@ -24,7 +22,7 @@ func cmdEvents(args []string, stdout, stderr io.Writer) int {
 	follow := f.fs.Bool("follow", false, "keep printing new events as they are committed")
 	pos, ok := f.parse(args)
 	if !ok {
-		return 2
+		return f.exit
 	}
 	if len(pos) > 0 {
 		return f.usage("takes no arguments, got %q (for one VM: --vm %s)", pos[0], pos[0])
@@ -141,61 +139,27 @@ func eventsFromAPI(ctx context.Context, c *api.Client, filter eventlog.Filter, f
 // eventsFromFile reads the event log file itself: for when the actuator
 // is not running, or on another machine with a copy of the file.
 func eventsFromFile(path string, filter eventlog.Filter, follow bool, print func(eventlog.Event), stderr io.Writer) int {
-	f, err := os.Open(path)
-	if err != nil {
-		fmt.Fprintf(stderr, "hotplug-actuator events: %v\n", err)
-		return 1
-	}
-	defer f.Close()
-	// Read up to the end of the last whole line; the rest may be an event
-	// being written right now.
-	data, err := io.ReadAll(f)
-	if err != nil {
-		fmt.Fprintf(stderr, "hotplug-actuator events: %s: %v\n", path, err)
-		return 1
-	}
-	whole := bytes.LastIndexByte(data, '\n') + 1
-	evs, skipped, err := eventlog.Read(bytes.NewReader(data[:whole]), filter)
-	if err != nil {
-		fmt.Fprintf(stderr, "hotplug-actuator events: %s: %v\n", path, err)
-		return 1
+	var skipped int
+	var err error
+	if follow {
+		ctx, stop := interruptible()
+		defer stop()
+		skipped, err = eventlog.Follow(ctx, path, filter, 500*time.Millisecond, print)
+	} else {
+		var evs []eventlog.Event
+		evs, skipped, err = eventlog.ReadFile(path, filter)
+		for _, ev := range evs {
+			print(ev)
+		}
 	}
 	if skipped > 0 {
 		fmt.Fprintf(stderr, "hotplug-actuator events: %d line(s) in %s are not events and were skipped\n", skipped, path)
 	}
-	for _, ev := range evs {
-		print(ev)
+	if err != nil {
+		fmt.Fprintf(stderr, "hotplug-actuator events: %v\n", err)
+		return 1
 	}
-	if !follow {
-		return 0
-	}
-	ctx, stop := interruptible()
-	defer stop()
-	offset := int64(whole)
-	buf := make([]byte, 64<<10)
-	var pending []byte
-	for {
-		select {
-		case <-ctx.Done():
-			return 0
-		case <-time.After(500 * time.Millisecond):
-		}
-		for {
-			n, err := f.ReadAt(buf, offset)
-			offset += int64(n)
-			pending = append(pending, buf[:n]...)
-			if err != nil || n == 0 {
-				break
-			}
-		}
-		if i := bytes.LastIndexByte(pending, '\n'); i >= 0 {
-			evs, _, _ := eventlog.Read(bytes.NewReader(pending[:i+1]), filter)
-			for _, ev := range evs {
-				print(ev)
-			}
-			pending = append(pending[:0], pending[i+1:]...)
-		}
-	}
+	return 0
 }
 
 // formatEvent renders one event as a line for people.

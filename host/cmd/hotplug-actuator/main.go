@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -38,6 +40,10 @@ of the configuration, default /run/hotplug-actuator/api.sock; --socket PATH),
 or --url URL --token-file FILE over TCP. The API is documented in docs/api.md.
 `
 
+// commands are the subcommands run dispatches to.
+var commands = map[string]bool{"run": true, "check": true, "events": true, "status": true, "explain": true,
+	"pause": true, "resume": true, "set-vcpus": true, "simulate": true, "version": true, "help": true}
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -46,10 +52,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "run"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	} else if len(args) > 0 && cmdline.WantsHelp(args[:1]) {
+		cmd, args = "help", nil // hotplug-actuator --help: the commands, not run's flags
 	}
 	switch cmd {
 	case "run":
-		return cmdRun(args, stderr)
+		return cmdRun(args, stdout, stderr)
 	case "check":
 		return cmdCheck(args, stdout, stderr)
 	case "events":
@@ -67,11 +75,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "simulate":
 		return cmdSimulate(args, stdout, stderr)
 	case "version":
+		if len(args) > 0 && !cmdline.WantsHelp(args) {
+			fmtErr(stderr, "hotplug-actuator version", "unexpected argument %q", args[0])
+			return 2
+		}
 		fmt.Fprintln(stdout, "hotplug-actuator", version)
 		return 0
 	case "help":
-		fmt.Fprintf(stdout, usage, defaultConfig)
-		return 0
+		switch {
+		case len(args) == 0:
+			fmt.Fprintf(stdout, usage, defaultConfig)
+			return 0
+		case len(args) > 1:
+			fmtErr(stderr, "hotplug-actuator help", "takes one command, got %q", args)
+			return 2
+		case args[0] == "help" || args[0] == "version":
+			fmt.Fprintf(stdout, usage, defaultConfig)
+			return 0
+		}
+		if !commands[args[0]] {
+			fmtErr(stderr, "hotplug-actuator help", "unknown command %q (commands: run, check, status, explain, events, pause, resume, set-vcpus, simulate, version)", args[0])
+			return 2
+		}
+		return run([]string{args[0], "--help"}, stdout, stderr) // that command's usage
 	}
 	fmt.Fprintf(stderr, "hotplug-actuator: unknown command %q\n\n", cmd)
 	fmt.Fprintf(stderr, usage, defaultConfig)

@@ -28,8 +28,8 @@ func flags(name string, stderr io.Writer) (*flag.FlagSet, *string, *bool) {
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs, path, _ := flags("check", stderr)
-	if fs.Parse(args) != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -40,14 +40,14 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func cmdRun(args []string, stderr io.Writer) int {
+func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs, path, ver := flags("run", stderr)
 	logFormat := fs.String("log-format", "text", "text or json")
-	if fs.Parse(args) != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	if *ver {
-		fmt.Println("hotplug-actuator", version)
+		fmt.Fprintln(stdout, "hotplug-actuator", version)
 		return 0
 	}
 	cfg, err := config.Load(*path)

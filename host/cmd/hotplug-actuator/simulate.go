@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/hotplugheaven/hotplug/host/sim"
+	"github.com/hotplugheaven/hotplug/internal/cmdline"
 )
 
 const simulateUsage = `hotplug-actuator simulate — replay CPU demand traces through the engine
@@ -54,7 +55,7 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 		names = append(names, p.Name)
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, simulateUsage, strings.Join(names, ", "))
+		fmt.Fprintf(fs.Output(), simulateUsage, strings.Join(names, ", "))
 		fs.PrintDefaults()
 	}
 	input := fs.String("input", "auto", "trace format: auto, planetlab, bitbrains or csv")
@@ -71,10 +72,11 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 	workers := fs.Int("workers", 0, "VMs replayed in parallel (default: one per CPU)")
 	sweep := fs.Bool("sweep", false, "run each policy over its knob and report frontiers at matched overload (see above)")
 	sweepGrid := fs.Bool("sweep-grid", false, "with --sweep: the whole grid of the two-knob modes, not the path chosen on the development day")
+	if cmdline.WantsHelp(args) {
+		cmdline.ShowUsage(fs, stdout)
+		return 0
+	}
 	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
 		return 2
 	}
 	fail := func(format string, a ...any) int {

@@ -166,7 +166,7 @@ func TestSimulateUsageErrors(t *testing.T) {
 		}
 	}
 	var out, errb bytes.Buffer
-	if code := run([]string{"simulate", "--help"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "predictive") {
-		t.Errorf("--help: exit %d, %s", code, errb.String())
+	if code := run([]string{"simulate", "--help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "predictive") || errb.Len() != 0 {
+		t.Errorf("--help: exit %d, stdout %.80q, stderr %q; want the usage on stdout", code, out.String(), errb.String())
 	}
 }

@@ -13,10 +13,10 @@ import (
 
 // cmdStatus prints a table of every VM.
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
-	f := newClientFlags("status", stderr)
+	f := newClientFlags("status", stdout, stderr)
 	pos, ok := f.parse(args)
 	if !ok {
-		return 2
+		return f.exit
 	}
 	if len(pos) > 0 {
 		return f.usage("takes no arguments, got %q (for one VM: explain VM)", pos[0])
@@ -126,10 +126,10 @@ func decision(v api.VM) string {
 
 // cmdExplain prints one VM and why its last decision was taken.
 func cmdExplain(args []string, stdout, stderr io.Writer) int {
-	f := newClientFlags("explain", stderr)
+	f := newClientFlags("explain", stdout, stderr)
 	pos, ok := f.parse(args)
 	if !ok {
-		return 2
+		return f.exit
 	}
 	if len(pos) != 1 {
 		return f.usage("usage: explain VM [--json]")

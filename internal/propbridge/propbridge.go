@@ -23,7 +23,8 @@
 // changes by waiting on the namespace and re-reading it all; a change
 // missed between the two is picked up at the wait's timeout.
 //
-// The package imports nothing of ours: it is part of the wire contract.
+// It is a transport, with goroutines and timers, so it lives beside the
+// wire contract (proto), not in it; like proto it imports nothing of ours.
 package propbridge
 
 import (
