@@ -289,8 +289,10 @@ func (e *Engine) decide(in Input) Decision {
 		d.Rule, d.Reason = RuleNoData, "no sample in the last three intervals"
 		return d
 	}
-	if len(window) < p.N {
-		d.Rule, d.Reason = RuleNotEnough, fmt.Sprintf("%d of %d samples needed to judge", len(window), p.N)
+	// Warm-up: n samples, spanning n intervals (less half of one, for
+	// jitter), so that a burst of reports does not end it early.
+	if ivl := p.Interval.D(); len(window) < p.N || window[len(window)-1].Time.Sub(window[0].Time) < time.Duration(p.N-1)*ivl-ivl/2 {
+		d.Rule, d.Reason = RuleNotEnough, fmt.Sprintf("%d of %d samples needed to judge (over %v)", len(window), p.N, time.Duration(p.N)*p.Interval.D())
 		return d
 	}
 	return e.mode.decide(&step{e: e, p: p, in: in, window: window, lo: lo, hi: hi, d: d})
@@ -378,6 +380,60 @@ func (s *step) hold(rule, why string) Decision {
 	d := s.d
 	d.Rule, d.Reason = rule, why
 	return d
+}
+
+// The k-of-n and sustained-low rules are measured in time, not in samples:
+// an agent under CPU pressure reports several times an interval (so a
+// burst is confirmed in well under n intervals), and a guest sending a
+// flood of reports must not make one interval look like a sustained load.
+
+// recentFrom returns the index of the first sample of the last n
+// intervals of real time: samples newer than the newest minus
+// (n − ½) intervals, so that samples at a steady interval with some jitter
+// are exactly the last n.
+func (s *step) recentFrom(n int) int {
+	ivl := s.p.Interval.D()
+	cut := s.window[len(s.window)-1].Time.Add(-time.Duration(n)*ivl + ivl/2)
+	i := len(s.window)
+	for i > 0 && s.window[i-1].Time.After(cut) {
+		i--
+	}
+	return i
+}
+
+// minSpacing is how close two samples may be and both count towards k:
+// a quarter interval, the agent's fast rate under pressure.
+func (s *step) minSpacing() time.Duration { return s.p.Interval.D() / 4 }
+
+// countSpaced counts the samples from index from on for which cond holds,
+// a sample counting only if it came at least minSpacing after the last one
+// counted: a thousand reports in a millisecond count once.
+func (s *step) countSpaced(from int, cond func(i int) bool) int {
+	n := 0
+	var last time.Time
+	for i := from; i < len(s.window); i++ {
+		t := s.window[i].Time
+		if (n == 0 || t.Sub(last) >= s.minSpacing()) && cond(i) {
+			n, last = n+1, t
+		}
+	}
+	return n
+}
+
+// sustained returns the index of the first sample of the last n
+// intervals, and whether the samples since the last action cover them: at
+// least (n − 1½) intervals between the first of them and the newest, as n
+// samples at a steady interval do. A burst of reports spans no time and
+// never covers them.
+func (s *step) sustained(n int) (from int, ok bool) {
+	since := len(s.window) - len(s.sinceAction())
+	if since == len(s.window) {
+		return len(s.window), false
+	}
+	ivl := s.p.Interval.D()
+	span := s.window[len(s.window)-1].Time.Sub(s.window[since].Time)
+	from = max(s.recentFrom(n), since)
+	return from, span >= time.Duration(n-1)*ivl-ivl/2
 }
 
 // sinceAction returns the samples of the window taken after the last

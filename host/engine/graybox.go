@@ -137,16 +137,9 @@ func (g graybox) decide(s *step) Decision {
 		why = append(why, fmt.Sprintf("other work %s CPUs", num(peakOther)))
 	}
 	why = append(why, "needs "+vcpus(need))
-	last := len(s.window) - min(p.N, len(s.window))
-	short, violated := 0, 0
-	for i := last; i < len(s.window); i++ {
-		if needAt(i) > current {
-			short++
-		}
-		if violatesAny(s.window[i]) {
-			violated++
-		}
-	}
+	last := s.recentFrom(p.N)
+	short := s.countSpaced(last, func(i int) bool { return needAt(i) > current })
+	violated := s.countSpaced(last, func(i int) bool { return violatesAny(s.window[i]) })
 	reason := strings.Join(why, "; ")
 	switch {
 	case short >= p.K:
@@ -163,11 +156,11 @@ func (g graybox) decide(s *step) Decision {
 // taken after the last action, needed at most fewer vCPUs (utilisation at
 // most Upper included) and met every SLA.
 func (g graybox) fitsSmaller(s *step, fewer int, needAt func(int) int) bool {
-	recent := len(s.sinceAction())
-	if recent < s.p.DownSamples {
+	from, ok := s.sustained(s.p.DownSamples)
+	if !ok {
 		return false
 	}
-	for i := len(s.window) - s.p.DownSamples; i < len(s.window); i++ {
+	for i := from; i < len(s.window); i++ {
 		if violatesAny(s.window[i]) || needAt(i) > fewer {
 			return false
 		}

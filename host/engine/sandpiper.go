@@ -6,7 +6,8 @@ import (
 )
 
 // ModeSandpiper is Sandpiper's black-box hotspot detection (Wood et al.,
-// NSDI'07, §4): a hotspot needs K of the last N samples above Upper and the
+// NSDI'07, §4): a hotspot needs K of the samples of the last N intervals
+// (in time, see recentFrom and countSpaced) above Upper and the
 // AR(1) forecast of the next sample above it too; the scale-up target is
 // ceil(Percentile of demand over the window ÷ Target). A vCPU is removed
 // when the last DownSamples samples, all taken after the last action, would
@@ -19,15 +20,12 @@ func (sandpiper) decide(s *step) Decision {
 	p := s.p
 	current := float64(max(s.in.Current, 1))
 	demand := s.demand()
-	last := demand[len(demand)-min(p.N, len(demand)):]
-	util := make([]float64, len(last))
-	above := 0
-	for i, v := range last {
+	from := s.recentFrom(p.N)
+	util := make([]float64, len(demand)-from)
+	for i, v := range demand[from:] {
 		util[i] = v / current
-		if util[i] > p.Upper {
-			above++
-		}
 	}
+	above := s.countSpaced(from, func(i int) bool { return util[i-from] > p.Upper })
 	forecast := ar1Forecast(demand) / current
 	peak := percentile(demand, p.Percentile)
 	s.d.Evidence = Evidence{Utilisation: util, Above: above, K: p.K, N: p.N, Forecast: forecast,
@@ -41,14 +39,11 @@ func (sandpiper) decide(s *step) Decision {
 	// Tasks waiting for a CPU are saturation even when utilisation, which
 	// a guest with many short runnable tasks can keep moderate, is not.
 	if th := p.RunQThreshold.D(); th > 0 {
-		slow := 0
 		var worst time.Duration
-		for _, x := range s.window[len(s.window)-min(p.N, len(s.window)):] {
-			if x.RunQP95 > th {
-				slow++
-			}
+		for _, x := range s.window[from:] {
 			worst = max(worst, x.RunQP95)
 		}
+		slow := s.countSpaced(from, func(i int) bool { return s.window[i].RunQP95 > th })
 		if slow >= p.K {
 			want := max(ceilCPUs(peak/p.Target), s.in.Current+1)
 			return s.up(want, RuleRunQueue, fmt.Sprintf("%d of last %d samples with p95 run-queue latency above %v (worst %v); %s",
@@ -56,9 +51,8 @@ func (sandpiper) decide(s *step) Decision {
 		}
 	}
 	if s.in.Current > s.lo {
-		low := s.sinceAction()
-		if len(low) >= p.DownSamples {
-			low = low[len(low)-p.DownSamples:]
+		if from, ok := s.sustained(p.DownSamples); ok {
+			low := s.window[from:]
 			worst := 0.0
 			for _, x := range low {
 				worst = max(worst, x.Demand())
