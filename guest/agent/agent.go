@@ -49,6 +49,10 @@ type Config struct {
 	Extras []Extra
 	// StatusFile, if not nil, is rewritten every sample (status.go).
 	StatusFile *StatusWriter
+	// Pressure, if not nil, says when to sample at the fast interval; nil
+	// arms a PSI trigger on Collector.ProcRoot/pressure/cpu when the
+	// kernel allows (without one, the agent samples at Interval only).
+	Pressure Pressure
 }
 
 // Extra adds its measurements to a report. Fill must return quickly; an
@@ -75,6 +79,7 @@ type Agent struct {
 	intervalMu sync.Mutex
 	interval   time.Duration
 	intervalCh chan struct{} // nudges the sampler after an interval change
+	fastUntil  time.Time     // under CPU pressure until then (pressure.go)
 
 	statusMu sync.Mutex
 	status   Status
@@ -168,6 +173,19 @@ func (a *Agent) setInterval(d time.Duration) {
 // Run samples and serves the actuator until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	p := a.cfg.Pressure
+	if p == nil {
+		t, err := openPSITrigger(a.cfg.Collector.ProcRoot)
+		if err != nil {
+			a.log.Info("no CPU pressure trigger; reporting at the configured interval only", "reason", err)
+		} else {
+			p = t
+		}
+	}
+	if p != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.pressureLoop(ctx, p) }()
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); a.sampleLoop(ctx) }()
 	go func() { defer wg.Done(); a.hotplugLoop(ctx) }()
@@ -220,17 +238,22 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 		a.setStatus(func(s *Status) { s.LastReport = r })
 	}
 	sample()
-	t := time.NewTicker(a.getInterval())
+	last := time.Now()
+	t := time.NewTimer(a.nextSample(last))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.intervalCh:
-			t.Reset(a.getInterval())
+			// A new interval, or pressure began: the next sample is due
+			// that much after the last one (at once if that has passed).
 		case <-t.C:
 			sample()
+			last = time.Now()
 		}
+		t.Stop()
+		t.Reset(max(time.Until(last.Add(a.nextSample(time.Now()))), 0))
 	}
 }
 
