@@ -175,7 +175,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	p := a.cfg.Pressure
 	if p == nil {
-		t, err := openPSITrigger(a.cfg.Collector.ProcRoot)
+		procRoot := a.cfg.Collector.ProcRoot
+		if procRoot == "" {
+			procRoot = "/proc" // as the collector defaults it
+		}
+		t, err := openPSITrigger(procRoot)
 		if err != nil {
 			a.log.Info("no CPU pressure trigger; reporting at the configured interval only", "reason", err)
 		} else {
@@ -234,6 +238,7 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 		}
 		seq++
 		r.Seq = seq
+		a.log.Trace("report queued", "seq", seq, "interval", time.Duration(r.IntervalNanos))
 		a.queue.push(r)
 		a.setStatus(func(s *Status) { s.LastReport = r })
 	}

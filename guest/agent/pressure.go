@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -32,8 +31,12 @@ const (
 // psiTrigger is a PSI trigger on /proc/pressure/cpu: a write of
 // "some STALL_US WINDOW_US" arms it, and poll() reports POLLPRI each time
 // the stall in a window passes the threshold (at most once per window).
+//
+// The file is held as a raw descriptor, not an *os.File: Go would register
+// an *os.File with its own epoll, whose polls could consume the trigger's
+// one-shot event before ours sees it.
 type psiTrigger struct {
-	f *os.File
+	fd int
 }
 
 // openPSITrigger arms a trigger on procRoot/pressure/cpu. It refuses a
@@ -47,16 +50,16 @@ func openPSITrigger(procRoot string) (*psiTrigger, error) {
 	if st.Type != unix.PROC_SUPER_MAGIC {
 		return nil, fmt.Errorf("PSI: %s is not on procfs", path)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NONBLOCK, 0)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("PSI trigger: %w", err)
+		return nil, fmt.Errorf("PSI trigger: open %s: %w", path, err)
 	}
 	arm := fmt.Sprintf("some %d %d", psiStall.Microseconds(), psiWindow.Microseconds())
-	if _, err := f.Write([]byte(arm + "\x00")); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("PSI trigger %q on %s: %w", arm, path, err)
+	if _, err := unix.Write(fd, []byte(arm+"\x00")); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("PSI trigger %q on %s: write %s: %w", arm, path, path, err)
 	}
-	return &psiTrigger{f: f}, nil
+	return &psiTrigger{fd: fd}, nil
 }
 
 // Wait implements Pressure: poll() with the timeout, in slices of at most
@@ -71,7 +74,7 @@ func (p *psiTrigger) Wait(ctx context.Context, timeout time.Duration) (bool, err
 		if left <= 0 {
 			return false, nil
 		}
-		fds := []unix.PollFd{{Fd: int32(p.f.Fd()), Events: unix.POLLPRI}}
+		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLPRI}}
 		n, err := unix.Poll(fds, int(min(left, time.Second).Milliseconds())+1)
 		switch {
 		case errors.Is(err, unix.EINTR):
@@ -91,7 +94,7 @@ func (p *psiTrigger) Wait(ctx context.Context, timeout time.Duration) (bool, err
 }
 
 // Close implements Pressure.
-func (p *psiTrigger) Close() error { return p.f.Close() }
+func (p *psiTrigger) Close() error { return unix.Close(p.fd) }
 
 // fastInterval is the sampling interval while under pressure.
 func fastInterval(interval time.Duration) time.Duration {
@@ -113,6 +116,7 @@ func (a *Agent) pressureLoop(ctx context.Context, p Pressure) {
 		if !fired {
 			continue
 		}
+		a.log.Trace("CPU pressure event")
 		hold := max(2*psiWindow, 2*fastInterval(a.getInterval()))
 		a.intervalMu.Lock()
 		was := time.Now().Before(a.fastUntil)

@@ -168,12 +168,21 @@ type Engine struct {
 // samples every w/4 observations.
 func windowSlack(w int) int { return max(w/4, 8) }
 
+// fastFactor is how many samples an interval may hold: the agent samples
+// every quarter interval under CPU pressure. The engine keeps up to
+// fastFactor × Window samples, and its window is the last Window intervals
+// of time, whatever their number (see window).
+const fastFactor = 4
+
+// capacity is the most samples the engine keeps for p.
+func capacity(p Policy) int { return fastFactor * p.Window }
+
 // New returns an engine for a valid policy.
 func New(p Policy) (*Engine, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{policy: p, mode: modes[p.mode()](p), samples: make([]Sample, 0, p.Window+windowSlack(p.Window))}, nil
+	return &Engine{policy: p, mode: modes[p.mode()](p), samples: make([]Sample, 0, capacity(p)+windowSlack(capacity(p)))}, nil
 }
 
 // Policy returns the policy in force.
@@ -188,11 +197,8 @@ func (e *Engine) SetPolicy(p Policy) error {
 	recent := slices.Clone(e.window())
 	e.policy = p
 	e.mode = modes[p.mode()](p)
-	e.samples = make([]Sample, 0, p.Window+windowSlack(p.Window))
+	e.samples = make([]Sample, 0, capacity(p)+windowSlack(capacity(p)))
 	e.count = 0
-	if len(recent) > p.Window {
-		recent = recent[len(recent)-p.Window:]
-	}
 	for _, s := range recent {
 		e.Observe(s)
 	}
@@ -218,7 +224,7 @@ func (e *Engine) Observe(s Sample) {
 		apps = append(apps, a)
 	}
 	s.Apps = apps
-	w := e.policy.Window
+	w := capacity(e.policy)
 	if len(e.samples) == cap(e.samples) {
 		// Move the newest w−1 samples to the front; the one being added
 		// makes w.
@@ -247,7 +253,24 @@ func (e *Engine) LastAction() time.Time { return e.lastAction }
 
 // window returns the last count samples, oldest first. It is the
 // engine's own memory: modes read it and must not change or keep it.
-func (e *Engine) window() []Sample { return e.samples[len(e.samples)-e.count:] }
+//
+// It is the samples of the last Window intervals of time: newer than the
+// newest minus (Window − ½) intervals, so at a steady interval exactly the
+// last Window samples, and up to fastFactor times as many while the agent
+// reports fast.
+func (e *Engine) window() []Sample {
+	all := e.samples[len(e.samples)-e.count:]
+	if len(all) == 0 {
+		return all
+	}
+	ivl := e.policy.Interval.D()
+	cut := all[len(all)-1].Time.Add(-time.Duration(e.policy.Window)*ivl + ivl/2)
+	i := len(all)
+	for i > 0 && all[i-1].Time.After(cut) {
+		i--
+	}
+	return all[i:]
+}
 
 // Decide returns what to do now. Limits, freshness and warm-up are the
 // same for every mode; the steady-state rule is the policy's mode. Every
@@ -270,7 +293,8 @@ func (e *Engine) decide(in Input) Decision {
 		hi = in.Allowed
 	}
 	lo := min(p.MinVCPUs, hi)
-	d := Decision{From: in.Current, To: in.Current, Evidence: Evidence{Samples: e.count}}
+	window := e.window()
+	d := Decision{From: in.Current, To: in.Current, Evidence: Evidence{Samples: len(window)}}
 
 	// Limits first: they hold whatever the samples say.
 	if in.Current < lo {
@@ -284,7 +308,6 @@ func (e *Engine) decide(in Input) Decision {
 		return d
 	}
 
-	window := e.window()
 	if len(window) == 0 || in.Now.Sub(window[len(window)-1].Time) > 3*p.Interval.D() {
 		d.Rule, d.Reason = RuleNoData, "no sample in the last three intervals"
 		return d

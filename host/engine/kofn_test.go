@@ -63,7 +63,9 @@ func TestFastReportsConfirmBurstBurstOfReportsDoesNot(t *testing.T) {
 	if d := e.Decide(Input{Now: tm.Add(10 * time.Millisecond), Current: 1}); d.Action != Hold {
 		t.Fatalf("after a 10 ms burst of 1000 hot reports: %v %s (%s); want hold", d.Action, d.Rule, d.Reason)
 	}
-	e2, _ := New(kofnPolicy())
+	fast := kofnPolicy()
+	fast.Window = 10 // ten intervals of time hold forty fast samples
+	e2, _ := New(fast)
 	tm = t0
 	for range 5 {
 		tm = tm.Add(time.Second)
@@ -78,6 +80,15 @@ func TestFastReportsConfirmBurstBurstOfReportsDoesNot(t *testing.T) {
 	}
 	if d.Action != ScaleUp || tm.Sub(onset) > 600*time.Millisecond {
 		t.Fatalf("three hot reports 250 ms apart: %v %s (%s) %v after the first; want a scale-up within 0.6 s", d.Action, d.Rule, d.Reason, tm.Sub(onset))
+	}
+	// Minutes of fast reports never shrink the window below its ten
+	// intervals: no warm-up again, no forgotten history.
+	for range 400 {
+		tm = tm.Add(250 * time.Millisecond)
+		at(e2, tm, 1, 0.2)
+	}
+	if d = e2.Decide(Input{Now: tm, Current: 1}); d.Rule == RuleNotEnough || d.Evidence.Samples < 36 {
+		t.Fatalf("after 100 s of fast reports: rule %s over %d samples; want the last ten intervals (40 samples) judged", d.Rule, d.Evidence.Samples)
 	}
 }
 
