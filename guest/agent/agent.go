@@ -238,7 +238,6 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 		}
 		seq++
 		r.Seq = seq
-		a.log.Trace("report queued", "seq", seq, "interval", time.Duration(r.IntervalNanos))
 		a.queue.push(r)
 		a.setStatus(func(s *Status) { s.LastReport = r })
 	}

@@ -190,7 +190,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		return nil, err
 	}
 	// The agent logs to the console so a failed test shows what it did.
-	start := fmt.Sprintf("exec /usr/bin/hotplug-agent --transport virtio-serial --interval 1s --log-level trace %s 2>&1\n", opts.AgentArgs)
+	start := fmt.Sprintf("exec /usr/bin/hotplug-agent --transport virtio-serial --interval 1s --log-level debug %s 2>&1\n", opts.AgentArgs)
 	if opts.NoAgent {
 		start = udevOnline
 	}
