@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/config"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/qmp"

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/guest/cpu"
 	"github.com/hotplugheaven/hotplug/guest/transport"

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/guest/transport"
 	"github.com/hotplugheaven/hotplug/proto"
 )

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/guest/agent"
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"github.com/hotplugheaven/hotplug/guest/applog/stats"

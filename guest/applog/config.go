@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"github.com/hotplugheaven/hotplug/guest/applog/tail"
 	"github.com/hotplugheaven/hotplug/guest/cgroup"

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+
 	"github.com/hotplugheaven/hotplug/bpf"
 	"github.com/hotplugheaven/hotplug/proto"
 )

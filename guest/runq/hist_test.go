@@ -5,8 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/proto"
 	"pgregory.net/rapid"
+
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 func buckets(pairs ...int) []uint64 {

@@ -9,8 +9,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/proto"
 	"github.com/prometheus/procfs"
+
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 // psiSampler estimates run-queue latency from CPU pressure

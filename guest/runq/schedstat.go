@@ -8,8 +8,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/proto"
 	"github.com/prometheus/procfs"
+
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 // schedstatSampler estimates run-queue latency from /proc/schedstat

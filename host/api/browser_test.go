@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
 	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/api/apitest"
 	"github.com/hotplugheaven/hotplug/host/engine"

@@ -6,11 +6,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 const namespace = "hotplug"

@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/host/actuator"
-	"github.com/hotplugheaven/hotplug/host/api/apitest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/api/apitest"
 )
 
 func family(t *testing.T, fams []*dto.MetricFamily, name string) *dto.MetricFamily {

@@ -22,10 +22,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hotplugheaven/hotplug/host/actuator"
-	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
+
+	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/engine"
 )
 
 // Options configure a Server.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
 	"github.com/hotplugheaven/hotplug/host/engine"
 )
 

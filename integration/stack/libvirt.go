@@ -21,6 +21,7 @@ import (
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket/dialers"
+
 	"github.com/hotplugheaven/hotplug/integration/testvm"
 	"github.com/hotplugheaven/hotplug/proto"
 )

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/qmp"
 	"github.com/hotplugheaven/hotplug/integration/testvm"

@@ -64,6 +64,7 @@ import (
 	"slices"
 
 	"github.com/DataDog/sketches-go/ddsketch"
+
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 )
 

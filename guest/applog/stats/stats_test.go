@@ -9,8 +9,9 @@ import (
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/pb/sketchpb"
-	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 )
 
 const t0 = int64(1_700_000_000) * 1e9

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/config"
