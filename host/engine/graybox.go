@@ -154,18 +154,39 @@ func (g graybox) decide(s *step) Decision {
 
 // fitsSmaller reports whether each of the last DownSamples samples, all
 // taken after the last action, needed at most fewer vCPUs (utilisation at
-// most Upper included) and met every SLA.
+// most Upper included) and met every SLA, and whether the window shows the
+// SLA broken at fewer vCPUs or less under a load no heavier than today's
+// (a request rate at most 25 % above the recent peak). The model can be wrong — on an
+// oversubscribed host a vCPU is less than a CPU — and an SLA-violation
+// scale-up past the model's size must not be undone by the model a few
+// samples later (seen end to end: 2 → 3 → 2 under the same load).
 func (g graybox) fitsSmaller(s *step, fewer int, needAt func(int) int) bool {
 	from, ok := s.sustained(s.p.DownSamples)
 	if !ok {
 		return false
 	}
+	peak := 0.0
 	for i := from; i < len(s.window); i++ {
 		if violatesAny(s.window[i]) || needAt(i) > fewer {
 			return false
 		}
+		peak = max(peak, appRate(s.window[i]))
+	}
+	for _, x := range s.window[:from] {
+		if x.Online > 0 && x.Online <= fewer && violatesAny(x) && appRate(x) <= 1.25*peak {
+			return false
+		}
 	}
 	return true
+}
+
+// appRate is a sample's request rate over all applications.
+func appRate(x Sample) float64 {
+	r := 0.0
+	for _, a := range x.Apps {
+		r += a.Rate
+	}
+	return r
 }
 
 func violatesAny(x Sample) bool {

@@ -308,3 +308,37 @@ func TestGrayboxOtherWorkAndBacklog(t *testing.T) {
 		t.Fatalf("backlog at the right size: %v→%d %s: %s", d.Action, d.To, d.Rule, d.Reason)
 	}
 }
+
+// After an SLA-violation scale-up the model did not ask for, the same load
+// meeting the SLA at the larger size is no reason to go back: the window
+// shows the SLA broken at the smaller size at that load. A load far
+// lighter than the one that broke it may come down.
+func TestGrayboxKeepsTheSizeTheSLANeeded(t *testing.T) {
+	p := grayPolicy()
+	p.Window, p.DownSamples, p.CooldownDown = 30, 4, 0
+	e, _ := New(p)
+	api := func(rate, p95 float64) []AppSample {
+		return []AppSample{{Name: "api", Arrivals: uint64(rate), Rate: rate, IAVar: 1 / (rate * rate), SvcMean: 0.05, SvcVar: 0.0005,
+			RespP50: 0.05, RespP95: p95, RespP99: p95, SLAPercentile: 0.95, SLATarget: 0.1, CPUSeconds: rate * 0.01, HasCPU: true}}
+	}
+	t1 := t0
+	obs := func(n, online int, rate, p95 float64) {
+		for range n {
+			t1 = t1.Add(time.Second)
+			e.Observe(Sample{Time: t1, Online: online, Busy: rate * 0.01, Apps: api(rate, p95)})
+		}
+	}
+	obs(5, 2, 20, 0.30)
+	if d := e.Decide(Input{Now: t1, Current: 2}); d.Action != ScaleUp || d.To != 3 {
+		t.Fatalf("SLA broken at 2 vCPUs: %v→%d %s", d.Action, d.To, d.Reason)
+	}
+	e.Acted(t1)
+	obs(6, 3, 20, 0.06)
+	if d := e.Decide(Input{Now: t1, Current: 3}); d.Action != Hold {
+		t.Fatalf("same load, SLA met at 3 (broken at 2 six seconds ago): %v→%d %s: %s; want hold", d.Action, d.To, d.Rule, d.Reason)
+	}
+	obs(6, 3, 4, 0.06)
+	if d := e.Decide(Input{Now: t1, Current: 3}); d.Action != ScaleDown {
+		t.Fatalf("a fifth of the load that broke the SLA: %v→%d %s: %s; want a scale-down", d.Action, d.To, d.Rule, d.Reason)
+	}
+}
