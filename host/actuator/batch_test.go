@@ -44,6 +44,16 @@ func TestBatchScaleUpFailingMiddleCPU(t *testing.T) {
 	if got := vm.qmp.PluggedAPICIDs(); !slices.Equal(got, []int{0, 1, 3}) {
 		t.Fatalf("plugged APIC ids %v, want the failing CPU 2 unplugged and 0, 1, 3 kept", got)
 	}
+	// One latency per vCPU kept, none for the one rolled back, each within
+	// the action's duration.
+	if len(ev.VCPULatencyMS) != 2 {
+		t.Fatalf("latencies %v, want one for each of the two vCPUs kept", ev.VCPULatencyMS)
+	}
+	for _, l := range ev.VCPULatencyMS {
+		if l <= 0 || l > ev.DurationMS {
+			t.Fatalf("latency %v ms outside the action's %v ms", l, ev.DurationMS)
+		}
+	}
 	if _, online := vm.guest.Sets(); online.String() != "0-1,3" && online.String() != "0,1,3" {
 		t.Fatalf("guest online %s", online)
 	}

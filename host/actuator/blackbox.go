@@ -162,12 +162,14 @@ func (c *cpuResource) hostSample(ctx context.Context) {
 func (c *cpuResource) plugBlind(ctx context.Context, a *action) {
 	l := c.l
 	for l.hv.current < a.d.To {
+		at := time.Now()
 		slot, err := c.plugSlot(ctx, a.rec)
 		if err != nil {
 			a.fail(err)
 			break
 		}
 		a.plugged = append(a.plugged, slot)
+		a.pluggedAt(slot, at)
 	}
 	// The guest onlines the CPUs itself: the hypervisor's state (which
 	// Plug returned) is the only confirmation there is.
@@ -180,6 +182,9 @@ func (c *cpuResource) plugBlind(ctx context.Context, a *action) {
 	}
 	if len(a.plugged) > 0 {
 		a.rec.step("confirm", start, nil)
+		for _, s := range a.plugged {
+			a.rec.latency(a.plugAt[s.Ref])
+		}
 	}
 }
 
@@ -208,7 +213,9 @@ func (c *cpuResource) unplugBlind(ctx context.Context, a *action) {
 		start := time.Now()
 		err := c.unplugSlot(ctx, *victim)
 		v.env.budget.Set(v.name, l.hv.current)
-		a.fail(a.rec.step("unplug", start, err))
+		if a.fail(a.rec.step("unplug", start, err)); err == nil {
+			a.rec.latency(start)
+		}
 	}
 }
 

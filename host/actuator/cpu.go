@@ -163,6 +163,10 @@ func (c *cpuResource) confirm(ctx context.Context, a *action, want int) *wait {
 	return c.l.awaitOnline(ctx, want, func(ctx context.Context, err error) *wait {
 		if a.rec.step("confirm", start, err) != nil {
 			c.rollbackPlugs(ctx, a, a.plugged, err)
+			return nil
+		}
+		for _, s := range a.plugged {
+			a.rec.latency(a.plugAt[s.Ref])
 		}
 		return nil
 	})
@@ -173,6 +177,7 @@ func (c *cpuResource) confirm(ctx context.Context, a *action, want int) *wait {
 func (c *cpuResource) plugSlots(ctx context.Context, a *action) {
 	l, v := c.l, c.l.vm
 	for l.hv.current < a.d.To {
+		at := time.Now()
 		slot, err := c.plugSlot(ctx, a.rec)
 		if err != nil {
 			a.fail(err)
@@ -180,6 +185,7 @@ func (c *cpuResource) plugSlots(ctx context.Context, a *action) {
 			return
 		}
 		a.plugged = append(a.plugged, slot)
+		a.pluggedAt(slot, at)
 		v.log.Debug("cpu plugged", "slot", slot.Index, "ref", slot.Ref, "apic", slot.APICID)
 	}
 }
@@ -294,7 +300,7 @@ func (c *cpuResource) scaleDown(ctx context.Context, a *action) *wait {
 	for _, vi := range victims {
 		cpus.Add(vi.cpu)
 	}
-	start := time.Now()
+	offAt := time.Now()
 	return l.command(ctx, &proto.Command{Offline: cpus}, func(ctx context.Context, ack *proto.Ack, err error) *wait {
 		err = ackErr(ack, err)
 		var off []victim
@@ -310,7 +316,7 @@ func (c *cpuResource) scaleDown(ctx context.Context, a *action) *wait {
 			err = fmt.Errorf("cpu%s: %w", cpus, err)
 			a.fail(err)
 		}
-		a.rec.step("offline", start, err)
+		a.rec.step("offline", offAt, err)
 		var back []int // offline but still plugged
 		var cause error
 		for _, vi := range off {
@@ -329,6 +335,7 @@ func (c *cpuResource) scaleDown(ctx context.Context, a *action) *wait {
 				continue
 			}
 			a.rec.step("unplug", start, nil)
+			a.rec.latency(offAt)
 			v.env.budget.Set(v.name, l.hv.current)
 		}
 		return c.rollbackOffline(ctx, a, back, cause)

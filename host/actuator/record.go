@@ -24,6 +24,11 @@ func (r *record) step(name string, start time.Time, err error) error {
 	return err
 }
 
+// latency records one vCPU added or removed, from since until now.
+func (r *record) latency(since time.Time) {
+	r.ev.VCPULatencyMS = append(r.ev.VCPULatencyMS, ms(time.Since(since)))
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // signals is what the event log keeps about the decision's inputs.

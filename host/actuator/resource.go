@@ -54,6 +54,9 @@ type action struct {
 	blind bool
 	// plugged are the slots this action plugged and still holds.
 	plugged []hypervisor.Slot
+	// plugAt is when each plugged slot's plug began (by Ref), for its
+	// latency.
+	plugAt map[string]time.Time
 	// reply, for an operator's set-vcpus, is told the result.
 	reply chan error
 	// result is what the action reached, for reply.
@@ -61,6 +64,14 @@ type action struct {
 }
 
 // fail records err unless an earlier failure is already recorded.
+// pluggedAt notes when slot's plug began.
+func (a *action) pluggedAt(slot hypervisor.Slot, at time.Time) {
+	if a.plugAt == nil {
+		a.plugAt = map[string]time.Time{}
+	}
+	a.plugAt[slot.Ref] = at
+}
+
 func (a *action) fail(err error) {
 	if err != nil && a.err == nil {
 		a.err = err

@@ -113,7 +113,8 @@ func TestRunInFakeTime(t *testing.T) {
 			r.vms[0].guest.SetDemand(3)
 			until(t, time.Minute, "scale-up to 4", func() bool { return r.vms[0].hyp.Plugged() == 4 && len(r.events(t)) > 0 })
 			ev := r.events(t)[0]
-			if stepNames(ev) != "plug,plug,plug,online,confirm" || ev.Outcome != eventlog.OutcomeOK || ev.Result != 4 {
+			if stepNames(ev) != "plug,plug,plug,online,confirm" || ev.Outcome != eventlog.OutcomeOK || ev.Result != 4 ||
+				len(ev.VCPULatencyMS) != 3 || ev.VCPULatencyMS[0] <= 0 || ev.VCPULatencyMS[0] > ev.DurationMS {
 				t.Fatalf("event %+v", ev)
 			}
 			// Decision to confirmed is the wait for the next report: at
@@ -134,7 +135,7 @@ func TestRunInFakeTime(t *testing.T) {
 				return len(evs) > 0 && evs[0].Outcome == eventlog.OutcomeRolledBack
 			})
 			ev := r.events(t)[0]
-			if stepNames(ev) != "plug,plug,plug,online,rollback_unplug,rollback_unplug,rollback_unplug" ||
+			if stepNames(ev) != "plug,plug,plug,online,rollback_unplug,rollback_unplug,rollback_unplug" || len(ev.VCPULatencyMS) != 0 ||
 				!strings.Contains(ev.Steps[3].Error, "did not answer command") || r.vms[0].hyp.Plugged() != 1 {
 				t.Fatalf("event %+v, plugged %d", ev, r.vms[0].hyp.Plugged())
 			}

@@ -99,7 +99,7 @@ func (m *Metrics) Decision(string, engine.Decision, time.Time) {}
 func (m *Metrics) Rejected(vm, reason string) { m.rejected.WithLabelValues(vm, reason).Inc() }
 
 // Event implements actuator.Observer: it counts the action and observes
-// its per-vCPU latencies from the event's steps.
+// the per-vCPU latencies the actuator recorded in it.
 func (m *Metrics) Event(ev eventlog.Event, committed bool) {
 	if !committed {
 		m.logErrors.WithLabelValues(ev.VM).Inc()
@@ -111,70 +111,15 @@ func (m *Metrics) Event(ev eventlog.Event, committed bool) {
 	for _, s := range ev.Steps {
 		m.step.WithLabelValues(s.Name, strconv.FormatBool(s.OK)).Observe(s.DurationMS / 1000)
 	}
-	for _, l := range vcpuLatencies(ev.Steps) {
-		if l.up {
-			m.plug.WithLabelValues(ev.VM).Observe(l.seconds)
-		} else {
-			m.unplug.WithLabelValues(ev.VM).Observe(l.seconds)
-		}
+	// A scale-up (or a reconcile that added vCPUs) plugged, a scale-down
+	// removed: the event says which by where it ended.
+	h := m.plug
+	if ev.Result < ev.From {
+		h = m.unplug
 	}
-}
-
-type vcpuLatency struct {
-	up      bool
-	seconds float64
-}
-
-// vcpuLatencies splits an event's steps into one sequence per vCPU and
-// returns the duration of each that succeeded. A scale-up plugs its slots
-// (one plug step each), then has one online and one confirm for the batch
-// (plug, confirm without an agent): each vCPU of the batch is online when
-// the batch is confirmed, so each gets the batch's whole time. A
-// scale-down has one offline for the batch, then one unplug per vCPU
-// (unplugs alone without an agent). A failed step or a rollback ends a
-// sequence without a latency: a failure's duration says how long a
-// timeout is, not how fast hot-plug is.
-func vcpuLatencies(steps []eventlog.Step) []vcpuLatency {
-	var out []vcpuLatency
-	open, up := false, false
-	acc, pending := 0.0, 0
-	for _, s := range steps {
-		if !s.OK {
-			open = false
-			continue
-		}
-		d := s.DurationMS / 1000
-		switch s.Name {
-		case "plug":
-			if open && up && pending > 0 {
-				acc += d
-				pending++
-			} else {
-				open, up, acc, pending = true, true, d, 1
-			}
-		case "online":
-			if open && up {
-				acc += d
-			}
-		case "confirm":
-			if open && up {
-				for range pending {
-					out = append(out, vcpuLatency{up: true, seconds: acc + d})
-				}
-			}
-			open = false
-		case "offline":
-			open, up, acc = true, false, d
-		case "unplug":
-			if !open || up {
-				open, up, acc = false, false, 0
-			}
-			out = append(out, vcpuLatency{up: false, seconds: acc + d})
-		default: // rollback_unplug, rollback_online, …
-			open = false
-		}
+	for _, l := range ev.VCPULatencyMS {
+		h.WithLabelValues(ev.VM).Observe(l / 1000)
 	}
-	return out
 }
 
 // vmCollector reads every VM's status at scrape time.
