@@ -85,16 +85,16 @@ type Event struct {
 	// Signals holds the evidence behind the decision (engine.Evidence and
 	// the latest measurements), kept as raw JSON so this package does not
 	// depend on the engine.
-	Signals    json.RawMessage `json:"signals,omitempty"`
-	Steps      []Step          `json:"steps,omitempty"`
+	Signals json.RawMessage `json:"signals,omitempty"`
+	Steps   []Step          `json:"steps,omitempty"`
 	// VCPULatencyMS has, for each vCPU the action added or removed and
 	// confirmed, how long it took: from its plug until the guest had it
 	// online and the actuator saw it (for a batch, each vCPU of the batch
 	// until the batch was confirmed), or from the guest's offline until its
 	// unplug completed. Rolled-back vCPUs have none.
 	VCPULatencyMS []float64 `json:"vcpu_latency_ms,omitempty"`
-	Outcome    string          `json:"outcome"`
-	DurationMS float64         `json:"duration_ms"`
+	Outcome       string    `json:"outcome"`
+	DurationMS    float64   `json:"duration_ms"`
 	// Action is the Seq of the action's started line, on its final line and
 	// on the recover line of an interrupted action.
 	Action uint64 `json:"action,omitempty"`
