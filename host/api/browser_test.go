@@ -88,19 +88,7 @@ func TestDashboardFromALink(t *testing.T) {
 	}
 	r := apitest.Start(t, apitest.Spec{Name: "web", Demand: 0.3, Interval: 200 * time.Millisecond})
 	const token = "link-test-token-0123456789abcdef"
-	tok, err := api.NewToken(token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stopServe := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { r.Server.Serve(sctx, ln, tok); close(served) }()
-	t.Cleanup(func() { stopServe(); <-served })
-	url := "http://" + ln.Addr().String() + "/"
+	url := serveTCP(t, r, token)
 
 	ctx := openBrowser(t, chrome, url, token)
 	if err := chromedp.Do(ctx,
@@ -148,19 +136,7 @@ func TestDashboardInABrowser(t *testing.T) {
 			Policy: func(p *engine.Policy) { p.CooldownDown = engine.Duration(time.Second) }},
 		apitest.Spec{Name: "db", Demand: 0.2, Interval: 200 * time.Millisecond})
 	const token = "dashboard-test-token-0123456789"
-	tok, err := api.NewToken(token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stopServe := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { r.Server.Serve(sctx, ln, tok); close(served) }()
-	defer func() { stopServe(); <-served }()
-	url := "http://" + ln.Addr().String() + "/"
+	url := serveTCP(t, r, token)
 	client := api.NewTCPClient(url, token)
 
 	ctx := openBrowser(t, chrome, url, token)
@@ -378,4 +354,23 @@ func openBrowser(t *testing.T, chrome, url, secret string) context.Context {
 	})
 
 	return ctx
+}
+
+// serveTCP serves the rig's API on a loopback port with token, until the
+// test ends, and returns its base URL.
+func serveTCP(t *testing.T, r *apitest.Rig, token string) string {
+	t.Helper()
+	tok, err := api.NewToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { r.Server.Serve(ctx, ln, tok); close(served) }()
+	t.Cleanup(func() { stop(); <-served })
+	return "http://" + ln.Addr().String() + "/"
 }
