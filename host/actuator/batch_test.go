@@ -2,7 +2,9 @@ package actuator
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,13 +153,15 @@ func TestConcurrentPolicyUpdates(t *testing.T) {
 		t.Fatal("no command reached the guest")
 	}
 	const n = 20
-	start := ctl.Status().Policy.MaxVCPUs
+	// Each update adds a second to a cooldown (max_vcpus, the obvious
+	// counter, is bounded by the VM's 4 slots).
+	start := ctl.Status().Policy.CooldownUp
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := ctl.UpdatePolicy(ctx, func(p *engine.Policy) error { p.MaxVCPUs++; return nil }); err != nil {
+			if _, err := ctl.UpdatePolicy(ctx, func(p *engine.Policy) error { p.CooldownUp += engine.Duration(time.Second); return nil }); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -168,15 +172,26 @@ func TestConcurrentPolicyUpdates(t *testing.T) {
 		t.Fatalf("the action ended (%v) before the updates: they did not run while it waited", err)
 	default:
 	}
-	if got := ctl.Status().Policy.MaxVCPUs; got != start+n {
-		t.Fatalf("max_vcpus %d after %d increments from %d: updates lost", got, n, start)
+	if got := ctl.Status().Policy.CooldownUp; got != start+engine.Duration(n*time.Second) {
+		t.Fatalf("cooldown_up %v after %d increments of 1 s from %v: updates lost", got, n, start)
 	}
 	// An invalid update is refused and changes nothing.
 	if _, err := ctl.UpdatePolicy(ctx, func(p *engine.Policy) error { p.MaxVCPUs = 0; return nil }); err == nil {
 		t.Fatal("invalid update accepted")
 	}
-	if got := ctl.Status().Policy.MaxVCPUs; got != start+n {
-		t.Fatalf("max_vcpus %d after a refused update", got)
+	if got := ctl.Status().Policy.CooldownUp; got != start+engine.Duration(n*time.Second) {
+		t.Fatalf("cooldown_up %v after a refused update", got)
+	}
+	// Beyond the VM's slots is refused, naming the field.
+	for _, c := range []struct {
+		field string
+		set   func(*engine.Policy)
+	}{{"max_vcpus", func(p *engine.Policy) { p.MaxVCPUs = 9 }}, {"min_vcpus", func(p *engine.Policy) { p.MinVCPUs, p.MaxVCPUs = 9, 9 }}} {
+		_, err := ctl.UpdatePolicy(ctx, func(p *engine.Policy) error { c.set(p); return nil })
+		var fe *engine.FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(fe.Msg, "4 hot-plug slots") {
+			t.Fatalf("%s beyond the 4 slots: %v, want an error naming %s", c.field, err, c.field)
+		}
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -117,6 +117,16 @@ func (l *loop) setPolicy(update func(*engine.Policy) error) error {
 	if err := update(&p); err != nil {
 		return err
 	}
+	// The VM's real slots bound what a change may ask for (issue 21: a PUT
+	// of min_vcpus = 9 on an 8-slot VM was taken and silently clamped).
+	if slots := l.hv.state.Max(); slots > 0 {
+		switch {
+		case p.MinVCPUs != old.MinVCPUs && p.MinVCPUs > slots:
+			return &engine.FieldError{Field: "min_vcpus", Msg: fmt.Sprintf("must be at most the VM's %d hot-plug slots, got %d", slots, p.MinVCPUs)}
+		case p.MaxVCPUs != old.MaxVCPUs && p.MaxVCPUs > slots:
+			return &engine.FieldError{Field: "max_vcpus", Msg: fmt.Sprintf("must be at most the VM's %d hot-plug slots, got %d", slots, p.MaxVCPUs)}
+		}
+	}
 	if err := l.cpu.engine.SetPolicy(p); err != nil {
 		return err
 	}

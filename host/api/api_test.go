@@ -137,6 +137,9 @@ func TestPolicyIsValidatedAndNothingChangesOnError(t *testing.T) {
 	}{
 		{"k above n", "application/json", `{"k": 9}`, 400, "k"},
 		{"max below min", "application/json", `{"max_vcpus": 0}`, 400, "max_vcpus"},
+		{"max beyond the VM's slots", "application/json", `{"max_vcpus": 9}`, 400, "max_vcpus"},
+		{"min beyond the VM's slots", "application/json", `{"min_vcpus": 9, "max_vcpus": 9}`, 400, "min_vcpus"},
+		{"another mode's key, bad", "application/json", `{"forecast_prior": "-1h"}`, 400, "forecast_prior"},
 		{"unknown key", "application/json", `{"k": 2, "kk": 2}`, 400, "kk"},
 		{"wrong type", "application/json", `{"k": "two"}`, 400, "k"},
 		{"bad duration", "application/json", `{"interval": "soon"}`, 400, "interval"},

@@ -153,32 +153,29 @@ func (p Policy) Validate() error {
 	return p.validateModeKeys(bad)
 }
 
-// validateModeKeys checks the keys of the selected mode only, so a policy
-// for another mode need not carry them.
+// validateModeKeys checks every mode's keys: those of the selected mode
+// always, another mode's whenever it is set (non-zero), so a bad value is
+// refused when it is written, not later when the mode is switched to
+// (issue 21). A policy for one mode need not carry the others' keys.
 func (p Policy) validateModeKeys(bad func(field, format string, a ...any) error) error {
-	switch p.mode() {
-	case ModeThreshold:
-		if !(p.RemoveBelow > 0 && p.RemoveBelow < p.Upper) {
-			return bad("remove_below", "must be in (0, upper=%v), got %v", p.Upper, p.RemoveBelow)
-		}
-	case ModeVPA:
-		switch {
-		case !(p.VPAPercentile > 0 && p.VPAPercentile <= 1):
-			return bad("vpa_percentile", "must be in (0, 1], got %v", p.VPAPercentile)
-		case !(p.VPAMargin >= 0 && p.VPAMargin <= 10):
-			return bad("vpa_margin", "must be in [0, 10], got %v", p.VPAMargin)
-		case p.VPAHalfLife.D() < time.Minute:
-			return bad("vpa_half_life", "must be at least 1m, got %v", p.VPAHalfLife)
-		}
-	case ModePredictive:
-		switch {
-		case p.ForecastHalfLife.D() < p.Interval.D():
-			return bad("forecast_half_life", "must be at least interval=%v, got %v", p.Interval, p.ForecastHalfLife)
-		case !(p.MinGain > 0 && p.MinGain < 1):
-			return bad("min_gain", "must be in (0, 1), got %v", p.MinGain)
-		case p.ForecastPrior < 0 || p.ForecastPrior.D() > 7*24*time.Hour:
-			return bad("forecast_prior", "must be between 0s (no prior) and 168h, got %v", p.ForecastPrior)
-		}
+	m := p.mode()
+	check := func(mode string, set bool) bool { return m == mode || set }
+	if check(ModeThreshold, p.RemoveBelow != 0) && !(p.RemoveBelow > 0 && p.RemoveBelow < p.Upper) {
+		return bad("remove_below", "must be in (0, upper=%v), got %v", p.Upper, p.RemoveBelow)
+	}
+	switch {
+	case check(ModeVPA, p.VPAPercentile != 0) && !(p.VPAPercentile > 0 && p.VPAPercentile <= 1):
+		return bad("vpa_percentile", "must be in (0, 1], got %v", p.VPAPercentile)
+	case check(ModeVPA, p.VPAMargin != 0) && !(p.VPAMargin >= 0 && p.VPAMargin <= 10):
+		return bad("vpa_margin", "must be in [0, 10], got %v", p.VPAMargin)
+	case check(ModeVPA, p.VPAHalfLife != 0) && p.VPAHalfLife.D() < time.Minute:
+		return bad("vpa_half_life", "must be at least 1m, got %v", p.VPAHalfLife)
+	case check(ModePredictive, p.ForecastHalfLife != 0) && p.ForecastHalfLife.D() < p.Interval.D():
+		return bad("forecast_half_life", "must be at least interval=%v, got %v", p.Interval, p.ForecastHalfLife)
+	case check(ModePredictive, p.MinGain != 0) && !(p.MinGain > 0 && p.MinGain < 1):
+		return bad("min_gain", "must be in (0, 1), got %v", p.MinGain)
+	case check(ModePredictive, p.ForecastPrior != 0) && (p.ForecastPrior < 0 || p.ForecastPrior.D() > 7*24*time.Hour):
+		return bad("forecast_prior", "must be between 0s (no prior) and 168h, got %v", p.ForecastPrior)
 	}
 	return nil
 }

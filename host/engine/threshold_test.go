@@ -96,7 +96,13 @@ func TestModeKeysValidated(t *testing.T) {
 		{"predictive prior negative", ModePredictive, func(p *Policy) { p.ForecastPrior = Duration(-time.Minute) }, "forecast_prior"},
 		{"predictive prior over a week", ModePredictive, func(p *Policy) { p.ForecastPrior = Duration(169 * time.Hour) }, "forecast_prior"},
 		{"predictive without a prior", ModePredictive, func(p *Policy) { p.ForecastPrior = 0 }, ""},
-		{"other modes ignore forecast_prior", ModeVPA, func(p *Policy) { p.ForecastPrior = Duration(-time.Minute) }, ""},
+		// Issue 21: a bad value for another mode's key is refused when it
+		// is written, not when that mode is switched to; unset ones are not.
+		{"a bad forecast_prior is refused under vpa too", ModeVPA, func(p *Policy) { p.ForecastPrior = Duration(-time.Minute) }, "forecast_prior"},
+		{"a bad forecast_prior is refused under sandpiper too", ModeSandpiper, func(p *Policy) { p.ForecastPrior = Duration(-time.Hour) }, "forecast_prior"},
+		{"a bad vpa_margin is refused under predictive too", ModePredictive, func(p *Policy) { p.VPAMargin = -1 }, "vpa_margin"},
+		{"a bad remove_below is refused under sandpiper too", ModeSandpiper, func(p *Policy) { p.RemoveBelow = 2 * p.Upper }, "remove_below"},
+		{"other modes need not set forecast_prior", ModeVPA, func(p *Policy) { p.ForecastPrior = 0 }, ""},
 		{"defaults valid for predictive", ModePredictive, func(*Policy) {}, ""},
 		{"defaults valid for vpa", ModeVPA, func(*Policy) {}, ""},
 		{"defaults valid for threshold", ModeThreshold, func(*Policy) {}, ""},
