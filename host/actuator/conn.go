@@ -102,7 +102,7 @@ func (v *agentConn) serve(ctx context.Context) {
 			}
 			v.log.Warn("agent channel accept failed", "channel", ch.String(), "error", err)
 			failures++
-			if sleepCtx(ctx, v.retryDelay(failures)) != nil {
+			if channel.Sleep(ctx, v.retryDelay(failures)) != nil {
 				return
 			}
 			continue
@@ -121,7 +121,7 @@ func (v *agentConn) serve(ctx context.Context) {
 			failures = 0
 		}
 		failures++
-		if sleepCtx(ctx, v.retryDelay(failures)) != nil {
+		if channel.Sleep(ctx, v.retryDelay(failures)) != nil {
 			return
 		}
 	}
@@ -300,15 +300,4 @@ func (v *agentConn) deliver(ctx context.Context, ev any) bool {
 func (v *agentConn) retryDelay(failures int) time.Duration {
 	d := 250 * time.Millisecond << min(failures, 5)
 	return min(d, v.backoff)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -120,7 +120,7 @@ func (v *VBoxProps) Accept(ctx context.Context) (net.Conn, error) {
 			if failures == 0 && v.Logger != nil {
 				v.Logger.Warn("agent channel not readable, retrying", "channel", v.String(), "error", err)
 			}
-			if err := sleep(ctx, backoff(failures, 5*time.Second)); err != nil {
+			if err := Sleep(ctx, backoff(failures, 5*time.Second)); err != nil {
 				return nil, err
 			}
 			failures++
@@ -156,7 +156,7 @@ func (v *VBoxProps) Accept(ctx context.Context) (net.Conn, error) {
 	}
 }
 
-func sleepShort(ctx context.Context) { sleep(ctx, 20*time.Millisecond) }
+func sleepShort(ctx context.Context) { Sleep(ctx, 20*time.Millisecond) }
 
 // validSession: 16 lowercase hex digits, what the guest end writes.
 func validSession(s string) bool {
@@ -291,6 +291,6 @@ func parseHostEnumerate(out []byte) map[string]string {
 func (h *hostPropIO) Wait(ctx context.Context, d time.Duration) {
 	_, err := h.vboxManage(ctx, "guestproperty", "wait", h.v.VM, vboxPropPrefix+"g/*", "--timeout", strconv.FormatInt(d.Milliseconds(), 10))
 	if err != nil && ctx.Err() == nil {
-		sleep(ctx, d) // failing fast must not spin
+		Sleep(ctx, d) // failing fast must not spin
 	}
 }

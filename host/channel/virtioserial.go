@@ -56,7 +56,7 @@ func (v *VirtioSerial) Accept(ctx context.Context) (net.Conn, error) {
 			v.Logger.Warn("agent channel not reachable, retrying", "socket", v.Path, "error", err,
 				"hint", "is the VM running with a virtserialport on this chardev socket?")
 		}
-		if err := sleep(ctx, backoff(attempt, maxWait)); err != nil {
+		if err := Sleep(ctx, backoff(attempt, maxWait)); err != nil {
 			return nil, err
 		}
 	}
