@@ -23,9 +23,6 @@ const (
 	resyncLimit = 64 << 10
 	// strayFrameLimit is how many non-Hello frames are skipped before Hello.
 	strayFrameLimit = 64
-	// badMessageLimit drops a connection after this many undecodable or
-	// invalid messages in a row.
-	badMessageLimit = 10
 	writeTimeout    = 10 * time.Second
 )
 
@@ -35,6 +32,8 @@ var (
 	errSilent         = errors.New("agent silent")
 	errAgentClosed    = errors.New("agent closed the connection")
 	errAgentRestarted = errors.New("agent restarted")
+	// errMisbehaving: the agent used up its strikes (guard.go).
+	errMisbehaving = errors.New("agent misbehaving")
 )
 
 // agentConn serves a VM's agent channel on a goroutine of its own: it
@@ -53,6 +52,9 @@ type agentConn struct {
 	// interval is the policy interval in force, told to the agent in the
 	// Welcome and the base of the idle timeout; the loop stores it.
 	interval *atomic.Int64
+	// guard judges the agent's traffic; complain logs about it, rate-limited.
+	guard    *guard
+	complain *complaints
 }
 
 // session is one accepted, greeted agent connection.
@@ -112,12 +114,17 @@ func (v *agentConn) serve(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		v.log.Warn("agent connection ended", "channel", ch.String(), "reason", err)
+		v.complain.warn(time.Now(), "connection_ended", "agent connection ended", "channel", ch.String(), "error", err)
 		// A channel we dial (virtio-serial) would otherwise spin on a port
 		// whose guest side is closed, and a guest reconnecting in a loop
 		// would cost a handshake each time: wait longer after each failed
 		// connection, and start again from short once an agent got in.
-		if greeted {
+		switch {
+		case errors.Is(err, errMisbehaving):
+			// Dropped for what it sent: the longest wait before its next
+			// chance, whatever it did before.
+			failures = max(failures, 5)
+		case greeted:
 			failures = 0
 		}
 		failures++
@@ -140,6 +147,7 @@ func (v *agentConn) serveConn(ctx context.Context, conn net.Conn, ch channel.Cha
 		}
 		return false, err
 	}
+	v.guard.newSession(time.Now(), false)
 	for {
 		v.log.Info("agent connected", "channel", ch.String(), "agent", s.hello.AgentVersion,
 			"protocol", s.version, "machine_id", s.hello.MachineID, "online", s.hello.Online.String())
@@ -153,7 +161,15 @@ func (v *agentConn) serveConn(ctx context.Context, conn net.Conn, ch channel.Cha
 			// the host never sees the guest close the port) says Hello
 			// again: end the old session and greet the new one.
 			v.deliver(ctx, evClosed{s: s, err: errAgentRestarted})
-			v.log.Info("agent restarted: new Hello on the same stream")
+			if vd := v.guard.newSession(time.Now(), true); vd.reason != "" {
+				v.obs.rejected(v.vm, vd.reason)
+				v.complain.warn(time.Now(), vd.reason, "agent said Hello again", "error", vd.err)
+				if vd.drop {
+					return true, v.dropped(vd)
+				}
+			} else {
+				v.log.Info("agent restarted: new Hello on the same stream")
+			}
 			if s, err = v.greet(conn, again.hello); err != nil {
 				v.obs.rejected(v.vm, RejectHandshake)
 				return true, err
@@ -164,6 +180,8 @@ func (v *agentConn) serveConn(ctx context.Context, conn net.Conn, ch channel.Cha
 			switch {
 			case errors.Is(err, errSilent):
 				v.obs.rejected(v.vm, RejectSilent)
+			case errors.Is(err, errMisbehaving):
+				v.obs.rejected(v.vm, RejectMisbehaving)
 			case !errors.Is(err, errAgentClosed):
 				v.obs.rejected(v.vm, RejectFraming)
 			}
@@ -238,10 +256,11 @@ func (v *agentConn) greet(conn net.Conn, hello *proto.Hello) (*session, error) {
 	return s, nil
 }
 
-// readLoop forwards messages until the connection fails or the agent goes
-// silent for longer than idleTimeout.
+// readLoop forwards messages until the connection fails, the agent goes
+// silent for longer than idleTimeout, or the guard has seen enough
+// misbehaviour. What the guard refuses is counted, and logged within the
+// VM's complaint budget, here: the loop sees only admitted messages.
 func (v *agentConn) readLoop(ctx context.Context, s *session, r *proto.Reader) error {
-	bad := 0
 	for {
 		_ = s.conn.SetReadDeadline(time.Now().Add(v.idleTimeout()))
 		t, payload, err := r.ReadFrame()
@@ -254,21 +273,30 @@ func (v *agentConn) readLoop(ctx context.Context, s *session, r *proto.Reader) e
 			}
 			return err // framing lost: bad magic, oversized, truncated
 		}
+		now := time.Now()
 		m, err := proto.Decode(t, payload)
 		if err != nil {
-			v.obs.rejected(v.vm, rejectReason(err))
-			v.log.Warn("message from agent rejected", "type", t.String(), "error", err)
-			if bad++; bad >= badMessageLimit {
-				return fmt.Errorf("%d bad messages in a row, last: %w", bad, err)
+			if vd := v.refuse(now, v.guard.bad(now, rejectReason(err), err), t); vd.drop {
+				return v.dropped(vd)
 			}
 			continue
 		}
-		bad = 0
 		var ev any
 		switch m := m.(type) {
 		case *proto.Report:
-			ev = evReport{s: s, r: m, at: time.Now()}
+			v.guard.setInterval(now, v.policyInterval())
+			if vd := v.refuse(now, v.guard.report(now, m), t); vd.drop {
+				return v.dropped(vd)
+			} else if vd.reason != "" {
+				continue
+			}
+			ev = evReport{s: s, r: m, at: now}
 		case *proto.Ack:
+			if vd := v.refuse(now, v.guard.ack(now), t); vd.drop {
+				return v.dropped(vd)
+			} else if vd.reason != "" {
+				continue
+			}
 			ev = evAck{s: s, a: m}
 		case *proto.Hello:
 			return &rehello{hello: m}
@@ -279,6 +307,23 @@ func (v *agentConn) readLoop(ctx context.Context, s *session, r *proto.Reader) e
 			return ctx.Err()
 		}
 	}
+}
+
+// refuse counts and logs a message the guard did not admit; vd passes
+// through.
+func (v *agentConn) refuse(now time.Time, vd verdict, t proto.MsgType) verdict {
+	if vd.reason == "" {
+		return vd
+	}
+	v.obs.rejected(v.vm, vd.reason)
+	v.complain.warn(now, vd.reason, "message from agent refused", "type", t.String(), "error", vd.err)
+	return vd
+}
+
+// dropped is the error that ends a connection whose agent used up its
+// strikes.
+func (v *agentConn) dropped(vd verdict) error {
+	return fmt.Errorf("%w: dropping the connection after %d strikes, last: %v", errMisbehaving, strikeLimit, vd.err)
 }
 
 func (v *agentConn) policyInterval() time.Duration { return time.Duration(v.interval.Load()) }

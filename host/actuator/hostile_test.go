@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +32,37 @@ type transportRig struct {
 	good    *fakeguest.Guest
 	goodQMP *qmptest.Server
 	evilQMP *qmptest.Server
+	logs    *lineCounter
+}
+
+// lineCounter passes log lines to the test's log and counts them per VM.
+type lineCounter struct {
+	t     testing.TB
+	mu    sync.Mutex
+	lines map[string]int
+	quiet bool // count without passing on (a flood test's own lines)
+}
+
+func (w *lineCounter) Write(b []byte) (int, error) {
+	line := string(b)
+	w.mu.Lock()
+	for _, vm := range []string{"victim", "bystander"} {
+		if strings.Contains(line, "vm="+vm) {
+			w.lines[vm]++
+		}
+	}
+	quiet := w.quiet
+	w.mu.Unlock()
+	if !quiet {
+		w.t.Log(strings.TrimRight(line, "\n"))
+	}
+	return len(b), nil
+}
+
+func (w *lineCounter) count(vm string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lines[vm]
 }
 
 // hostileTransports builds one rig per transport the host serves here.
@@ -75,7 +107,7 @@ func hostileTransports(t *testing.T) []func() *transportRig {
 }
 
 func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connect func(*testing.T) net.Conn, backoff time.Duration) *transportRig {
-	r := &transportRig{name: name, connect: connect, rec: &recorder{}}
+	r := &transportRig{name: name, connect: connect, rec: &recorder{}, logs: &lineCounter{t: t, lines: map[string]int{}}}
 	r.goodQMP, r.evilQMP = qmptest.Start(t, nil), qmptest.Start(t, nil)
 	events, err := eventlog.Open(filepath.Join(t.TempDir(), "events.jsonl"))
 	if err != nil {
@@ -85,7 +117,7 @@ func startTransportRig(t *testing.T, name string, evilCh channel.Channel, connec
 	r.good = fakeguest.New(r.goodQMP)
 	evilPolicy := fastPolicy()
 	evilPolicy.MaxVCPUs = 2
-	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: r.logs})
 	r.act, err = New([]VMConfig{
 		{Name: "bystander", Policy: fastPolicy(), Channel: goodCh, CommandTimeout: 5 * time.Second,
 			Hypervisor: hypervisor.NewQEMU(r.goodQMP.Path(), hypervisor.QEMUOptions{})},

@@ -237,17 +237,9 @@ func (l *loop) accept(ev evReport) bool {
 	if ev.s != l.agent.sess {
 		return false // from a connection that has since been replaced
 	}
+	// The agent connection's guard has admitted r: its sequence number
+	// increases, its clock is sane and it came within the rate limit.
 	r := ev.r
-	if r.Seq <= l.agent.lastSeq {
-		v.env.obs.rejected(v.name, RejectReplayed)
-		v.log.Warn("report ignored: sequence number not increasing", "seq", r.Seq, "last", l.agent.lastSeq)
-		return false
-	}
-	if err := checkClock(r, ev.at); err != nil {
-		v.env.obs.rejected(v.name, RejectInvalid)
-		v.log.Warn("report ignored", "seq", r.Seq, "reason", err)
-		return false
-	}
 	if skew := time.Duration(r.WallUnixNanos - ev.at.UnixNano()); (skew > 5*time.Minute || skew < -5*time.Minute) && !l.agent.skewLogged {
 		l.agent.skewLogged = true
 		v.log.Warn("guest clock differs from the host's; reports are stamped with the host's time, so scaling is unaffected",
@@ -255,7 +247,7 @@ func (l *loop) accept(ev evReport) bool {
 	}
 	l.agent.lastSeq = r.Seq
 	if r.Dropped > 0 {
-		v.log.Warn("agent dropped reports while the actuator was unreachable", "dropped", r.Dropped)
+		v.complain.warn(ev.at, "dropped_reports", "agent dropped reports while the actuator was unreachable", "dropped", r.Dropped)
 	}
 	l.agent.last, l.agent.lastAt = r, ev.at
 	sample := sampleOf(r, ev.at)

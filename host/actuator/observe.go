@@ -35,6 +35,9 @@ const (
 	RejectFraming     = "framing"      // stream unusable: bad magic, oversized or truncated frame
 	RejectHandshake   = "handshake"    // no valid Hello, or no common protocol version
 	RejectSilent      = "silent"       // agent silent past the idle timeout
+	RejectRateLimited = "rate_limited" // beyond the report or Ack rate; dropped
+	RejectRehello     = "rehello"      // a new Hello on a young session
+	RejectMisbehaving = "misbehaving"  // connection dropped: strikes used up
 )
 
 func rejectReason(err error) string {

@@ -52,7 +52,9 @@ type VM struct {
 	ctrl  chan control
 	inbox chan any
 	conn  *agentConn
-	cfg   timing
+	// complain rate-limits what the log says about the guest (guard.go).
+	complain *complaints
+	cfg      timing
 	// interval is the policy interval in force, ns: the loop stores it,
 	// agentConn reads it.
 	interval atomic.Int64
@@ -176,6 +178,8 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, lo
 	if conn.backoff <= 0 {
 		conn.backoff = 5 * time.Second
 	}
+	v.complain = newComplaints(v.log)
+	conn.guard, conn.complain = newGuard(time.Duration(cfg.Policy.Interval)), v.complain
 	v.conn = conn
 	v.interval.Store(int64(cfg.Policy.Interval))
 	v.status.st = Status{Name: cfg.Name, Policy: cfg.Policy, Mode: modeName(cfg.Policy)}
@@ -225,6 +229,7 @@ func (v *VM) Run(ctx context.Context) {
 	defer func() {
 		v.conn.ch.Close()
 		wg.Wait()
+		v.complain.stop()
 		v.env.hyp.Close()
 	}()
 	v.loop.run(ctx)

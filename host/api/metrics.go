@@ -19,7 +19,8 @@ const namespace = "hotplug"
 // rejectReasons are every actuator.Reject constant, so each VM's receive
 // error counters exist (at zero) before the first error.
 var rejectReasons = []string{actuator.RejectMalformed, actuator.RejectUnknownType, actuator.RejectInvalid,
-	actuator.RejectReplayed, actuator.RejectFraming, actuator.RejectHandshake, actuator.RejectSilent}
+	actuator.RejectReplayed, actuator.RejectFraming, actuator.RejectHandshake, actuator.RejectSilent,
+	actuator.RejectRateLimited, actuator.RejectRehello, actuator.RejectMisbehaving}
 
 // latencyBuckets span a KVM plug (milliseconds) to a slow TCG guest
 // onlining a CPU or ejecting one (tens of seconds).
