@@ -189,6 +189,9 @@ func (l *loop) handle(ctx context.Context, ev any) {
 		l.agent.sess, l.agent.lastSeq, l.agent.last = ev.s, 0, nil
 		l.agent.seen = time.Now()
 		l.cpu.agentBack()
+		// What an earlier session said of the CPUs' APIC ids is that
+		// agent's claim; this one starts from its own Hello.
+		clear(l.agent.apic)
 		l.agent.learn(ev.s.hello.Topology)
 		v.publish(func(s *Status) { s.Connected, s.Agent, s.Source = true, ev.s.hello.AgentVersion, SourceAgent })
 		l.reconcileDue = true

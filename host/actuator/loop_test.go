@@ -275,6 +275,24 @@ func TestLoopTransitions(t *testing.T) {
 		r.phase(acting)
 	})
 
+	t.Run("a new session forgets the last one's APIC ids", func(t *testing.T) {
+		r := newLoopRig(t, 4, 2)
+		// The first agent claims cpu1 sits on APIC id 3.
+		r.sess.hello.Topology = []proto.CPUTopology{{CPU: 0, APICID: 0}, {CPU: 1, APICID: 3}}
+		r.handle(evSession{s: r.sess})
+		if got := r.l.agent.apic[1]; got != 3 {
+			t.Fatalf("cpu1 on APIC %d, want 3", got)
+		}
+		r.handle(evClosed{s: r.sess})
+		// The next agent names only cpu0: cpu1's old id must not linger.
+		next := &session{id: 2, conn: r.sess.conn, w: r.sess.w, hello: &proto.Hello{Present: r.sess.hello.Present,
+			Online: r.sess.hello.Online, Topology: []proto.CPUTopology{{CPU: 0, APICID: 0}}}}
+		r.handle(evSession{s: next})
+		if apic, ok := r.l.agent.apic[1]; ok {
+			t.Fatalf("cpu1 still mapped to APIC %d from the previous session", apic)
+		}
+	})
+
 	t.Run("set-vcpus while acting waits its turn", func(t *testing.T) {
 		r := newLoopRig(t, 4, 1)
 		r.handle(evSession{s: r.sess})
