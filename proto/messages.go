@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
+	"slices"
 	"time"
 )
 
@@ -11,8 +13,14 @@ import (
 // intersection of both ranges (see Negotiate).
 const (
 	MinVersion uint16 = 1
-	MaxVersion uint16 = 1
+	MaxVersion uint16 = 2
 )
+
+// Version 2 adds Hello.Apps: an agent speaking it announces the
+// applications it reports on, and the actuator refuses reports that name
+// any other. A version 1 session's application statistics are ignored,
+// since nothing bounds the names it may make up.
+const VersionAnnouncedApps uint16 = 2
 
 // Bounds on strings and lists so that a decoded message stays small.
 const (
@@ -93,7 +101,18 @@ type Hello struct {
 	Topology    []CPUTopology `msgpack:"topo,omitempty"`
 	// IntervalNanos is the agent's sampling interval.
 	IntervalNanos int64 `msgpack:"ivl"`
+	// Apps names the applications (apps.d) whose statistics this
+	// session's reports may carry; at most MaxApps, each a valid
+	// application name, no repeats (version 2).
+	Apps []string `msgpack:"apps,omitempty"`
 }
+
+// appNameRE is what an application may be called: the name of its apps.d
+// file, and a Prometheus label value on the host.
+var appNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// ValidAppName reports whether name may name an application.
+func ValidAppName(name string) bool { return appNameRE.MatchString(name) }
 
 // Type implements Message.
 func (*Hello) Type() MsgType { return TypeHello }
@@ -113,6 +132,17 @@ func (h *Hello) Validate() error {
 	}
 	if err := checkTopology("hello", h.Topology); err != nil {
 		return err
+	}
+	if len(h.Apps) > MaxApps {
+		return fmt.Errorf("%w: hello: %d applications, limit %d", ErrInvalid, len(h.Apps), MaxApps)
+	}
+	for i, a := range h.Apps {
+		if !ValidAppName(a) {
+			return fmt.Errorf("%w: hello: application %q: use 1-64 letters, digits, '.', '_' or '-'", ErrInvalid, clipName(a))
+		}
+		if slices.Contains(h.Apps[:i], a) {
+			return fmt.Errorf("%w: hello: application %q announced twice", ErrInvalid, a)
+		}
 	}
 	return checkInterval("hello", h.IntervalNanos)
 }
@@ -400,6 +430,11 @@ func (r *Report) Validate() error {
 		if err := r.Apps[i].validate(); err != nil {
 			return fmt.Errorf("%w: report %d: app %q: %v", ErrInvalid, r.Seq, clipName(r.Apps[i].Name), err)
 		}
+		for _, b := range r.Apps[:i] {
+			if b.Name == r.Apps[i].Name {
+				return fmt.Errorf("%w: report %d: app %q twice", ErrInvalid, r.Seq, b.Name)
+			}
+		}
 	}
 	return nil
 }
@@ -408,8 +443,8 @@ func (r *Report) Validate() error {
 const maxSeconds = 86400
 
 func (a *AppStats) validate() error {
-	if a.Name == "" || len(a.Name) > MaxStringLen {
-		return fmt.Errorf("name empty or longer than %d bytes", MaxStringLen)
+	if !ValidAppName(a.Name) {
+		return errors.New("not an application name (1-64 letters, digits, '.', '_' or '-')")
 	}
 	if a.Drops > a.Arrivals {
 		return fmt.Errorf("%d drops of %d arrivals", a.Drops, a.Arrivals)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"reflect"
@@ -329,5 +330,39 @@ func TestReportDerivedFigures(t *testing.T) {
 	r.IntervalNanos = 0
 	if got := r.WaitingTasks(); got != 0 {
 		t.Errorf("WaitingTasks without an interval = %v, want 0", got)
+	}
+}
+
+func TestHelloApps(t *testing.T) {
+	h := func(apps ...string) *Hello {
+		return &Hello{MinVersion: 1, MaxVersion: MaxVersion, IntervalNanos: int64(time.Second), Apps: apps}
+	}
+	if err := h("web", "php8.2-fpm", "db_1").Validate(); err != nil {
+		t.Fatalf("valid names refused: %v", err)
+	}
+	many := make([]string, MaxApps+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("app%d", i)
+	}
+	for name, hh := range map[string]*Hello{
+		"too many":    h(many...),
+		"repeated":    h("web", "web"),
+		"empty":       h(""),
+		"label junk":  h("web\"} 1\nevil"),
+		"too long":    h(strings.Repeat("a", 65)),
+		"leading dot": h(".hidden"),
+	} {
+		if err := hh.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+	r := &Report{Seq: 1, IntervalNanos: int64(time.Second), Online: NewCPUSet(0), Present: NewCPUSet(0),
+		Apps: []AppStats{{Name: "web"}, {Name: "web"}}}
+	if err := r.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a report naming one application twice: %v", err)
+	}
+	r.Apps[1].Name = "a b"
+	if err := r.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a report with an application name that is not one: %v", err)
 	}
 }

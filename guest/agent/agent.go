@@ -48,6 +48,10 @@ type Config struct {
 	// run-queue latency, application logs. They run in the sampling loop,
 	// one after the other, and must not block.
 	Extras []Extra
+	// Apps names the applications whose statistics the extras put in
+	// reports (apps.d): they are announced in Hello, and the actuator
+	// refuses a report naming any other.
+	Apps []string
 	// StatusFile, if not nil, is rewritten every sample (status.go).
 	StatusFile *StatusWriter
 	// Pressure, if not nil, says when to sample at the fast interval; nil
@@ -103,6 +107,12 @@ func New(cfg Config, dialer transport.Dialer, logger hclog.Logger) (*Agent, erro
 	}
 	if cfg.Interval < proto.MinInterval || cfg.Interval > proto.MaxInterval {
 		return nil, fmt.Errorf("interval %v outside [%v, %v]", cfg.Interval, proto.MinInterval, proto.MaxInterval)
+	}
+	// The Hello that announces them must be valid, or no actuator would
+	// ever take this agent.
+	if err := (&proto.Hello{MinVersion: proto.MinVersion, MaxVersion: proto.MaxVersion, Apps: cfg.Apps,
+		IntervalNanos: int64(cfg.Interval)}).Validate(); err != nil {
+		return nil, fmt.Errorf("applications: %w", err)
 	}
 	if cfg.OnlineTimeout <= 0 {
 		cfg.OnlineTimeout = 20 * time.Second
@@ -384,7 +394,7 @@ func (a *Agent) session(ctx context.Context, conn io.ReadWriteCloser) error {
 // hello describes the guest as it is now.
 func (a *Agent) hello() (*proto.Hello, error) {
 	h := &proto.Hello{MinVersion: proto.MinVersion, MaxVersion: proto.MaxVersion,
-		AgentVersion: a.cfg.Version, IntervalNanos: int64(a.getInterval())}
+		AgentVersion: a.cfg.Version, IntervalNanos: int64(a.getInterval()), Apps: a.cfg.Apps}
 	id, err := collector.ReadIdentity(a.cfg.Collector)
 	if err != nil {
 		a.log.Debug("identity partly unreadable", "error", err)

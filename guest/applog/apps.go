@@ -313,3 +313,13 @@ func trimCR(b []byte) []byte {
 	}
 	return b
 }
+
+// Names are the applications' names, in configuration order: what the
+// agent announces in its Hello.
+func (a *Apps) Names() []string {
+	out := make([]string, len(a.apps))
+	for i, x := range a.apps {
+		out[i] = x.cfg.Name
+	}
+	return out
+}

@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -85,7 +84,6 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("%s: %s: %s", e.File, e.Key, e.Msg)
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 var units = map[string]float64{"s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -118,7 +116,7 @@ func LoadFile(path string) (App, error) {
 	if a.Name == "" {
 		a.Name = strings.TrimSuffix(filepath.Base(path), ".toml")
 	}
-	if !nameRE.MatchString(a.Name) {
+	if !proto.ValidAppName(a.Name) {
 		return bad("name", "%q: use 1-64 letters, digits, '.', '_' or '-'", a.Name)
 	}
 	if a.Path == "" {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -64,6 +66,9 @@ type session struct {
 	w       *proto.Writer
 	hello   *proto.Hello
 	version uint16
+	// appsIgnored: the warning that a version 1 agent's applications are
+	// ignored was logged (read loop only).
+	appsIgnored bool
 }
 
 // send writes one message with a deadline, so a guest that stops reading
@@ -290,6 +295,11 @@ func (v *agentConn) readLoop(ctx context.Context, s *session, r *proto.Reader) e
 			} else if vd.reason != "" {
 				continue
 			}
+			if vd := v.refuse(now, v.checkApps(now, s, m), t); vd.drop {
+				return v.dropped(vd)
+			} else if vd.reason != "" {
+				continue
+			}
 			ev = evReport{s: s, r: m, at: now}
 		case *proto.Ack:
 			if vd := v.refuse(now, v.guard.ack(now), t); vd.drop {
@@ -307,6 +317,32 @@ func (v *agentConn) readLoop(ctx context.Context, s *session, r *proto.Reader) e
 			return ctx.Err()
 		}
 	}
+}
+
+// checkApps holds a report's applications to what the session's Hello
+// announced, so a guest cannot make up names (each a label value in the
+// operator's Prometheus) report by report. A version 1 agent announces
+// none: its application statistics are dropped, said once per session.
+func (v *agentConn) checkApps(now time.Time, s *session, r *proto.Report) verdict {
+	if len(r.Apps) == 0 {
+		return verdict{}
+	}
+	if s.version < proto.VersionAnnouncedApps {
+		if !s.appsIgnored {
+			s.appsIgnored = true
+			v.log.Warn("agent speaks protocol 1, which does not announce its applications: their statistics are ignored (gray-box mode needs the agent of this release)",
+				"agent", s.hello.AgentVersion)
+		}
+		r.Apps = nil
+		return verdict{}
+	}
+	for _, a := range r.Apps {
+		if !slices.Contains(s.hello.Apps, a.Name) {
+			return v.guard.bad(now, RejectUnknownApp, fmt.Errorf("report %d: application %q was not announced in Hello (announced: %s)",
+				r.Seq, a.Name, strings.Join(s.hello.Apps, ", ")))
+		}
+	}
+	return verdict{}
 }
 
 // refuse counts and logs a message the guard did not admit; vd passes

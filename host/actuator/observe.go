@@ -38,6 +38,7 @@ const (
 	RejectRateLimited = "rate_limited" // beyond the report or Ack rate; dropped
 	RejectRehello     = "rehello"      // a new Hello on a young session
 	RejectMisbehaving = "misbehaving"  // connection dropped: strikes used up
+	RejectUnknownApp  = "unknown_app"  // a report names an application its Hello did not announce
 )
 
 func rejectReason(err error) string {

@@ -20,7 +20,7 @@ const namespace = "hotplug"
 // error counters exist (at zero) before the first error.
 var rejectReasons = []string{actuator.RejectMalformed, actuator.RejectUnknownType, actuator.RejectInvalid,
 	actuator.RejectReplayed, actuator.RejectFraming, actuator.RejectHandshake, actuator.RejectSilent,
-	actuator.RejectRateLimited, actuator.RejectRehello, actuator.RejectMisbehaving}
+	actuator.RejectRateLimited, actuator.RejectRehello, actuator.RejectMisbehaving, actuator.RejectUnknownApp}
 
 // latencyBuckets span a KVM plug (milliseconds) to a slow TCG guest
 // onlining a CPU or ejecting one (tens of seconds).

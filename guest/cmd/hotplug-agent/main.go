@@ -260,7 +260,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Interval: cfg.Interval.Duration, AutoOnline: *cfg.AutoOnline, OnlineTimeout: cfg.OnlineTimeout.Duration,
 		QueueSize: cfg.QueueSize, Version: version,
 		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot},
-		Extras:    extras, StatusFile: agent.NewStatusWriter(cfg.StatusFile),
+		Extras:    extras, Apps: apps.Names(), StatusFile: agent.NewStatusWriter(cfg.StatusFile),
 	}, dialer, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)

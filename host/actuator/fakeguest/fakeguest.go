@@ -146,7 +146,7 @@ func (g *Guest) OnlineCount() int {
 
 func (g *Guest) hello(interval time.Duration) *proto.Hello {
 	present, online := g.Sets()
-	return &proto.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "fakeguest",
+	return &proto.Hello{MinVersion: 1, MaxVersion: proto.MaxVersion, AgentVersion: "fakeguest", Apps: []string{"web"},
 		Possible: proto.NewCPUSet(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), Present: present, Online: online,
 		Topology: topo(online), IntervalNanos: int64(interval)}
 }
