@@ -361,7 +361,7 @@ func TestTCPNeedsTheToken(t *testing.T) {
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { r.Server.Serve(sctx, ln, tok); close(done) }()
+	go func() { r.Server.Serve(sctx, ln, api.Listen{Token: tok}); close(done) }()
 	defer func() { cancel(); <-done }()
 	url := "http://" + ln.Addr().String()
 

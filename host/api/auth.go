@@ -89,6 +89,8 @@ func (t *Token) require(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !public(r) && !t.matches(r.Header.Get("Authorization")) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hotplug-actuator"`)
+			// A peer without the token keeps no connection open.
+			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusUnauthorized, "", "missing or wrong bearer token (send Authorization: Bearer TOKEN, the token in the actuator's api.token_file)")
 			return
 		}

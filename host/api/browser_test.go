@@ -3,7 +3,6 @@ package api_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,17 +359,5 @@ func openBrowser(t *testing.T, chrome, url, secret string) context.Context {
 // test ends, and returns its base URL.
 func serveTCP(t *testing.T, r *apitest.Rig, token string) string {
 	t.Helper()
-	tok, err := api.NewToken(token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { r.Server.Serve(ctx, ln, tok); close(served) }()
-	t.Cleanup(func() { stop(); <-served })
-	return "http://" + ln.Addr().String() + "/"
+	return r.ServeTCP(t, token, nil) + "/"
 }

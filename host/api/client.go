@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,8 +43,16 @@ func NewUnixClient(path string) *Client {
 
 // NewTCPClient returns a client for the API at baseURL
 // (http://host:port) presenting token.
-func NewTCPClient(baseURL, token string) *Client {
+func NewTCPClient(baseURL, token string) *Client { return NewTCPClientTLS(baseURL, token, nil) }
+
+// NewTCPClientTLS is NewTCPClient with the TLS configuration for an
+// https baseURL (e.g. RootCAs for the actuator's own certificate); nil
+// uses the system's roots.
+func NewTCPClientTLS(baseURL, token string, cfg *tls.Config) *Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if cfg != nil {
+		tr.TLSClientConfig = cfg.Clone()
+	}
 	return &Client{base: strings.TrimRight(baseURL, "/"), where: baseURL, token: token,
 		hc: &http.Client{Transport: tr, Timeout: 15 * time.Minute}, stream: &http.Client{Transport: tr}}
 }

@@ -12,12 +12,14 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,8 +69,8 @@ const (
 	maxHeaderBytes   = 32 << 10
 	controlTimeout   = 10 * time.Minute // a manual resize may unplug several CPUs, each waiting for the guest
 	jsonWriteTimeout = 30 * time.Second
-	// maxConns bounds open connections per listener: a client that opens
-	// many and sends nothing cannot exhaust the actuator.
+	// maxConns bounds open connections on the unix socket (TCP has its
+	// own limits: conns.go).
 	maxConns = 256
 )
 
@@ -117,18 +119,82 @@ func New(o Options) (*Server, error) {
 // socket (whose file mode is the access control).
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Serve serves the API on ln until ctx ends or Shutdown. With a token,
-// every request but /healthz and the dashboard's static files needs
-// "Authorization: Bearer TOKEN".
-func (s *Server) Serve(ctx context.Context, ln net.Listener, token *Token) error {
-	h := s.handler
-	if token != nil {
-		h = token.require(h)
+// Listen says how Serve serves one listener.
+type Listen struct {
+	// Token, when set, is required of every request but /healthz and the
+	// dashboard's static files ("Authorization: Bearer TOKEN"). A TCP
+	// listener must have one.
+	Token *Token
+	// TLS, when set, serves HTTPS on a TCP listener (HTTP/1.1 only).
+	TLS *tls.Config
+}
+
+// Transports, as the stream's budgets and the request context know them.
+const (
+	transportUnix = "unix"
+	transportTCP  = "tcp"
+)
+
+type ctxKey int
+
+const (
+	transportKey ctxKey = iota // the listener's transport
+	connKey                    // the request's net.Conn
+)
+
+// Timeouts per transport. TCP peers are untrusted until they send the
+// token: a connection that says nothing useful is closed quickly.
+const (
+	tcpReadHeaderTimeout  = 5 * time.Second
+	tcpIdleTimeout        = 30 * time.Second
+	unixReadHeaderTimeout = 10 * time.Second
+	unixIdleTimeout       = 2 * time.Minute
+)
+
+// Serve serves the API on ln until ctx ends or Shutdown. A unix socket
+// (access by file mode) needs no token; a TCP listener needs one, and
+// has its connections bounded per peer address and in all (see
+// connLimiter), and its stream clients budgeted apart from the socket's.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, o Listen) error {
+	transport := transportUnix
+	if strings.HasPrefix(ln.Addr().Network(), "tcp") {
+		transport = transportTCP
 	}
-	ln = netutil.LimitListener(ln, maxConns)
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: maxHeaderBytes, ErrorLog: stdLog(s.log),
-		BaseContext: func(net.Listener) context.Context { return ctx }}
+	if transport == transportTCP && o.Token == nil {
+		ln.Close()
+		return errors.New("api: a TCP listener needs a token")
+	}
+	if transport == transportUnix && o.TLS != nil {
+		ln.Close()
+		return errors.New("api: TLS is for TCP listeners")
+	}
+	h := s.handler
+	if o.Token != nil {
+		h = o.Token.require(h)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: unixReadHeaderTimeout, ReadTimeout: 30 * time.Second,
+		IdleTimeout: unixIdleTimeout, MaxHeaderBytes: maxHeaderBytes, ErrorLog: stdLog(s.log),
+		BaseContext: func(net.Listener) context.Context { return context.WithValue(ctx, transportKey, transport) },
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey, c) }}
+	if transport == transportTCP {
+		lim := newConnLimiter(ln, tcpMaxConnsPerAddr, tcpMaxConns)
+		ln = lim
+		srv.ConnState = lim.connState
+		srv.ReadHeaderTimeout, srv.IdleTimeout = tcpReadHeaderTimeout, tcpIdleTimeout
+		if o.TLS != nil {
+			cfg := o.TLS.Clone()
+			cfg.NextProtos = []string{"http/1.1"}
+			if cfg.MinVersion == 0 {
+				cfg.MinVersion = tls.VersionTLS12
+			}
+			// No HTTP/2: one request per connection at a time keeps the
+			// connection limits and stream budgets what they say.
+			srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+			ln = tls.NewListener(ln, cfg)
+		}
+	} else {
+		ln = netutil.LimitListener(ln, maxConns)
+	}
 	s.mu.Lock()
 	select {
 	case <-s.done:

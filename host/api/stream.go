@@ -1,14 +1,19 @@
 package api
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/engine"
@@ -49,6 +54,10 @@ type EventMessage struct {
 type RejectedMessage struct {
 	VM     string `json:"vm"`
 	Reason string `json:"reason"`
+	// Suppressed counts this VM's refusals not sent since the last
+	// rejected message (the stream carries a few a second at most; the
+	// metrics count every one).
+	Suppressed uint64 `json:"suppressed,omitempty"`
 }
 
 // MissedMessage tells a client how many messages it did not get because
@@ -62,11 +71,24 @@ const (
 	// clientBuffer is how many messages wait for a slow client before it
 	// starts missing them.
 	clientBuffer = 256
-	// dropAfterMissed disconnects a client that missed this many messages
-	// in a row without reading any: it is not reading at all.
-	dropAfterMissed = 4 * clientBuffer
-	// maxClients bounds concurrent stream clients; more get 503.
+	// slowGrace is how long a client may stay behind (its buffer full,
+	// messages missed) before it is dropped: it is not keeping up.
+	slowGrace = 5 * time.Second
+	// maxClients bounds concurrent stream clients per transport, so
+	// network peers never take the unix socket's (the local dashboard's)
+	// slots; more get 503.
 	maxClients = 64
+	// maxClientsPerAddr bounds one TCP peer address's stream clients.
+	maxClientsPerAddr = 8
+	// streamSendBuffer is the socket send buffer of a TCP stream client:
+	// small, so one that does not read is found out after kilobytes, not
+	// megabytes.
+	streamSendBuffer = 32 << 10
+	// rejectedEvery and rejectedBurst bound "rejected" messages per VM; a
+	// guest whose every message is refused would otherwise decide the
+	// stream's volume. The rest are counted in the next one.
+	rejectedEvery = time.Second
+	rejectedBurst = 5
 	// historyLen is how many points per VM the hub keeps for a dashboard
 	// opened late (an hour at 5 s).
 	historyLen = 720
@@ -74,7 +96,7 @@ const (
 	// dead peers are noticed.
 	keepalive = 15 * time.Second
 	// streamWriteTimeout drops a client whose socket stays full.
-	streamWriteTimeout = 10 * time.Second
+	streamWriteTimeout = 5 * time.Second
 )
 
 // message is one encoded stream message.
@@ -95,24 +117,34 @@ type message struct {
 type Hub struct {
 	nextID atomic.Uint64
 
-	mu      sync.Mutex
-	clients map[*client]struct{}
-	history map[string]*ring
-	policy  map[string]engine.Policy // each VM's policy at its last report
+	mu       sync.Mutex
+	clients  map[*client]struct{}
+	count    map[origin]int // clients per transport, and per TCP peer address
+	history  map[string]*ring
+	policy   map[string]engine.Policy // each VM's policy at its last report
+	rejected map[string]*rejectBudget
+	now      func() time.Time // the clock (tests set it)
 }
 
 var _ actuator.Observer = (*Hub)(nil)
 
 // NewHub returns a hub with no clients.
 func NewHub() *Hub {
-	return &Hub{clients: map[*client]struct{}{}, history: map[string]*ring{}, policy: map[string]engine.Policy{}}
+	return &Hub{clients: map[*client]struct{}{}, count: map[origin]int{}, history: map[string]*ring{},
+		policy: map[string]engine.Policy{}, rejected: map[string]*rejectBudget{}, now: time.Now}
 }
+
+// origin is where a stream client came from: a transport, and for TCP
+// the peer's address.
+type origin struct{ transport, addr string }
 
 type client struct {
 	ch     chan message
 	vm     string          // empty: all VMs
 	types  map[string]bool // nil: all types
+	from   origin
 	missed atomic.Uint64
+	behind time.Time     // when it first missed a message since it last caught up (under Hub.mu)
 	gone   chan struct{} // closed when the hub drops the client
 	once   sync.Once
 }
@@ -123,23 +155,53 @@ func (c *client) wants(m message) bool {
 
 func (c *client) drop() { c.once.Do(func() { close(c.gone) }) }
 
-// subscribe adds a client; it returns nil when there are too many.
-func (h *Hub) subscribe(vm string, types map[string]bool) *client {
+// errTooMany says why a client was not subscribed.
+type errTooMany string
+
+func (e errTooMany) Error() string { return string(e) }
+
+// subscribe adds a client from o, within its transport's budget and,
+// over TCP, its address's.
+func (h *Hub) subscribe(vm string, types map[string]bool, o origin) (*client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.clients) >= maxClients {
-		return nil
+	all := origin{transport: o.transport}
+	if h.count[all] >= maxClients {
+		return nil, errTooMany(fmt.Sprintf("too many stream clients on %s (at most %d)", o.transport, maxClients))
 	}
-	c := &client{ch: make(chan message, clientBuffer), vm: vm, types: types, gone: make(chan struct{})}
+	if o.addr != "" && h.count[o] >= maxClientsPerAddr {
+		return nil, errTooMany(fmt.Sprintf("too many stream clients from %s (at most %d)", o.addr, maxClientsPerAddr))
+	}
+	c := &client{ch: make(chan message, clientBuffer), vm: vm, types: types, from: o, gone: make(chan struct{})}
 	h.clients[c] = struct{}{}
-	return c
+	h.count[all]++
+	if o.addr != "" {
+		h.count[o]++
+	}
+	return c, nil
+}
+
+// removeLocked forgets c and drops it.
+func (h *Hub) removeLocked(c *client) {
+	if _, ok := h.clients[c]; ok {
+		delete(h.clients, c)
+		dec := func(k origin) {
+			if h.count[k]--; h.count[k] <= 0 {
+				delete(h.count, k)
+			}
+		}
+		dec(origin{transport: c.from.transport})
+		if c.from.addr != "" {
+			dec(c.from)
+		}
+	}
+	c.drop()
 }
 
 func (h *Hub) unsubscribe(c *client) {
 	h.mu.Lock()
-	delete(h.clients, c)
+	h.removeLocked(c)
 	h.mu.Unlock()
-	c.drop()
 }
 
 // Clients is the number of connected stream clients.
@@ -150,10 +212,15 @@ func (h *Hub) Clients() int {
 }
 
 // publish encodes v once and offers it to every client that wants it.
-// It never blocks: a full buffer counts a missed message instead.
+// It never blocks: a full buffer counts a missed message instead, and a
+// client that stays behind for slowGrace is dropped.
 func (h *Hub) publish(typ, vm string, v any) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.publishLocked(typ, vm, v, h.now())
+}
+
+func (h *Hub) publishLocked(typ, vm string, v any, now time.Time) {
 	if len(h.clients) == 0 {
 		return
 	}
@@ -171,10 +238,15 @@ func (h *Hub) publish(typ, vm string, v any) {
 		}
 		select {
 		case c.ch <- m:
+			if len(c.ch) < clientBuffer/2 {
+				c.behind = time.Time{} // it is reading
+			}
 		default:
-			if c.missed.Add(1) >= dropAfterMissed {
-				delete(h.clients, c)
-				c.drop()
+			c.missed.Add(1)
+			if c.behind.IsZero() {
+				c.behind = now
+			} else if now.Sub(c.behind) >= slowGrace {
+				h.removeLocked(c)
 			}
 		}
 	}
@@ -204,9 +276,31 @@ func (h *Hub) Event(ev eventlog.Event, committed bool) {
 	h.publish(TypeEvent, ev.VM, EventMessage{Event: ev, Committed: committed})
 }
 
-// Rejected implements actuator.Observer.
+// rejectBudget bounds one VM's "rejected" messages.
+type rejectBudget struct {
+	lim        *rate.Limiter
+	suppressed uint64
+}
+
+// Rejected implements actuator.Observer. At most rejectedBurst messages,
+// then one per rejectedEvery, go out per VM; each says how many were
+// held back before it.
 func (h *Hub) Rejected(vm, reason string) {
-	h.publish(TypeRejected, vm, RejectedMessage{VM: vm, Reason: reason})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b := h.rejected[vm]
+	if b == nil {
+		b = &rejectBudget{lim: rate.NewLimiter(rate.Every(rejectedEvery), rejectedBurst)}
+		h.rejected[vm] = b
+	}
+	now := h.now()
+	if !b.lim.AllowN(now, 1) {
+		b.suppressed++
+		return
+	}
+	n := b.suppressed
+	b.suppressed = 0
+	h.publishLocked(TypeRejected, vm, RejectedMessage{VM: vm, Reason: reason, Suppressed: n}, now)
 }
 
 // Point is one report's figures, as the dashboard charts them.
@@ -297,12 +391,19 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 			types[x] = true
 		}
 	}
-	c := s.hub.subscribe(vm, types)
-	if c == nil {
-		writeError(w, http.StatusServiceUnavailable, "", fmt.Sprintf("too many stream clients (at most %d)", maxClients))
+	o := origin{transport: transportUnix}
+	if t, _ := r.Context().Value(transportKey).(string); t == transportTCP {
+		o = origin{transport: transportTCP, addr: remoteHost(r.RemoteAddr)}
+	}
+	c, err := s.hub.subscribe(vm, types, o)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "", err.Error())
 		return
 	}
 	defer s.hub.unsubscribe(c)
+	if o.transport == transportTCP {
+		shrinkSendBuffer(r.Context())
+	}
 
 	rc := http.NewResponseController(w)
 	h := w.Header()
@@ -349,6 +450,29 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+}
+
+// remoteHost is the address part of an http.Request's RemoteAddr.
+func remoteHost(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// shrinkSendBuffer gives a TCP stream connection a small send buffer.
+func shrinkSendBuffer(ctx context.Context) {
+	c, _ := ctx.Value(connKey).(net.Conn)
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(streamSendBuffer)
 	}
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -96,26 +97,73 @@ func TestStreamSlowClientIsToldWhatItMissed(t *testing.T) {
 	}
 }
 
-// A client that never reads is dropped, freeing its slot.
+// A client that stays behind for slowGrace is dropped, freeing its slot;
+// one that falls behind briefly and catches up is not.
 func TestStreamStuckClientIsDropped(t *testing.T) {
 	h := NewHub()
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	h.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	s := streamServer(h)
 	w := newBlockingWriter()
 	req := httptest.NewRequest("GET", "/v1/stream", nil)
 	done := make(chan struct{})
 	go func() { s.serveStream(w, req); close(done) }()
 	waitUntil(t, "the client to subscribe", func() bool { return h.Clients() == 1 })
-	for range clientBuffer + dropAfterMissed {
+	for range clientBuffer + 10 {
 		h.Event(eventlog.Event{VM: "web", Kind: "scale_up"}, true)
 	}
+	advance(slowGrace - time.Millisecond)
+	h.Event(eventlog.Event{VM: "web", Kind: "scale_up"}, true)
+	if h.Clients() != 1 {
+		t.Fatal("a client behind for less than slowGrace was dropped")
+	}
+	advance(time.Millisecond)
+	h.Event(eventlog.Event{VM: "web", Kind: "scale_up"}, true)
 	if h.Clients() != 0 {
-		t.Fatalf("a client that missed %d messages is still subscribed", dropAfterMissed)
+		t.Fatalf("a client behind for %v is still subscribed", slowGrace)
 	}
 	close(w.release)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the handler of a dropped client did not return")
+	}
+}
+
+// A guest whose every message is refused decides the metrics' counts,
+// not the stream's volume: a few rejected messages a second, each saying
+// how many were held back.
+func TestStreamRejectedIsBoundedPerVM(t *testing.T) {
+	h := NewHub()
+	now := time.Unix(1e9, 0)
+	h.now = func() time.Time { return now }
+	c, err := h.subscribe("", map[string]bool{TypeRejected: true}, origin{transport: transportUnix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.unsubscribe(c)
+	for range 10_000 {
+		h.Rejected("evil", actuator.RejectReplayed)
+	}
+	h.Rejected("honest", actuator.RejectMalformed) // another VM has its own budget
+	if n := len(c.ch); n != rejectedBurst+1 {
+		t.Fatalf("%d rejected messages for 10,000 refusals in an instant, want %d", n, rejectedBurst+1)
+	}
+	now = now.Add(rejectedEvery)
+	h.Rejected("evil", actuator.RejectReplayed)
+	var last RejectedMessage
+	for len(c.ch) > 0 {
+		m := <-c.ch
+		if m.vm == "evil" {
+			if err := json.Unmarshal(m.data, &last); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if want := uint64(10_000 - rejectedBurst); last.Suppressed != want {
+		t.Fatalf("the next rejected message says %d held back, want %d", last.Suppressed, want)
 	}
 }
 
@@ -129,7 +177,11 @@ func TestStreamFiltersAndLimits(t *testing.T) {
 	}
 	var held []*client
 	for range maxClients {
-		held = append(held, h.subscribe("", nil))
+		c, err := h.subscribe("", nil, origin{transport: transportUnix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
 	}
 	rec = httptest.NewRecorder()
 	s.serveStream(rec, httptest.NewRequest("GET", "/v1/stream", nil))
@@ -141,7 +193,10 @@ func TestStreamFiltersAndLimits(t *testing.T) {
 	}
 
 	// A client for one VM and one type gets only those.
-	c := h.subscribe("db", map[string]bool{TypeEvent: true})
+	c, err := h.subscribe("db", map[string]bool{TypeEvent: true}, origin{transport: transportUnix})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer h.unsubscribe(c)
 	h.Event(eventlog.Event{VM: "web", Kind: "scale_up"}, true)
 	h.Rejected("db", actuator.RejectMalformed)
@@ -180,7 +235,7 @@ func TestHistoryKeepsTheLastPoints(t *testing.T) {
 func BenchmarkHubReport(b *testing.B) {
 	h := NewHub()
 	for range 8 {
-		c := h.subscribe("", nil)
+		c, _ := h.subscribe("", nil, origin{transport: transportUnix})
 		go func() {
 			for range c.ch {
 			}

@@ -20,6 +20,10 @@ type API struct {
 	Listen string `toml:"listen"`
 	// TokenFile holds the bearer token TCP clients must send.
 	TokenFile string `toml:"token_file"`
+	// TLSCertFile and TLSKeyFile, together, make the TCP listener serve
+	// HTTPS with that certificate (PEM, chain first) and key.
+	TLSCertFile string `toml:"tls_cert_file"`
+	TLSKeyFile  string `toml:"tls_key_file"`
 }
 
 // DefaultAPISocket is where the API is served unless api.socket says
@@ -61,5 +65,16 @@ func (a *API) validate(field func(path, format string, args ...any)) {
 	}
 	if a.TokenFile != "" && !filepath.IsAbs(a.TokenFile) {
 		field("api.token_file", "must be an absolute path, got %q", a.TokenFile)
+	}
+	for _, f := range [...]struct{ key, path, other string }{
+		{"api.tls_cert_file", a.TLSCertFile, a.TLSKeyFile}, {"api.tls_key_file", a.TLSKeyFile, a.TLSCertFile}} {
+		switch {
+		case f.path == "" && f.other != "":
+			field(f.key, "needed with the other of tls_cert_file and tls_key_file (HTTPS needs both)")
+		case f.path != "" && !filepath.IsAbs(f.path):
+			field(f.key, "must be an absolute path, got %q", f.path)
+		case f.path != "" && a.Listen == "":
+			field(f.key, "TLS is for the TCP listener: set api.listen too (the unix socket is not encrypted, it needs no TLS)")
+		}
 	}
 }

@@ -40,6 +40,10 @@ func TestAPIErrorsNameTheKey(t *testing.T) {
 		{"bad group", "socket_group = \"wheel; rm\"", "api.socket_group: must be a group name or number"},
 		{"relative token file", "listen = \":9470\"\ntoken_file = \"token\"", "api.token_file: must be an absolute path"},
 		{"unknown key", "port = 9470", "api.port"},
+		{"cert without key", "listen = \":9470\"\ntoken_file = \"/t\"\ntls_cert_file = \"/c.pem\"", "api.tls_key_file: needed with the other"},
+		{"key without cert", "listen = \":9470\"\ntoken_file = \"/t\"\ntls_key_file = \"/k.pem\"", "api.tls_cert_file: needed with the other"},
+		{"relative cert", "listen = \":9470\"\ntoken_file = \"/t\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"/k.pem\"", "api.tls_cert_file: must be an absolute path"},
+		{"TLS without TCP", "tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"", "api.tls_cert_file: TLS is for the TCP listener"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,7 +53,8 @@ func TestAPIErrorsNameTheKey(t *testing.T) {
 			}
 		})
 	}
-	for _, ok := range []string{"socket_group = \"123\"", "listen = \":9470\"\ntoken_file = \"/t\"", "listen = \"[::1]:9470\"\ntoken_file = \"/t\""} {
+	for _, ok := range []string{"socket_group = \"123\"", "listen = \":9470\"\ntoken_file = \"/t\"", "listen = \"[::1]:9470\"\ntoken_file = \"/t\"",
+		"listen = \":9470\"\ntoken_file = \"/t\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\""} {
 		if _, err := Parse(good + "\n[api]\n" + ok + "\n"); err != nil {
 			t.Errorf("%q refused: %v", ok, err)
 		}

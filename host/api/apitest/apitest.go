@@ -8,6 +8,7 @@ package apitest
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"github.com/hotplugheaven/hotplug/host/api"
+	"github.com/hotplugheaven/hotplug/host/channel"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/hypervisor"
@@ -41,6 +43,11 @@ type Spec struct {
 	Demand float64
 	// App makes the guest report one application with an SLA.
 	App bool
+	// Channel, when set, is the VM's agent channel and no fake guest
+	// runs: the test plays the guest (e.g. a hostile one) on it.
+	Channel channel.Channel
+	// CommandTimeout bounds the wait for the agent's Ack (default 5 s).
+	CommandTimeout time.Duration
 }
 
 // Rig is an actuator with fake VMs and the API served on a unix socket.
@@ -96,6 +103,7 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 		interval time.Duration
 	}
 	var runs []guestRun
+	hostile := map[string]bool{} // VMs whose guest the test plays
 	for _, s := range specs {
 		if s.Boot == 0 {
 			s.Boot = 1
@@ -106,20 +114,29 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 		if s.Interval == 0 {
 			s.Interval = 100 * time.Millisecond
 		}
+		if s.CommandTimeout == 0 {
+			s.CommandTimeout = 5 * time.Second
+		}
 		srv := qmptest.Start(t, &qmptest.Config{MaxCPUs: s.Max, BootCPUs: s.Boot, Accel: "kvm"})
-		ch := fakeguest.NewPipeChannel()
+		var ch channel.Channel = s.Channel
 		g := fakeguest.New(srv)
-		g.SetDemand(s.Demand)
-		g.SetApp(s.App)
+		if ch == nil {
+			pipe := fakeguest.NewPipeChannel()
+			ch = pipe
+			g.SetDemand(s.Demand)
+			g.SetApp(s.App)
+			runs = append(runs, guestRun{g, pipe, s.Interval})
+		} else {
+			hostile[s.Name] = true
+		}
 		p := FastPolicy(s.Interval)
 		if s.Policy != nil {
 			s.Policy(&p)
 		}
-		cfgs = append(cfgs, actuator.VMConfig{Name: s.Name, Policy: p, Channel: ch, CommandTimeout: 5 * time.Second,
+		cfgs = append(cfgs, actuator.VMConfig{Name: s.Name, Policy: p, Channel: ch, CommandTimeout: s.CommandTimeout,
 			RecheckInterval: 300 * time.Millisecond,
 			Hypervisor:      hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{UnplugTimeout: 5 * time.Second, Logger: logger})})
 		r.VMs[s.Name] = &VM{Name: s.Name, QMP: srv, Guest: g}
-		runs = append(runs, guestRun{g, ch, s.Interval})
 	}
 	if r.Act, err = actuator.New(cfgs, r.events, 0, logger, r.Hub, r.Metrics); err != nil {
 		t.Fatal(err)
@@ -142,7 +159,7 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	served := make(chan struct{})
-	go func() { r.Server.Serve(ctx, ln, nil); close(served) }()
+	go func() { r.Server.Serve(ctx, ln, api.Listen{}); close(served) }()
 	go func() { r.Act.Run(ctx); close(r.done) }()
 	for _, gr := range runs {
 		go gr.g.Run(ctx, gr.ch.Dial, gr.interval)
@@ -162,6 +179,9 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 	// has reported.
 	WaitFor(t, 10*time.Second, "every fake agent to connect and report", func() bool {
 		for _, v := range r.Act.VMs() {
+			if hostile[v.Name()] {
+				continue
+			}
 			if st := v.Status(); !st.Connected || st.ReportsSeen == 0 {
 				return false
 			}
@@ -212,4 +232,28 @@ func shortTempDir(t testing.TB) (string, error) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir, nil
+}
+
+// ServeTCP serves the rig's API on a TCP port of 127.0.0.1 with the
+// token (and TLS, when given) until the test ends, and returns its base
+// URL.
+func (r *Rig) ServeTCP(t testing.TB, token string, tlsCfg *tls.Config) string {
+	t.Helper()
+	tok, err := api.NewToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { r.Server.Serve(ctx, ln, api.Listen{Token: tok, TLS: tlsCfg}); close(served) }()
+	t.Cleanup(func() { stop(); <-served })
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + ln.Addr().String()
 }

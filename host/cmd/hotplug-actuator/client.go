@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -28,6 +30,7 @@ type clientFlags struct {
 	socket    *string
 	url       *string
 	tokenFile *string
+	caFile    *string
 	json      *bool
 }
 
@@ -39,6 +42,7 @@ func newClientFlags(name string, stdout, stderr io.Writer) *clientFlags {
 		socket:    fs.String("socket", "", "API unix socket (default: api.socket of the configuration, else "+config.DefaultAPISocket+")"),
 		url:       fs.String("url", "", "API over TCP instead, e.g. http://host:9470 (needs --token-file)"),
 		tokenFile: fs.String("token-file", "", "file with the bearer token for --url"),
+		caFile:    fs.String("ca-file", "", "PEM certificates to trust for an https --url (e.g. the actuator's api.tls_cert_file); default: the system's"),
 		json:      fs.Bool("json", false, "print JSON"),
 	}
 }
@@ -76,7 +80,19 @@ func (c *clientFlags) client() (*api.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--token-file: %w", err)
 		}
-		return api.NewTCPClient(*c.url, strings.TrimSpace(string(b))), nil
+		var cfg *tls.Config
+		if *c.caFile != "" {
+			pem, err := os.ReadFile(*c.caFile)
+			if err != nil {
+				return nil, fmt.Errorf("--ca-file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", *c.caFile)
+			}
+			cfg = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		}
+		return api.NewTCPClientTLS(*c.url, strings.TrimSpace(string(b)), cfg), nil
 	}
 	if *c.socket != "" {
 		return api.NewUnixClient(*c.socket), nil

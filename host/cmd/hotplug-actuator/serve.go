@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ type apiListeners struct {
 	unix  net.Listener
 	tcp   net.Listener
 	token *api.Token
+	tls   *tls.Config // nil: plain HTTP on tcp
 	hub   *api.Hub
 	met   *api.Metrics
 }
@@ -39,11 +41,20 @@ func openAPI(c config.API, logger hclog.Logger) (*apiListeners, error) {
 		l.unix.Close()
 		return nil, fmt.Errorf("api.token_file: %w (no TCP listener without a token)", err)
 	}
+	scheme := "http"
+	if c.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			l.unix.Close()
+			return nil, fmt.Errorf("api.tls_cert_file, api.tls_key_file: %w", err)
+		}
+		l.tls, scheme = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, "https"
+	}
 	if l.tcp, err = net.Listen("tcp", c.Listen); err != nil {
 		l.unix.Close()
 		return nil, fmt.Errorf("api.listen: %w", err)
 	}
-	logger.Info("API listening", "socket", c.Socket, "tcp", l.tcp.Addr().String(), "auth", "bearer token from api.token_file")
+	logger.Info("API listening", "socket", c.Socket, "tcp", scheme+"://"+l.tcp.Addr().String(), "auth", "bearer token from api.token_file")
 	return l, nil
 }
 
@@ -67,18 +78,18 @@ func (l *apiListeners) serve(ctx context.Context, act *actuator.Actuator, eventL
 		return nil, err
 	}
 	var wg sync.WaitGroup
-	run := func(ln net.Listener, tok *api.Token) {
+	run := func(ln net.Listener, o api.Listen) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(ctx, ln, tok); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := srv.Serve(ctx, ln, o); err != nil && !errors.Is(err, net.ErrClosed) {
 				logger.Error("API server stopped", "address", ln.Addr().String(), "error", err)
 			}
 		}()
 	}
-	run(l.unix, nil)
+	run(l.unix, api.Listen{})
 	if l.tcp != nil {
-		run(l.tcp, l.token)
+		run(l.tcp, api.Listen{Token: l.token, TLS: l.tls})
 	}
 	return func() { srv.Shutdown(); wg.Wait() }, nil
 }
