@@ -24,10 +24,10 @@ set -euo pipefail
 #   clang, llvm, libbpf-dev
 #                    bpf/: the test that rebuilds the eBPF object and compares
 #                    it with the committed one (make bpf)
-#   chromium         the dashboard's browser test (host/api), driven by chromedp
+#   chromium         the dashboard's browser test (host/apiserver), driven by chromedp
 #   libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients
 #                    the libvirt backend's tests against a real libvirtd
-#   prometheus       promtool, for the alerting rules' unit tests (host/api)
+#   prometheus       promtool, for the alerting rules' unit tests (host/apiserver)
 #   debootstrap, e2fsprogs, lintian
 #                    the .deb proof: a Debian rootfs, its ext4 image, package lint
 packages=(qemu-system-x86 busybox-static cpio xz-utils zstd chromium debootstrap e2fsprogs lintian prometheus

@@ -89,63 +89,63 @@ type statusBox struct {
 	st Status
 }
 
-// Status is a read-only view of a VM for the API, CLI, metrics and tests.
-// Field names are part of the API (JSON).
+// Status is a read-only view of a VM for the API, metrics and tests
+// (plain values: the API's JSON shape is package api's).
 type Status struct {
-	Name   string        `json:"name"`
-	Mode   string        `json:"mode"`
-	Policy engine.Policy `json:"policy"`
+	Name   string
+	Mode   string
+	Policy engine.Policy
 	// Current is the vCPU count the hypervisor reports; Online the guest's
 	// online CPUs in its latest report; Target what the last decision
 	// asked for.
-	Current   int  `json:"current_vcpus"`
-	Online    int  `json:"online_vcpus"`
-	Target    int  `json:"target_vcpus"`
-	MaxSlots  int  `json:"max_slots"`
-	Paused    bool `json:"paused"`
-	Connected bool `json:"agent_connected"`
+	Current   int
+	Online    int
+	Target    int
+	MaxSlots  int
+	Paused    bool
+	Connected bool
 	// Source is where the measurements come from: "agent", or "host"
 	// (black-box fallback); empty before the first.
-	Source    string `json:"source,omitempty"`
-	Reachable bool   `json:"hypervisor_reachable"`
+	Source    string
+	Reachable bool
 	// Degraded says why the last action failed; empty when healthy.
-	Degraded       string          `json:"degraded,omitempty"`
-	Agent          string          `json:"agent_version,omitempty"`
-	LastDecision   engine.Decision `json:"last_decision"`
-	LastDecisionAt time.Time       `json:"last_decision_at,omitzero"`
-	Signals        Signals         `json:"signals"`
-	ReportsSeen    uint64          `json:"reports_seen"`
+	Degraded       string
+	Agent          string
+	LastDecision   engine.Decision
+	LastDecisionAt time.Time
+	Signals        Signals
+	ReportsSeen    uint64
 	// Accuracy is how well the engine's forecasts held (metrics only: its
 	// NaNs have no JSON form).
-	Accuracy engine.Accuracy `json:"-"`
+	Accuracy engine.Accuracy
 }
 
 // Signals are the latest measurements of a VM.
 type Signals struct {
-	At          time.Time   `json:"at,omitzero"`
-	Utilisation float64     `json:"utilisation"` // demand ÷ online vCPUs
-	Demand      float64     `json:"demand_cpus"`
-	Busy        float64     `json:"busy_cpus"`
-	Waiting     float64     `json:"waiting_tasks"`
-	Load1       float64     `json:"load1"`
-	PSISome10   float64     `json:"psi_cpu_some_avg10,omitempty"`
-	RunQSource  string      `json:"runq_source,omitempty"`
-	RunQP50     float64     `json:"runq_p50_seconds,omitempty"`
-	RunQP95     float64     `json:"runq_p95_seconds,omitempty"`
-	RunQP99     float64     `json:"runq_p99_seconds,omitempty"`
-	Apps        []AppSignal `json:"apps,omitempty"`
+	At          time.Time
+	Utilisation float64 // demand ÷ online vCPUs
+	Demand      float64
+	Busy        float64
+	Waiting     float64
+	Load1       float64
+	PSISome10   float64
+	RunQSource  string
+	RunQP50     float64
+	RunQP95     float64
+	RunQP99     float64
+	Apps        []AppSignal
 }
 
 // AppSignal is one application's latest figures against its SLA.
 type AppSignal struct {
-	Name        string  `json:"name"`
-	Rate        float64 `json:"arrival_rate"`
-	RespP95     float64 `json:"response_p95_seconds"`
-	ServiceMean float64 `json:"service_mean_seconds"`
-	SLAMean     float64 `json:"sla_mean_seconds,omitempty"`
-	SLAPct      float64 `json:"sla_percentile,omitempty"`
-	SLATarget   float64 `json:"sla_target_seconds,omitempty"`
-	DropRate    float64 `json:"drop_rate"`
+	Name        string
+	Rate        float64
+	RespP95     float64
+	ServiceMean float64
+	SLAMean     float64
+	SLAPct      float64
+	SLATarget   float64
+	DropRate    float64
 }
 
 func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, logger hclog.Logger) (*VM, error) {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/hotplugheaven/hotplug/host/api"
-	"github.com/hotplugheaven/hotplug/host/api/apitest"
+	"github.com/hotplugheaven/hotplug/host/apiserver/apitest"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
 

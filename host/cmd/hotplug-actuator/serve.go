@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
-	"github.com/hotplugheaven/hotplug/host/api"
+	"github.com/hotplugheaven/hotplug/host/apiserver"
 	"github.com/hotplugheaven/hotplug/host/config"
 )
 
@@ -21,23 +21,23 @@ import (
 type apiListeners struct {
 	unix  net.Listener
 	tcp   net.Listener
-	token *api.Token
+	token *apiserver.Token
 	tls   *tls.Config // nil: plain HTTP on tcp
-	hub   *api.Hub
-	met   *api.Metrics
+	hub   *apiserver.Hub
+	met   *apiserver.Metrics
 }
 
 func openAPI(c config.API, logger hclog.Logger) (*apiListeners, error) {
-	l := &apiListeners{hub: api.NewHub(), met: api.NewMetrics()}
+	l := &apiListeners{hub: apiserver.NewHub(), met: apiserver.NewMetrics()}
 	var err error
-	if l.unix, err = api.ListenUnix(c.Socket, c.SocketGroup); err != nil {
+	if l.unix, err = apiserver.ListenUnix(c.Socket, c.SocketGroup); err != nil {
 		return nil, err
 	}
 	if c.Listen == "" {
 		logger.Info("API on the unix socket only (no api.listen)", "socket", c.Socket)
 		return l, nil
 	}
-	if l.token, err = api.LoadToken(c.TokenFile); err != nil {
+	if l.token, err = apiserver.LoadToken(c.TokenFile); err != nil {
 		l.unix.Close()
 		return nil, fmt.Errorf("api.token_file: %w (no TCP listener without a token)", err)
 	}
@@ -72,13 +72,13 @@ func (l *apiListeners) observers() []actuator.Observer { return []actuator.Obser
 
 // serve serves the API until ctx ends; the returned func waits for it.
 func (l *apiListeners) serve(ctx context.Context, act *actuator.Actuator, eventLog string, logger hclog.Logger) (wait func(), err error) {
-	srv, err := api.New(api.Options{Actuator: act, Hub: l.hub, Metrics: l.met, EventLog: eventLog,
+	srv, err := apiserver.New(apiserver.Options{Actuator: act, Hub: l.hub, Metrics: l.met, EventLog: eventLog,
 		Version: version, Logger: logger.Named("api")})
 	if err != nil {
 		return nil, err
 	}
 	var wg sync.WaitGroup
-	run := func(ln net.Listener, o api.Listen) {
+	run := func(ln net.Listener, o apiserver.Listen) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -87,9 +87,9 @@ func (l *apiListeners) serve(ctx context.Context, act *actuator.Actuator, eventL
 			}
 		}()
 	}
-	run(l.unix, api.Listen{})
+	run(l.unix, apiserver.Listen{})
 	if l.tcp != nil {
-		run(l.tcp, api.Listen{Token: l.token, TLS: l.tls})
+		run(l.tcp, apiserver.Listen{Token: l.token, TLS: l.tls})
 	}
 	return func() { srv.Shutdown(); wg.Wait() }, nil
 }

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/engine"
 )
 
@@ -51,17 +52,17 @@ func decodeBody(w http.ResponseWriter, r *http.Request, dst any, known map[strin
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 			return &apiError{status: http.StatusUnsupportedMediaType,
-				Error: Error{Error: fmt.Sprintf("Content-Type must be application/json, got %q", clip(ct))}}
+				Error: api.Error{Error: fmt.Sprintf("Content-Type must be application/json, got %q", clip(ct))}}
 		}
 	} else {
-		return &apiError{status: http.StatusUnsupportedMediaType, Error: Error{Error: "Content-Type must be application/json"}}
+		return &apiError{status: http.StatusUnsupportedMediaType, Error: api.Error{Error: "Content-Type must be application/json"}}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return &apiError{status: http.StatusRequestEntityTooLarge,
-				Error: Error{Error: fmt.Sprintf("request body larger than %d bytes", maxBody)}}
+				Error: api.Error{Error: fmt.Sprintf("request body larger than %d bytes", maxBody)}}
 		}
 		return badRequest("", "reading the request body: "+err.Error())
 	}

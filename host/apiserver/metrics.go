@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"math"
@@ -185,7 +185,8 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 		return 0
 	}
 	for _, v := range c.act.VMs() {
-		view := viewOf(v.Status())
+		raw := v.Status()
+		view := viewOf(raw)
 		st, n := view.Status, v.Name()
 		gauge("vcpus", float64(st.Current), n)
 		gauge("online", float64(st.Online), n)
@@ -202,14 +203,14 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge("decisionTime", float64(st.LastDecisionAt.UnixNano())/1e9, n)
 			gauge("decisionRules", 1, n, st.LastDecision.Action.String(), st.LastDecision.Rule)
 		}
-		if acc := st.Accuracy; acc.Intervals > 0 {
+		if acc := raw.Accuracy; acc.Intervals > 0 {
 			gauge("fcPredicted", acc.Predicted, n)
 			gauge("fcObserved", acc.Observed, n)
 			if !math.IsNaN(acc.Calibration) {
 				gauge("fcCalibration", acc.Calibration, n)
 			}
 		}
-		if acc := st.Accuracy; !math.IsNaN(acc.SLACompliance) && acc.SLAIntervals > 0 {
+		if acc := raw.Accuracy; !math.IsNaN(acc.SLACompliance) && acc.SLAIntervals > 0 {
 			gauge("slaCompliance", acc.SLACompliance, n)
 		}
 		if st.Signals.At.IsZero() {
@@ -229,7 +230,7 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			seen[a.Name] = true
 			gauge("resp", a.RespP95, n, a.Name)
-			if sla := slaOf(a); sla > 0 {
+			if sla := a.SLA(); sla > 0 {
 				gauge("sla", sla, n, a.Name)
 				gauge("slaratio", a.RespP95/sla, n, a.Name)
 			}

@@ -1,4 +1,4 @@
-package api_test
+package apiserver_test
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/hotplugheaven/hotplug/host/api"
-	"github.com/hotplugheaven/hotplug/host/api/apitest"
+	"github.com/hotplugheaven/hotplug/host/apiserver/apitest"
 	"github.com/hotplugheaven/hotplug/host/engine"
 )
 

@@ -1,4 +1,4 @@
-package api_test
+package apiserver_test
 
 import (
 	"context"
@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"github.com/hotplugheaven/hotplug/host/api"
-	"github.com/hotplugheaven/hotplug/host/api/apitest"
+	"github.com/hotplugheaven/hotplug/host/apiserver"
+	"github.com/hotplugheaven/hotplug/host/apiserver/apitest"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
@@ -351,7 +352,7 @@ func TestCrossOriginWritesAreRefused(t *testing.T) {
 
 func TestTCPNeedsTheToken(t *testing.T) {
 	r := apitest.Start(t, apitest.Spec{Name: "web"})
-	tok, err := api.NewToken("0123456789abcdef0123456789abcdef")
+	tok, err := apiserver.NewToken("0123456789abcdef0123456789abcdef")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +362,7 @@ func TestTCPNeedsTheToken(t *testing.T) {
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { r.Server.Serve(sctx, ln, api.Listen{Token: tok}); close(done) }()
+	go func() { r.Server.Serve(sctx, ln, apiserver.Listen{Token: tok}); close(done) }()
 	defer func() { cancel(); <-done }()
 	url := "http://" + ln.Addr().String()
 

@@ -22,6 +22,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/actuator"
 	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"github.com/hotplugheaven/hotplug/host/api"
+	"github.com/hotplugheaven/hotplug/host/apiserver"
 	"github.com/hotplugheaven/hotplug/host/channel"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
@@ -54,9 +55,9 @@ type Spec struct {
 type Rig struct {
 	t        testing.TB
 	Act      *actuator.Actuator
-	Hub      *api.Hub
-	Metrics  *api.Metrics
-	Server   *api.Server
+	Hub      *apiserver.Hub
+	Metrics  *apiserver.Metrics
+	Server   *apiserver.Server
 	EventLog string
 	// Socket is the unix socket the API is served on.
 	Socket string
@@ -90,7 +91,7 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 	t.Helper()
 	dir := t.TempDir()
 	r := &Rig{t: t, EventLog: filepath.Join(dir, "events.jsonl"), VMs: map[string]*VM{}, done: make(chan struct{}),
-		Hub: api.NewHub(), Metrics: api.NewMetrics()}
+		Hub: apiserver.NewHub(), Metrics: apiserver.NewMetrics()}
 	var err error
 	if r.events, err = eventlog.Open(r.EventLog); err != nil {
 		t.Fatal(err)
@@ -141,7 +142,7 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 	if r.Act, err = actuator.New(cfgs, r.events, 0, logger, r.Hub, r.Metrics); err != nil {
 		t.Fatal(err)
 	}
-	if r.Server, err = api.New(api.Options{Actuator: r.Act, Hub: r.Hub, Metrics: r.Metrics, EventLog: r.EventLog,
+	if r.Server, err = apiserver.New(apiserver.Options{Actuator: r.Act, Hub: r.Hub, Metrics: r.Metrics, EventLog: r.EventLog,
 		Version: "test", Logger: logger}); err != nil {
 		t.Fatal(err)
 	}
@@ -152,14 +153,14 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 		t.Fatal(err)
 	}
 	r.Socket = filepath.Join(sockDir, "api.sock")
-	ln, err := api.ListenUnix(r.Socket, "")
+	ln, err := apiserver.ListenUnix(r.Socket, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	served := make(chan struct{})
-	go func() { r.Server.Serve(ctx, ln, api.Listen{}); close(served) }()
+	go func() { r.Server.Serve(ctx, ln, apiserver.Listen{}); close(served) }()
 	go func() { r.Act.Run(ctx); close(r.done) }()
 	for _, gr := range runs {
 		go gr.g.Run(ctx, gr.ch.Dial, gr.interval)
@@ -239,7 +240,7 @@ func shortTempDir(t testing.TB) (string, error) {
 // URL.
 func (r *Rig) ServeTCP(t testing.TB, token string, tlsCfg *tls.Config) string {
 	t.Helper()
-	tok, err := api.NewToken(token)
+	tok, err := apiserver.NewToken(token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +250,7 @@ func (r *Rig) ServeTCP(t testing.TB, token string, tlsCfg *tls.Config) string {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	served := make(chan struct{})
-	go func() { r.Server.Serve(ctx, ln, api.Listen{Token: tok, TLS: tlsCfg}); close(served) }()
+	go func() { r.Server.Serve(ctx, ln, apiserver.Listen{Token: tok, TLS: tlsCfg}); close(served) }()
 	t.Cleanup(func() { stop(); <-served })
 	scheme := "http"
 	if tlsCfg != nil {

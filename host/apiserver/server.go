@@ -1,5 +1,5 @@
-// Package api is the actuator's HTTP API: VM status with the reasons for
-// each decision, the event log, a live stream of reports, decisions and
+// Package apiserver serves the actuator's HTTP API: VM status with the
+// reasons for each decision, the event log, a live stream of reports, decisions and
 // scaling events, operator controls, Prometheus metrics and the embedded
 // dashboard. It is served on a unix socket (access by file permissions)
 // and, optionally, on TCP with a bearer token.
@@ -7,8 +7,10 @@
 // Every client is untrusted: request bodies are bounded, invalid input
 // is a 4xx naming the field, and nothing a client sends or fails to read
 // can block a VM's controller. The package decides nothing about scaling
-// and changes VMs only through the actuator's controls.
-package api
+// and changes VMs only through the actuator's controls. The API's types
+// and its client are package api, which imports neither the actuator nor
+// the hypervisors.
+package apiserver
 
 import (
 	"context"
@@ -28,6 +30,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/engine"
 )
 
@@ -231,35 +234,13 @@ func (s *Server) Shutdown() {
 	}
 }
 
-// Health is the answer to GET /healthz.
-type Health struct {
-	Status        string  `json:"status"` // "ok"
-	Version       string  `json:"version"`
-	UptimeSeconds float64 `json:"uptime_seconds"`
-	VMs           int     `json:"vms"`
-}
-
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version,
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: s.version,
 		UptimeSeconds: time.Since(s.started).Seconds(), VMs: len(s.act.VMs())})
 }
 
-// VMList is the answer to GET /v1/vms.
-type VMList struct {
-	VMs  []VM `json:"vms"`
-	Host Host `json:"host"`
-}
-
-// Host is the host-wide budget.
-type Host struct {
-	// VCPUBudget caps the sum of vCPUs over all VMs; 0 means none.
-	VCPUBudget int `json:"vcpu_budget"`
-	// VCPUs is the sum of vCPUs plugged over all VMs.
-	VCPUs int `json:"vcpus"`
-}
-
 func (s *Server) serveVMs(w http.ResponseWriter, r *http.Request) {
-	list := VMList{VMs: []VM{}}
+	list := api.VMList{VMs: []api.VM{}}
 	for _, v := range s.act.VMs() {
 		list.VMs = append(list.VMs, viewOf(v.Status()))
 	}
@@ -284,13 +265,8 @@ func (s *Server) serveVM(w http.ResponseWriter, r *http.Request, v *actuator.VM)
 	writeJSON(w, http.StatusOK, viewOf(v.Status()))
 }
 
-// History is the answer to GET /v1/vms/{id}/history.
-type History struct {
-	Points []Point `json:"points"`
-}
-
 func (s *Server) serveHistory(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
-	writeJSON(w, http.StatusOK, History{Points: s.hub.History(v.Name())})
+	writeJSON(w, http.StatusOK, api.History{Points: s.hub.History(v.Name())})
 }
 
 func (s *Server) servePause(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
@@ -301,13 +277,8 @@ func (s *Server) serveResume(w http.ResponseWriter, r *http.Request, v *actuator
 	s.control(w, r, v, "resume", func(ctx context.Context) error { return v.Resume(ctx) })
 }
 
-// VCPUsRequest is the body of POST /v1/vms/{id}/vcpus.
-type VCPUsRequest struct {
-	VCPUs int `json:"vcpus"`
-}
-
 func (s *Server) serveVCPUs(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
-	var req VCPUsRequest
+	var req api.VCPUsRequest
 	if aerr := decodeBody(w, r, &req, map[string]bool{"vcpus": true}); aerr != nil {
 		aerr.write(w)
 		return
@@ -351,22 +322,15 @@ func remote(r *http.Request) string {
 	return r.RemoteAddr
 }
 
-// Error is the body of every error answer.
-type Error struct {
-	Error string `json:"error"`
-	// Field names the request field or parameter at fault, when one is.
-	Field string `json:"field,omitempty"`
-}
-
 type apiError struct {
 	status int
-	Error
+	api.Error
 }
 
 func (e *apiError) write(w http.ResponseWriter) { writeJSON(w, e.status, e.Error) }
 
 func badRequest(field, msg string) *apiError {
-	return &apiError{status: http.StatusBadRequest, Error: Error{Field: field, Error: fieldMsg(field, msg)}}
+	return &apiError{status: http.StatusBadRequest, Error: api.Error{Field: field, Error: fieldMsg(field, msg)}}
 }
 
 func fieldMsg(field, msg string) string {
@@ -377,14 +341,14 @@ func fieldMsg(field, msg string) string {
 }
 
 func writeError(w http.ResponseWriter, status int, field, msg string) {
-	writeJSON(w, status, Error{Error: fieldMsg(field, msg), Field: field})
+	writeJSON(w, status, api.Error{Error: fieldMsg(field, msg), Field: field})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		status = http.StatusInternalServerError
-		b, _ = json.Marshal(Error{Error: "encoding the answer: " + err.Error()})
+		b, _ = json.Marshal(api.Error{Error: "encoding the answer: " + err.Error()})
 	}
 	// A client that does not read its answer must not hold the handler
 	// for ever (the server has no WriteTimeout: streams last).

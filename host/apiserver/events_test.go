@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
 
@@ -56,12 +57,12 @@ func TestReadEventsPagesWithoutGapsOrRepeats(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []uint64
-			q := EventQuery{Filter: tc.filter, Limit: tc.limit}
+			q := api.EventQuery{Filter: tc.filter, Limit: tc.limit}
 			for pages := 0; ; pages++ {
 				if pages > 30 {
 					t.Fatal("paging does not end")
 				}
-				p, err := ReadEvents(path, q)
+				p, err := api.ReadEvents(path, q)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -106,18 +107,18 @@ func TestReadEventsLeavesOutStartedLines(t *testing.T) {
 		l.Append(&eventlog.Event{Time: time.Now(), VM: "a", Kind: "scale_up", From: 1, To: 2, Outcome: outcome})
 	}
 	l.Close()
-	p, err := ReadEvents(path, EventQuery{Limit: 10})
+	p, err := api.ReadEvents(path, api.EventQuery{Limit: 10})
 	if err != nil || len(p.Events) != 1 || p.Events[0].Outcome != eventlog.OutcomeOK {
 		t.Fatalf("default: %+v %v", p.Events, err)
 	}
-	p, err = ReadEvents(path, EventQuery{Limit: 10, Filter: eventlog.Filter{WithStarted: true}})
+	p, err = api.ReadEvents(path, api.EventQuery{Limit: 10, Filter: eventlog.Filter{WithStarted: true}})
 	if err != nil || len(p.Events) != 2 || p.Events[0].Outcome != "started" {
 		t.Fatalf("with started: %+v %v", p.Events, err)
 	}
 }
 
 func TestReadEventsMissingLogIsEmpty(t *testing.T) {
-	p, err := ReadEvents(filepath.Join(t.TempDir(), "none.jsonl"), EventQuery{Limit: 10})
+	p, err := api.ReadEvents(filepath.Join(t.TempDir(), "none.jsonl"), api.EventQuery{Limit: 10})
 	if err != nil || p.Events == nil || len(p.Events) != 0 {
 		t.Fatalf("got %+v, %v; want an empty page", p, err)
 	}
@@ -148,9 +149,9 @@ func TestEventQueryErrorsNameTheParameter(t *testing.T) {
 // decoding them.
 func BenchmarkReadEventsLastPage(b *testing.B) {
 	path := writeLog(b, 20000, time.Now().Add(-24*time.Hour))
-	q := EventQuery{Filter: eventlog.Filter{After: 19900}, Limit: 100}
+	q := api.EventQuery{Filter: eventlog.Filter{After: 19900}, Limit: 100}
 	for b.Loop() {
-		p, err := ReadEvents(path, q)
+		p, err := api.ReadEvents(path, q)
 		if err != nil || len(p.Events) != 100 {
 			b.Fatal(err, len(p.Events))
 		}

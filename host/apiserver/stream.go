@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"context"
@@ -16,55 +16,10 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
-
-// Stream message types (the SSE "event:" field).
-const (
-	TypeReport   = "report"   // a report was accepted; data is the VM view after it
-	TypeDecision = "decision" // the engine decided; data is a DecisionMessage
-	TypeEvent    = "event"    // a scaling event; data is an EventMessage
-	TypeRejected = "rejected" // a message from an agent was refused; data is a RejectedMessage
-	TypeMissed   = "missed"   // this client fell behind; data is a MissedMessage
-)
-
-var streamTypes = []string{TypeReport, TypeDecision, TypeEvent, TypeRejected}
-
-// DecisionMessage is the data of a "decision" stream message.
-type DecisionMessage struct {
-	VM       string          `json:"vm"`
-	At       time.Time       `json:"at"`
-	Decision engine.Decision `json:"decision"`
-	// Hotspot and Explanation are as in the VM view once this decision
-	// is the VM's last.
-	Hotspot     bool        `json:"hotspot"`
-	Explanation Explanation `json:"explanation"`
-}
-
-// EventMessage is the data of an "event" stream message: the event as it
-// is (or would have been) written to the event log.
-type EventMessage struct {
-	Event eventlog.Event `json:"event"`
-	// Committed is false when the event could not be written to the log.
-	Committed bool `json:"committed"`
-}
-
-// RejectedMessage is the data of a "rejected" stream message.
-type RejectedMessage struct {
-	VM     string `json:"vm"`
-	Reason string `json:"reason"`
-	// Suppressed counts this VM's refusals not sent since the last
-	// rejected message (the stream carries a few a second at most; the
-	// metrics count every one).
-	Suppressed uint64 `json:"suppressed,omitempty"`
-}
-
-// MissedMessage tells a client how many messages it did not get because
-// it read too slowly.
-type MissedMessage struct {
-	Missed uint64 `json:"missed"`
-}
 
 // Limits of the stream.
 const (
@@ -256,7 +211,7 @@ func (h *Hub) publishLocked(typ, vm string, v any, now time.Time) {
 func (h *Hub) Report(vm string, st actuator.Status) {
 	v := viewOf(st)
 	h.record(vm, v.Status)
-	h.publish(TypeReport, vm, v)
+	h.publish(api.TypeReport, vm, v)
 }
 
 // Decision implements actuator.Observer.
@@ -267,13 +222,13 @@ func (h *Hub) Decision(vm string, d engine.Decision, at time.Time) {
 	if !ok {
 		p = engine.DefaultPolicy() // no report yet: only Upper is used, to mark samples
 	}
-	x, hot := explanationOf(d, at, p)
-	h.publish(TypeDecision, vm, DecisionMessage{VM: vm, At: at, Decision: d, Hotspot: hot, Explanation: x})
+	x, hot := api.Explain(d, at, p)
+	h.publish(api.TypeDecision, vm, api.DecisionMessage{VM: vm, At: at, Decision: d, Hotspot: hot, Explanation: x})
 }
 
 // Event implements actuator.Observer.
 func (h *Hub) Event(ev eventlog.Event, committed bool) {
-	h.publish(TypeEvent, ev.VM, EventMessage{Event: ev, Committed: committed})
+	h.publish(api.TypeEvent, ev.VM, api.EventMessage{Event: ev, Committed: committed})
 }
 
 // rejectBudget bounds one VM's "rejected" messages.
@@ -300,49 +255,27 @@ func (h *Hub) Rejected(vm, reason string) {
 	}
 	n := b.suppressed
 	b.suppressed = 0
-	h.publishLocked(TypeRejected, vm, RejectedMessage{VM: vm, Reason: reason, Suppressed: n}, now)
+	h.publishLocked(api.TypeRejected, vm, api.RejectedMessage{VM: vm, Reason: reason, Suppressed: n}, now)
 }
 
-// Point is one report's figures, as the dashboard charts them.
-type Point struct {
-	At          time.Time `json:"at"`
-	Utilisation float64   `json:"utilisation"`
-	RunQP95     float64   `json:"runq_p95_seconds,omitempty"`
-	Online      int       `json:"online_vcpus"`
-	Current     int       `json:"current_vcpus"`
-	// RespP95 and SLA are the first application's p95 response time and
-	// its SLA target, when the guest reports applications.
-	RespP95 float64 `json:"response_p95_seconds,omitempty"`
-	SLA     float64 `json:"sla_seconds,omitempty"`
-}
-
-func pointOf(st actuator.Status) Point {
-	p := Point{At: st.Signals.At, Utilisation: st.Signals.Utilisation, RunQP95: st.Signals.RunQP95,
+func pointOf(st api.Status) api.Point {
+	p := api.Point{At: st.Signals.At, Utilisation: st.Signals.Utilisation, RunQP95: st.Signals.RunQP95,
 		Online: st.Online, Current: st.Current}
 	if len(st.Signals.Apps) > 0 {
 		a := st.Signals.Apps[0]
-		p.RespP95, p.SLA = a.RespP95, slaOf(a)
+		p.RespP95, p.SLA = a.RespP95, a.SLA()
 	}
 	return p
 }
 
-// slaOf is the response-time bound an application's SLA sets: its
-// percentile target, or else its mean.
-func slaOf(a actuator.AppSignal) float64 {
-	if a.SLATarget > 0 {
-		return a.SLATarget
-	}
-	return a.SLAMean
-}
-
 // ring is a fixed-size history of points.
 type ring struct {
-	pts  [historyLen]Point
+	pts  [historyLen]api.Point
 	next int
 	n    int
 }
 
-func (h *Hub) record(vm string, st actuator.Status) {
+func (h *Hub) record(vm string, st api.Status) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.history[vm]
@@ -357,14 +290,14 @@ func (h *Hub) record(vm string, st actuator.Status) {
 }
 
 // History returns the VM's recent points, oldest first.
-func (h *Hub) History(vm string) []Point {
+func (h *Hub) History(vm string) []api.Point {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.history[vm]
 	if r == nil {
-		return []Point{}
+		return []api.Point{}
 	}
-	out := make([]Point, 0, r.n)
+	out := make([]api.Point, 0, r.n)
 	for i := range r.n {
 		out = append(out, r.pts[(r.next-r.n+i+historyLen)%historyLen])
 	}
@@ -384,8 +317,8 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	if t := q.Get("types"); t != "" {
 		types = map[string]bool{}
 		for _, x := range strings.Split(t, ",") {
-			if !slices.Contains(streamTypes, x) {
-				writeError(w, http.StatusBadRequest, "types", fmt.Sprintf("unknown type %q (known: %s)", x, strings.Join(streamTypes, ", ")))
+			if !slices.Contains(api.StreamTypes, x) {
+				writeError(w, http.StatusBadRequest, "types", fmt.Sprintf("unknown type %q (known: %s)", x, strings.Join(api.StreamTypes, ", ")))
 				return
 			}
 			types[x] = true
@@ -431,7 +364,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		case <-c.gone:
 			// Dropped for not reading: it will not see this, but a
 			// client that was merely slow might.
-			write(func() error { return writeMessage(w, 0, TypeMissed, mustJSON(MissedMessage{Missed: c.missed.Load()})) })
+			write(func() error {
+				return writeMessage(w, 0, api.TypeMissed, mustJSON(api.MissedMessage{Missed: c.missed.Load()}))
+			})
 			return
 		case <-tick.C:
 			if !write(func() error { _, err := fmt.Fprint(w, ": keepalive\n\n"); return err }) {
@@ -440,7 +375,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		case m := <-c.ch:
 			ok := write(func() error {
 				if n := c.missed.Swap(0); n > 0 {
-					if err := writeMessage(w, 0, TypeMissed, mustJSON(MissedMessage{Missed: n})); err != nil {
+					if err := writeMessage(w, 0, api.TypeMissed, mustJSON(api.MissedMessage{Missed: n})); err != nil {
 						return err
 					}
 				}

@@ -1,4 +1,4 @@
-package api
+package apiserver
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 )
@@ -139,7 +140,7 @@ func TestStreamRejectedIsBoundedPerVM(t *testing.T) {
 	h := NewHub()
 	now := time.Unix(1e9, 0)
 	h.now = func() time.Time { return now }
-	c, err := h.subscribe("", map[string]bool{TypeRejected: true}, origin{transport: transportUnix})
+	c, err := h.subscribe("", map[string]bool{api.TypeRejected: true}, origin{transport: transportUnix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func TestStreamRejectedIsBoundedPerVM(t *testing.T) {
 	}
 	now = now.Add(rejectedEvery)
 	h.Rejected("evil", actuator.RejectReplayed)
-	var last RejectedMessage
+	var last api.RejectedMessage
 	for len(c.ch) > 0 {
 		m := <-c.ch
 		if m.vm == "evil" {
@@ -193,7 +194,7 @@ func TestStreamFiltersAndLimits(t *testing.T) {
 	}
 
 	// A client for one VM and one type gets only those.
-	c, err := h.subscribe("db", map[string]bool{TypeEvent: true}, origin{transport: transportUnix})
+	c, err := h.subscribe("db", map[string]bool{api.TypeEvent: true}, origin{transport: transportUnix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ func TestStreamFiltersAndLimits(t *testing.T) {
 	h.Event(eventlog.Event{VM: "db", Kind: "scale_down"}, true)
 	select {
 	case m := <-c.ch:
-		if m.vm != "db" || m.typ != TypeEvent || !strings.Contains(string(m.data), "scale_down") {
+		if m.vm != "db" || m.typ != api.TypeEvent || !strings.Contains(string(m.data), "scale_down") {
 			t.Fatalf("got %s %s %s", m.typ, m.vm, m.data)
 		}
 	default:

@@ -1,4 +1,4 @@
-package api_test
+package apiserver_test
 
 import (
 	"io"
@@ -12,7 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/hotplugheaven/hotplug/host/actuator"
-	"github.com/hotplugheaven/hotplug/host/api/apitest"
+	"github.com/hotplugheaven/hotplug/host/apiserver/apitest"
 )
 
 func family(t *testing.T, fams []*dto.MetricFamily, name string) *dto.MetricFamily {
