@@ -28,7 +28,6 @@ const (
 	MaxErrorLen    = 1024 // error texts in Ack and Welcome
 	MaxCPUErrors   = 64   // per-CPU failures in one Ack
 	MaxApps        = 32   // applications in one Report
-	MaxSketchBytes = 8192 // an encoded response-time sketch
 	MaxRunQBuckets = 64   // log2 buckets of a run-queue latency histogram
 	MaxInterval    = time.Hour
 	MinInterval    = 100 * time.Millisecond
@@ -212,8 +211,9 @@ type PSI struct {
 // Report is one sampling interval's measurements.
 type Report struct {
 	Seq uint64 `msgpack:"seq"`
-	// MonotonicNanos is CLOCK_MONOTONIC at the end of the interval; the
-	// actuator uses it to order reports across wall-clock jumps.
+	// MonotonicNanos is CLOCK_MONOTONIC at the end of the interval: the
+	// agent ages its queued reports by it. The actuator orders reports by
+	// Seq and times them by their arrival, never by a guest's clock.
 	MonotonicNanos int64 `msgpack:"mono"`
 	WallUnixNanos  int64 `msgpack:"wall"`
 	IntervalNanos  int64 `msgpack:"ivl"`
@@ -222,11 +222,7 @@ type Report struct {
 	Online  CPUSet    `msgpack:"online"`
 	Present CPUSet    `msgpack:"present"`
 
-	Load1    float64 `msgpack:"load1"`
-	Load5    float64 `msgpack:"load5"`
-	Load15   float64 `msgpack:"load15"`
-	Runnable uint32  `msgpack:"running"` // procs_running in /proc/stat
-	Blocked  uint32  `msgpack:"blocked"` // procs_blocked
+	Load1 float64 `msgpack:"load1"`
 
 	PSI      *PSI       `msgpack:"psi,omitempty"`
 	RunDelay []RunDelay `msgpack:"rundelay,omitempty"`
@@ -291,16 +287,11 @@ type AppStats struct {
 	RespP50 float64 `msgpack:"p50"`
 	RespP95 float64 `msgpack:"p95"`
 	RespP99 float64 `msgpack:"p99"`
-	// RespSketch is the interval's response-time sketch (DDSketch protobuf
-	// encoding), so the host can merge intervals; optional.
-	RespSketch []byte `msgpack:"sketch,omitempty"`
 	// SLA from the application's config: a mean response time, or a
 	// percentile (0 < SLAPercentile < 1) that must stay under SLATarget.
 	SLAMean       float64 `msgpack:"sla_mean,omitempty"`
 	SLAPercentile float64 `msgpack:"sla_pct,omitempty"`
 	SLATarget     float64 `msgpack:"sla_target,omitempty"`
-	// Malformed counts log lines skipped this interval.
-	Malformed uint64 `msgpack:"malformed,omitempty"`
 	// CPUSeconds is the CPU time the application used over the interval,
 	// when CPUSource says where it was measured (CPUSourceCgroup: the
 	// cgroup v2 cpu.stat of the systemd units its config names). Without
@@ -396,7 +387,7 @@ func (r *Report) Validate() error {
 	for _, f := range [...]struct {
 		name string
 		v    float64
-	}{{"load1", r.Load1}, {"load5", r.Load5}, {"load15", r.Load15}} {
+	}{{"load1", r.Load1}} {
 		if !finiteIn(f.v, 0, maxLoad) {
 			return fmt.Errorf("%w: report %d: %s = %v", ErrInvalid, r.Seq, f.name, f.v)
 		}
@@ -448,9 +439,6 @@ func (a *AppStats) validate() error {
 	}
 	if a.Drops > a.Arrivals {
 		return fmt.Errorf("%d drops of %d arrivals", a.Drops, a.Arrivals)
-	}
-	if len(a.RespSketch) > MaxSketchBytes {
-		return fmt.Errorf("sketch of %d bytes", len(a.RespSketch))
 	}
 	const secs, secs2 = float64(maxSeconds), float64(maxSeconds) * maxSeconds
 	for _, f := range [...]struct {

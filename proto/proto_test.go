@@ -21,7 +21,7 @@ func sampleReport() *Report {
 		IntervalNanos: int64(time.Second),
 		CPUs:          []CPUStat{{CPU: 0, Busy: 0.5, Idle: 0.4, IOWait: 0.05, Steal: 0.05}, {CPU: 1, Busy: 1}},
 		Online:        NewCPUSet(0, 1), Present: NewCPUSet(0, 1, 2),
-		Load1: 1.5, Load5: 1, Load15: 0.5, Runnable: 3, Blocked: 1,
+		Load1:         1.5,
 		PSI:           &PSI{SomeAvg10: 12.5, SomeTotalMicros: 99},
 		RunDelay:      []RunDelay{{CPU: 0, WaitNanos: 5e8, Timeslices: 10}},
 		MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, SwapInPerSec: 1, SwapOutPerSec: 2,
@@ -168,7 +168,7 @@ func TestValidateReport(t *testing.T) {
 		{"repeated cpu", func(r *Report) { r.CPUs[1].CPU = 0 }},
 		{"cpu id too high", func(r *Report) { r.CPUs[1].CPU = MaxCPUs }},
 		{"infinite load", func(r *Report) { r.Load1 = math.Inf(1) }},
-		{"absurd load", func(r *Report) { r.Load5 = 1e9 }},
+		{"absurd load", func(r *Report) { r.Load1 = 1e9 }},
 		{"online not present", func(r *Report) { r.Online = NewCPUSet(0, 5) }},
 		{"zero interval", func(r *Report) { r.IntervalNanos = 0 }},
 		{"negative wall", func(r *Report) { r.WallUnixNanos = -1 }},
@@ -301,7 +301,6 @@ func TestValidateExtensions(t *testing.T) {
 		"negative rate":      func(r *Report) { r.Apps[0].ArrivalRate = -1 },
 		"p99 below p95":      func(r *Report) { r.Apps[0].RespP99 = 0.001 },
 		"sla percentile 1":   func(r *Report) { r.Apps[0].SLAPercentile = 1 },
-		"sketch too large":   func(r *Report) { r.Apps[0].RespSketch = make([]byte, MaxSketchBytes+1) },
 		"absurd service var": func(r *Report) { r.Apps[0].ServiceVar = math.Inf(1) },
 	} {
 		r := good()

@@ -14,7 +14,6 @@ package applog
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -69,7 +68,6 @@ type app struct {
 	mu     sync.Mutex
 	win    *stats.Window
 	warned [parse.NumReasons]bool
-	sk     bytes.Buffer
 
 	// CPU time of the units, read by Fill; cpuBase is the previous total,
 	// valid when haveBase.
@@ -143,15 +141,9 @@ func (a *Apps) Fill(r *proto.Report) error {
 func (ap *app) snapshot(interval float64) proto.AppStats {
 	ap.mu.Lock()
 	s := ap.win.Summary(false)
-	ap.sk.Reset()
-	ap.win.Sketch(&ap.sk)
-	var sketch []byte
-	if ap.sk.Len() > 0 && ap.sk.Len() <= proto.MaxSketchBytes {
-		sketch = bytes.Clone(ap.sk.Bytes())
-	}
 	ap.win.Reset()
 	ap.mu.Unlock()
-	as := ToAppStats(ap.cfg, s, interval, sketch)
+	as := ToAppStats(ap.cfg, s, interval)
 	if cpu, ok := ap.cpuDelta(); ok {
 		as.CPUSeconds, as.CPUSource = min(cpu.Seconds(), 86400*proto.MaxCPUs), proto.CPUSourceCgroup
 	}
@@ -191,11 +183,11 @@ func (ap *app) cpuDelta() (time.Duration, bool) {
 // ToAppStats fills the wire form. The arrival rate is arrivals over the
 // sampling interval, or over the span of the log's own timestamps when
 // that is more than twice as long (a backlog read at once).
-func ToAppStats(cfg App, s stats.Summary, interval float64, sketch []byte) proto.AppStats {
-	as := proto.AppStats{Name: cfg.Name, Arrivals: s.Arrivals, Drops: s.Drops, Malformed: s.Malformed,
+func ToAppStats(cfg App, s stats.Summary, interval float64) proto.AppStats {
+	as := proto.AppStats{Name: cfg.Name, Arrivals: s.Arrivals, Drops: s.Drops,
 		InterArrivalMean: s.InterArrivalMean, InterArrivalVar: s.InterArrivalVar, InterArrivalFromCounts: s.FromCounts,
 		ServiceMean: s.ServiceMean, ServiceVar: s.ServiceVar, RespP50: s.RespP50, RespP95: s.RespP95, RespP99: s.RespP99,
-		RespSketch: sketch, SLAMean: cfg.SLAMean, SLAPercentile: cfg.SLAPercentile, SLATarget: cfg.SLATarget}
+		SLAMean: cfg.SLAMean, SLAPercentile: cfg.SLAPercentile, SLATarget: cfg.SLATarget}
 	span := interval
 	if s.SpanSeconds > 2*interval {
 		span = s.SpanSeconds

@@ -266,10 +266,6 @@ func (s *Sampler) Sample() (*proto.Report, error) {
 		Online:            online,
 		Present:           present,
 		Load1:             load.Load1,
-		Load5:             load.Load5,
-		Load15:            load.Load15,
-		Runnable:          clampUint32(st.ProcessesRunning),
-		Blocked:           clampUint32(st.ProcessesBlocked),
 		PSI:               psi,
 		MemTotalBytes:     mem.total,
 		MemAvailableBytes: mem.available,
@@ -303,13 +299,6 @@ func (s *Sampler) Sample() (*proto.Report, error) {
 // maxWaitPerNano mirrors proto.Report.Validate: run delay may not exceed a
 // million waiting tasks for the whole interval.
 const maxWaitPerNano = 1_000_000
-
-func clampUint32(v uint64) uint32 {
-	if v > 1<<32-1 {
-		return 1<<32 - 1
-	}
-	return uint32(v)
-}
 
 // readCPULists reads online and present. They are two files read at two
 // moments: a hot-remove between the reads can leave a CPU online but no

@@ -3,6 +3,7 @@ package actuator
 import (
 	"context"
 	"errors"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -369,6 +370,18 @@ func TestSampleOfCarriesRunQueueAndApps(t *testing.T) {
 	if s.Busy != 0.75 || s.Waiting != 0.75 || s.RunQP95 != 20*time.Millisecond || len(s.Apps) != 1 ||
 		s.Apps[0].Rate != 10 || s.Apps[0].SLAMean != 0.05 || s.Online != 2 {
 		t.Fatalf("sample %+v", s)
+	}
+}
+
+// TestSignalsCarryStealAndMemory: the report's steal time (online CPUs
+// only), memory and swap reach the status.
+func TestSignalsCarryStealAndMemory(t *testing.T) {
+	r := &proto.Report{Seq: 1, IntervalNanos: int64(time.Second), Online: proto.NewCPUSet(0, 1),
+		CPUs:          []proto.CPUStat{{CPU: 0, Busy: 0.5, Steal: 0.1}, {CPU: 1, Busy: 0.25, Steal: 0.3}, {CPU: 2, Steal: 0.9}},
+		MemTotalBytes: 4 << 30, MemAvailableBytes: 1 << 30, SwapInPerSec: 3, SwapOutPerSec: 7}
+	g := signalsOf(r, sampleOf(r, time.Now()))
+	if math.Abs(g.Steal-0.2) > 1e-6 || g.MemTotal != 4<<30 || g.MemAvailable != 1<<30 || g.SwapIn != 3 || g.SwapOut != 7 {
+		t.Fatalf("signals %+v", g)
 	}
 }
 

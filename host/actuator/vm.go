@@ -133,7 +133,14 @@ type Signals struct {
 	RunQP50     float64
 	RunQP95     float64
 	RunQP99     float64
-	Apps        []AppSignal
+	// Steal is the share of the online CPUs' time the hypervisor ran
+	// something else (host contention), in the latest interval.
+	Steal float64
+	// Memory as the guest reports it (MemTotal, MemAvailable) and its
+	// swap traffic in pages per second.
+	MemTotal, MemAvailable uint64
+	SwapIn, SwapOut        float64
+	Apps                   []AppSignal
 }
 
 // AppSignal is one application's latest figures against its SLA.
@@ -256,6 +263,17 @@ func signalsOf(r *proto.Report, s engine.Sample) Signals {
 	if r.PSI != nil {
 		g.PSISome10 = r.PSI.SomeAvg10
 	}
+	online := 0
+	for _, c := range r.CPUs {
+		if r.Online.Has(int(c.CPU)) {
+			g.Steal += float64(c.Steal)
+			online++
+		}
+	}
+	if online > 0 {
+		g.Steal /= float64(online)
+	}
+	g.MemTotal, g.MemAvailable, g.SwapIn, g.SwapOut = r.MemTotalBytes, r.MemAvailableBytes, r.SwapInPerSec, r.SwapOutPerSec
 	if q := r.RunQueue; q != nil {
 		g.RunQSource = q.Source
 		g.RunQP50, g.RunQP95, g.RunQP99 = float64(q.P50Nanos)/1e9, float64(q.P95Nanos)/1e9, float64(q.P99Nanos)/1e9

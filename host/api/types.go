@@ -255,18 +255,26 @@ type Status struct {
 
 // Signals are the latest measurements of a VM.
 type Signals struct {
-	At          time.Time   `json:"at,omitzero"`
-	Utilisation float64     `json:"utilisation"` // demand ÷ online vCPUs
-	Demand      float64     `json:"demand_cpus"`
-	Busy        float64     `json:"busy_cpus"`
-	Waiting     float64     `json:"waiting_tasks"`
-	Load1       float64     `json:"load1"`
-	PSISome10   float64     `json:"psi_cpu_some_avg10,omitempty"`
-	RunQSource  string      `json:"runq_source,omitempty"`
-	RunQP50     float64     `json:"runq_p50_seconds,omitempty"`
-	RunQP95     float64     `json:"runq_p95_seconds,omitempty"`
-	RunQP99     float64     `json:"runq_p99_seconds,omitempty"`
-	Apps        []AppSignal `json:"apps,omitempty"`
+	At          time.Time `json:"at,omitzero"`
+	Utilisation float64   `json:"utilisation"` // demand ÷ online vCPUs
+	Demand      float64   `json:"demand_cpus"`
+	Busy        float64   `json:"busy_cpus"`
+	Waiting     float64   `json:"waiting_tasks"`
+	Load1       float64   `json:"load1"`
+	PSISome10   float64   `json:"psi_cpu_some_avg10,omitempty"`
+	RunQSource  string    `json:"runq_source,omitempty"`
+	RunQP50     float64   `json:"runq_p50_seconds,omitempty"`
+	RunQP95     float64   `json:"runq_p95_seconds,omitempty"`
+	RunQP99     float64   `json:"runq_p99_seconds,omitempty"`
+	// Steal is the share of the online CPUs' time the hypervisor ran
+	// something else, in the latest interval.
+	Steal float64 `json:"steal_ratio"`
+	// Memory as the guest reports it, and its swap traffic (pages/s).
+	MemTotal     uint64      `json:"mem_total_bytes,omitempty"`
+	MemAvailable uint64      `json:"mem_available_bytes,omitempty"`
+	SwapIn       float64     `json:"swap_in_pages_per_second"`
+	SwapOut      float64     `json:"swap_out_pages_per_second"`
+	Apps         []AppSignal `json:"apps,omitempty"`
 }
 
 // AppSignal is one application's latest figures against its SLA.

@@ -142,6 +142,10 @@ func newVMCollector(act *actuator.Actuator) *vmCollector {
 		"util":          d("vm_cpu_utilisation_ratio", "CPU demand divided by online vCPUs in the latest report (above 1: tasks waiting for a CPU)."),
 		"demand":        d("vm_cpu_demand", "CPUs' worth of work wanted in the latest report: busy CPUs plus tasks waiting for a CPU."),
 		"runq":          d("vm_runqueue_latency_seconds", "Run-queue latency (wake-up to running) over the latest report's interval, by percentile (50, 95, 99). A gauge, not a summary: the guest sends percentiles, not counts.", "percentile"),
+		"steal":         d("vm_cpu_steal_ratio", "Share of the online vCPUs' time the hypervisor ran something else in the latest report (host contention)."),
+		"memTotal":      d("vm_memory_total_bytes", "The guest's MemTotal in the latest report."),
+		"memAvail":      d("vm_memory_available_bytes", "The guest's MemAvailable in the latest report."),
+		"swap":          d("vm_swap_pages_per_second", "The guest's swap traffic in the latest report, by direction (in, out).", "direction"),
 		"resp":          d("vm_app_response_time_seconds", "An application's p95 response time in the latest report.", "app"),
 		"sla":           d("vm_app_sla_seconds", "An application's SLA bound on response time: its percentile target, or else its mean.", "app"),
 		"slaratio":      d("vm_app_response_time_sla_ratio", "An application's p95 response time divided by its SLA bound (above 1: SLA at risk).", "app"),
@@ -217,6 +221,13 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 			continue // no report yet: no measurement to show
 		}
 		gauge("util", st.Signals.Utilisation, n)
+		gauge("steal", st.Signals.Steal, n)
+		if st.Signals.MemTotal > 0 {
+			gauge("memTotal", float64(st.Signals.MemTotal), n)
+			gauge("memAvail", float64(st.Signals.MemAvailable), n)
+		}
+		gauge("swap", st.Signals.SwapIn, n, "in")
+		gauge("swap", st.Signals.SwapOut, n, "out")
 		gauge("demand", st.Signals.Demand, n)
 		if st.Signals.RunQSource != "" {
 			gauge("runq", st.Signals.RunQP50, n, "50")

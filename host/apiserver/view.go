@@ -25,7 +25,8 @@ func statusOf(st actuator.Status) api.Status {
 		LastDecisionAt: st.LastDecisionAt, ReportsSeen: st.ReportsSeen,
 		Signals: api.Signals{At: g.At, Utilisation: finite(g.Utilisation), Demand: finite(g.Demand), Busy: finite(g.Busy),
 			Waiting: finite(g.Waiting), Load1: finite(g.Load1), PSISome10: finite(g.PSISome10), RunQSource: g.RunQSource,
-			RunQP50: finite(g.RunQP50), RunQP95: finite(g.RunQP95), RunQP99: finite(g.RunQP99)}}
+			RunQP50: finite(g.RunQP50), RunQP95: finite(g.RunQP95), RunQP99: finite(g.RunQP99), Steal: finite(g.Steal),
+			MemTotal: g.MemTotal, MemAvailable: g.MemAvailable, SwapIn: finite(g.SwapIn), SwapOut: finite(g.SwapOut)}}
 	for _, a := range g.Apps {
 		out.Signals.Apps = append(out.Signals.Apps, api.AppSignal{Name: a.Name, Rate: finite(a.Rate), RespP95: finite(a.RespP95),
 			ServiceMean: finite(a.ServiceMean), SLAMean: finite(a.SLAMean), SLAPct: finite(a.SLAPct),

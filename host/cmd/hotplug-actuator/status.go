@@ -196,7 +196,14 @@ func printExplain(w io.Writer, v api.VM, now time.Time) {
 	if s.RunQSource != "" {
 		fmt.Fprintf(w, ", run-queue p50/p95/p99 %s/%s/%s (%s)", ms(s.RunQP50), ms(s.RunQP95), ms(s.RunQP99), s.RunQSource)
 	}
+	if s.Steal > 0.005 {
+		fmt.Fprintf(w, ", steal %.0f%%", 100*s.Steal)
+	}
 	fmt.Fprintln(w)
+	if s.MemTotal > 0 {
+		fmt.Fprintf(w, "memory %.0f MiB available of %.0f MiB, swap in/out %.0f/%.0f pages/s\n",
+			float64(s.MemAvailable)/(1<<20), float64(s.MemTotal)/(1<<20), s.SwapIn, s.SwapOut)
+	}
 	for _, a := range s.Apps {
 		sla := "no SLA"
 		switch {
