@@ -285,7 +285,7 @@ func explainLoad(set progSet, what string, err error) error {
 	return fmt.Errorf("%s %s programs: %w", what, set.source(), err)
 }
 
-func (s *ebpfSampler) sample() (*proto.RunQueue, error) {
+func (s *ebpfSampler) sample(*proto.Report) (*proto.RunQueue, error) {
 	clear(s.cur)
 	var lost uint64
 	add := func(h *bpf.RunqlatHist) {

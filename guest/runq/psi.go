@@ -65,7 +65,7 @@ func (s *psiSampler) read() (stallMicros, ctxt uint64, err error) {
 	return st.Some.Total, stat.ContextSwitches, nil
 }
 
-func (s *psiSampler) sample() (*proto.RunQueue, error) {
+func (s *psiSampler) sample(*proto.Report) (*proto.RunQueue, error) {
 	stall, ctxt, err := s.read()
 	if err != nil {
 		return nil, err

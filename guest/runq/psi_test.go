@@ -52,7 +52,7 @@ func TestPSISampler(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			clock.t = clock.t.Add(time.Second)
 			set(st.stall, st.ctxt)
-			q, err := s.sample()
+			q, err := s.sample(&proto.Report{})
 			if st.wantErr {
 				if err == nil {
 					t.Fatalf("sample = %+v, want an error", q)
@@ -70,12 +70,12 @@ func TestPSISampler(t *testing.T) {
 	// After the reset the next delta is normal again.
 	clock.t = clock.t.Add(time.Second)
 	set(1001, 5_520)
-	if q, err := s.sample(); err != nil || q.P50Nanos != fromMean(proto.RunQSourcePSI, 100*time.Microsecond).P50Nanos {
+	if q, err := s.sample(&proto.Report{}); err != nil || q.P50Nanos != fromMean(proto.RunQSourcePSI, 100*time.Microsecond).P50Nanos {
 		t.Errorf("after reset: %+v, %v", q, err)
 	}
 
 	writeFile(t, filepath.Join(proc, "pressure", "cpu"), "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-	if _, err := s.sample(); err == nil {
+	if _, err := s.sample(&proto.Report{}); err == nil {
 		t.Error("PSI without a some line accepted")
 	}
 	if _, err := openPSI(filepath.Join("testdata", "minimal", "proc"), clock.now); err == nil || !strings.Contains(err.Error(), "CONFIG_PSI") {

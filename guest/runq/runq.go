@@ -69,9 +69,11 @@ type Options struct {
 }
 
 // sampler is one way of measuring; each sample covers the time since the
-// previous one (or since it was opened).
+// previous one (or since it was opened). r is the report being filled,
+// with the collector's measurements in it: a source may use them rather
+// than read a file a second time.
 type sampler interface {
-	sample() (*proto.RunQueue, error)
+	sample(r *proto.Report) (*proto.RunQueue, error)
 	close() error
 }
 
@@ -164,8 +166,8 @@ func New(opts Options) (*Source, error) {
 	}
 	if mode != ModePSI {
 		cands = append(cands, candidate{proto.RunQSourceSchedstat,
-			"mean wait per timeslice from " + filepath.Join(opts.ProcRoot, "schedstat") + "; percentiles estimated from the mean",
-			func() (sampler, error) { return openSchedstat(opts.ProcRoot, opts.Now) }})
+			"mean wait per timeslice from " + filepath.Join(opts.ProcRoot, "schedstat") + " (the collector's reading); percentiles estimated from the mean",
+			func() (sampler, error) { return openSchedstat(opts.ProcRoot) }})
 	}
 	cands = append(cands, candidate{proto.RunQSourcePSI,
 		"lower bound on the mean wait from " + filepath.Join(opts.ProcRoot, "pressure", "cpu") + " some-stall time per context switch; percentiles estimated from the mean",
@@ -207,7 +209,7 @@ func (s *Source) Choice() Choice { return s.choice }
 // Fill implements agent.Extra: it sets r.RunQueue to the waits since the
 // previous Fill (or since New, for the first).
 func (s *Source) Fill(r *proto.Report) error {
-	q, err := s.s.sample()
+	q, err := s.s.sample(r)
 	if err != nil {
 		return err
 	}

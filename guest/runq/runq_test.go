@@ -40,8 +40,8 @@ type fakeEBPF struct {
 
 type fixedSampler struct{ q *proto.RunQueue }
 
-func (f fixedSampler) sample() (*proto.RunQueue, error) { return f.q, nil }
-func (f fixedSampler) close() error                     { return nil }
+func (f fixedSampler) sample(*proto.Report) (*proto.RunQueue, error) { return f.q, nil }
+func (f fixedSampler) close() error                                  { return nil }
 
 func (f *fakeEBPF) open(set progSet, btfPath string, _ loadOpts) (sampler, error) {
 	f.calls = append(f.calls, set)
@@ -131,7 +131,9 @@ func TestFallbackChain(t *testing.T) {
 			if s.Name() != "runq:"+c.want {
 				t.Errorf("Name() = %q", s.Name())
 			}
-			r := &proto.Report{Seq: 1, IntervalNanos: int64(time.Second)}
+			// The collector's schedstat deltas, as the agent fills them
+			// before its extras.
+			r := &proto.Report{Seq: 1, IntervalNanos: int64(time.Second), RunDelay: []proto.RunDelay{{CPU: 0, WaitNanos: 1e5, Timeslices: 10}}}
 			if err := s.Fill(r); err != nil {
 				t.Fatal(err)
 			}

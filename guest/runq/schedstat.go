@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/procfs"
@@ -14,87 +13,58 @@ import (
 )
 
 // schedstatSampler estimates run-queue latency from /proc/schedstat
-// (Documentation/scheduler/sched-stats.rst; the cpuN line is the same in
-// versions 15 to 17): per CPU, field 8 is run_delay, the total time in ns
-// tasks spent runnable and waiting for that CPU, and field 9 is pcount, the
-// number of timeslices run on it. Both come from sched_info, which the
-// kernel keeps whenever CONFIG_SCHEDSTATS is built in, even with
+// (Documentation/scheduler/sched-stats.rst): per CPU, run_delay is the
+// total time in ns tasks spent runnable and waiting for that CPU, and
+// pcount the number of timeslices run on it. Both come from sched_info,
+// which the kernel keeps whenever CONFIG_SCHEDSTATS is built in, even with
 // kernel.sched_schedstats off.
+//
+// The file is read once per interval, by the collector, whose per-CPU
+// deltas (Report.RunDelay) already leave out a CPU without a baseline
+// (hot-added), whose counters went backwards, or whose wait exceeds a
+// million tasks waiting the whole interval. This sampler reads the file
+// only when it is opened, to know it is there.
 //
 // What that gives, honestly, is one number per interval: the mean wait per
 // timeslice, Σ Δrun_delay ÷ Σ Δpcount over all CPUs. Nothing in schedstat
 // describes the spread, so the reported p50/p95/p99 are that mean scaled by
 // an assumed exponential distribution (see fromMean) — an estimate, never
-// a measurement, and Buckets stay empty. A CPU without a baseline
-// (hot-added since the last sample), whose counters went backwards, or
-// whose wait exceeds a million tasks waiting the whole interval is left out
-// of the sums rather than distorting them.
-type schedstatSampler struct {
-	fs   procfs.FS
-	path string
-	now  func() time.Time
-	last time.Time
-	prev map[int]schedCPU
-}
+// a measurement, and Buckets stay empty.
+type schedstatSampler struct{}
 
-type schedCPU struct{ wait, slices uint64 }
-
-func openSchedstat(procRoot string, now func() time.Time) (sampler, error) {
+func openSchedstat(procRoot string) (sampler, error) {
 	pfs, err := procfs.NewFS(procRoot)
 	if err != nil {
 		return nil, err
 	}
-	s := &schedstatSampler{fs: pfs, path: filepath.Join(procRoot, "schedstat"), now: now}
-	if s.prev, err = s.read(); err != nil {
-		return nil, err
-	}
-	s.last = now()
-	return s, nil
-}
-
-func (s *schedstatSampler) read() (map[int]schedCPU, error) {
-	st, err := s.fs.Schedstat()
+	path := filepath.Join(procRoot, "schedstat")
+	st, err := pfs.Schedstat()
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s does not exist (kernel built without CONFIG_SCHEDSTATS)", s.path)
+		return nil, fmt.Errorf("%s does not exist (kernel built without CONFIG_SCHEDSTATS)", path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", s.path, err)
+		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	cpus := make(map[int]schedCPU, len(st.CPUs))
-	for _, c := range st.CPUs {
-		n, err := strconv.Atoi(c.CPUNum)
-		if err != nil || n < 0 || n >= proto.MaxCPUs {
-			continue
-		}
-		cpus[n] = schedCPU{c.WaitingNanoseconds, c.RunTimeslices}
-	}
-	if len(cpus) == 0 {
+	if len(st.CPUs) == 0 {
 		// procfs skips lines it does not match, so a format change
 		// reads as "no CPUs".
-		return nil, fmt.Errorf("%s has no cpuN line with 9 fields (unknown schedstat version?)", s.path)
+		return nil, fmt.Errorf("%s has no cpuN line with 9 fields (unknown schedstat version?)", path)
 	}
-	return cpus, nil
+	return schedstatSampler{}, nil
 }
 
-func (s *schedstatSampler) sample() (*proto.RunQueue, error) {
-	cur, err := s.read()
-	if err != nil {
-		return nil, err
+// sample is the mean wait per timeslice over the report's RunDelay; a
+// report without one (the collector's first, or schedstat unreadable this
+// interval) gets no RunQueue.
+func (schedstatSampler) sample(r *proto.Report) (*proto.RunQueue, error) {
+	if len(r.RunDelay) == 0 {
+		return nil, nil
 	}
-	now := s.now()
-	elapsed := max(now.Sub(s.last), 0)
-	s.last = now
-	maxWait := float64(elapsed) * 1e6
 	var wait, slices float64 // float: no overflow summing many CPUs
-	for cpu, c := range cur {
-		p, ok := s.prev[cpu]
-		if !ok || c.wait < p.wait || c.slices < p.slices || float64(c.wait-p.wait) > maxWait {
-			continue
-		}
-		wait += float64(c.wait - p.wait)
-		slices += float64(c.slices - p.slices)
+	for _, d := range r.RunDelay {
+		wait += float64(d.WaitNanos)
+		slices += float64(d.Timeslices)
 	}
-	s.prev = cur
 	var mean time.Duration
 	if slices > 0 {
 		mean = clampDuration(wait / slices)
@@ -102,4 +72,4 @@ func (s *schedstatSampler) sample() (*proto.RunQueue, error) {
 	return fromMean(proto.RunQSourceSchedstat, mean), nil
 }
 
-func (s *schedstatSampler) close() error { return nil }
+func (schedstatSampler) close() error { return nil }
