@@ -142,6 +142,14 @@ func TestSoak(t *testing.T) {
 	early, late := maxOf(samples[q:2*q]), maxOf(samples[3*q:])
 	t.Logf("actuator, second quarter → last quarter: goroutines %.0f → %.0f, open fds %.0f → %.0f, RSS %.1f → %.1f MiB, heap %.1f → %.1f MiB",
 		early.goroutines, late.goroutines, early.fds, late.fds, early.rss/(1<<20), late.rss/(1<<20), early.heap/(1<<20), late.heap/(1<<20))
+	// Cost per VM (issue 15's figures): CPU per accepted report over the
+	// run, scrapes of /metrics every second included, and heap per VM.
+	first, last := samples[0], samples[len(samples)-1]
+	if dr := last.reports - first.reports; dr > 0 {
+		mins := (last.at - first.at).Minutes()
+		t.Logf("cost per VM: %.3f ms of actuator CPU per report (%.0f reports, %.1f CPU s in %.1f min: %.3f CPU s per VM per minute), heap %.0f KB per VM",
+			1000*(last.cpu-first.cpu)/dr, dr, last.cpu-first.cpu, mins, (last.cpu-first.cpu)/float64(n)/mins, late.heap/float64(n)/1000)
+	}
 	if late.goroutines > early.goroutines*1.2+50 {
 		t.Errorf("goroutines grew: %.0f → %.0f", early.goroutines, late.goroutines)
 	}
@@ -156,6 +164,9 @@ func TestSoak(t *testing.T) {
 type procSample struct {
 	at                         time.Duration
 	goroutines, fds, rss, heap float64
+	// cpu is the actuator's CPU seconds, reports the reports it accepted
+	// (summed over VMs), both since it started.
+	cpu, reports float64
 }
 
 func maxOf(s []procSample) procSample {
@@ -198,6 +209,11 @@ func scrape(c *http.Client) (procSample, error) {
 			s.rss, found = v, found+1
 		case "go_memstats_heap_inuse_bytes":
 			s.heap, found = v, found+1
+		case "process_cpu_seconds_total":
+			s.cpu = v
+		}
+		if strings.HasPrefix(f[0], "hotplug_vm_reports_total{") {
+			s.reports += v
 		}
 	}
 	if found < 4 {

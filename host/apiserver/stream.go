@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,15 +209,35 @@ func (h *Hub) publishLocked(typ, vm string, v any, now time.Time) {
 	}
 }
 
-// Report implements actuator.Observer.
+// Report implements actuator.Observer. The history point is cheap; the
+// VM view (with its explanation text) is built only when a client wants
+// the message.
 func (h *Hub) Report(vm string, st actuator.Status) {
-	v := viewOf(st)
-	h.record(vm, v.Status)
-	h.publish(api.TypeReport, vm, v)
+	h.record(vm, st)
+	if !h.wanted(api.TypeReport, vm) {
+		return
+	}
+	h.publish(api.TypeReport, vm, viewOf(st))
+}
+
+// wanted reports whether any client would take a message of typ about vm.
+func (h *Hub) wanted(typ, vm string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := message{typ: typ, vm: vm}
+	for c := range h.clients {
+		if c.wants(m) {
+			return true
+		}
+	}
+	return false
 }
 
 // Decision implements actuator.Observer.
 func (h *Hub) Decision(vm string, d engine.Decision, at time.Time) {
+	if !h.wanted(api.TypeDecision, vm) {
+		return
+	}
 	h.mu.Lock()
 	p, ok := h.policy[vm]
 	h.mu.Unlock()
@@ -258,24 +280,49 @@ func (h *Hub) Rejected(vm, reason string) {
 	h.publishLocked(api.TypeRejected, vm, api.RejectedMessage{VM: vm, Reason: reason, Suppressed: n}, now)
 }
 
-func pointOf(st api.Status) api.Point {
-	p := api.Point{At: st.Signals.At, Utilisation: st.Signals.Utilisation, RunQP95: st.Signals.RunQP95,
-		Online: st.Online, Current: st.Current}
-	if len(st.Signals.Apps) > 0 {
-		a := st.Signals.Apps[0]
-		p.RespP95, p.SLA = a.RespP95, a.SLA()
+// point is one report's figures as the ring keeps them: a fifth of an
+// api.Point's size, so an hour of history costs about 20 KB per VM.
+type point struct {
+	at                    int64 // unix ns
+	util, runq, resp, sla float32
+	online, current       uint16
+}
+
+func pointOf(st actuator.Status) point {
+	g := st.Signals
+	p := point{at: g.At.UnixNano(), util: float32(finite(g.Utilisation)), runq: float32(finite(g.RunQP95)),
+		online: uint16(min(st.Online, math.MaxUint16)), current: uint16(min(st.Current, math.MaxUint16))}
+	if len(g.Apps) > 0 {
+		a := g.Apps[0]
+		sla := a.SLATarget
+		if sla <= 0 {
+			sla = a.SLAMean
+		}
+		p.resp, p.sla = float32(finite(a.RespP95)), float32(finite(sla))
 	}
 	return p
 }
 
+func (p point) api() api.Point {
+	return api.Point{At: time.Unix(0, p.at).UTC(), Utilisation: f64(p.util), RunQP95: f64(p.runq),
+		Online: int(p.online), Current: int(p.current), RespP95: f64(p.resp), SLA: f64(p.sla)}
+}
+
+// f64 widens f to the float64 that prints as f does (0.7, not
+// 0.699999988079071).
+func f64(f float32) float64 {
+	v, _ := strconv.ParseFloat(strconv.FormatFloat(float64(f), 'g', -1, 32), 64)
+	return v
+}
+
 // ring is a fixed-size history of points.
 type ring struct {
-	pts  [historyLen]api.Point
+	pts  [historyLen]point
 	next int
 	n    int
 }
 
-func (h *Hub) record(vm string, st api.Status) {
+func (h *Hub) record(vm string, st actuator.Status) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.history[vm]
@@ -299,7 +346,7 @@ func (h *Hub) History(vm string) []api.Point {
 	}
 	out := make([]api.Point, 0, r.n)
 	for i := range r.n {
-		out = append(out, r.pts[(r.next-r.n+i+historyLen)%historyLen])
+		out = append(out, r.pts[(r.next-r.n+i+historyLen)%historyLen].api())
 	}
 	return out
 }

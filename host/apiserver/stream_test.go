@@ -229,6 +229,13 @@ func TestHistoryKeepsTheLastPoints(t *testing.T) {
 	if got := h.History("nobody"); got == nil || len(got) != 0 {
 		t.Fatalf("history of an unknown VM: %v", got)
 	}
+	// Points are kept compactly; what comes back prints as it went in.
+	h.Report("db", actuator.Status{Online: 2, Current: 3, Signals: actuator.Signals{At: t0, Utilisation: 0.7, RunQP95: 0.0021,
+		Apps: []actuator.AppSignal{{Name: "web", RespP95: 0.123, SLAMean: 0.25}}}})
+	want := api.Point{At: t0.Round(0).UTC(), Utilisation: 0.7, RunQP95: 0.0021, Online: 2, Current: 3, RespP95: 0.123, SLA: 0.25}
+	if got := h.History("db")[0]; got != want {
+		t.Fatalf("point %+v, want %+v", got, want)
+	}
 }
 
 // The observer calls are on the VM goroutines' path: benchmark them with
@@ -242,6 +249,18 @@ func BenchmarkHubReport(b *testing.B) {
 			}
 		}()
 	}
+	st := actuator.Status{Name: "web", Policy: engine.DefaultPolicy(), Online: 4, Current: 4,
+		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQSource: "schedstat", RunQP95: 0.002}}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.Report("web", st)
+	}
+}
+
+// BenchmarkHubReportNoClients is the hub's cost per report when nobody
+// watches the stream, the usual case: the history point only.
+func BenchmarkHubReportNoClients(b *testing.B) {
+	h := NewHub()
 	st := actuator.Status{Name: "web", Policy: engine.DefaultPolicy(), Online: 4, Current: 4,
 		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQSource: "schedstat", RunQP95: 0.002}}
 	b.ReportAllocs()
