@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -266,5 +268,30 @@ func BenchmarkHubReportNoClients(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		h.Report("web", st)
+	}
+}
+
+// BenchmarkHubHistoryPerVM is the live heap the hub keeps per VM once its
+// history is full (an hour at 5 s), with the VM's policy: the API's share
+// of the actuator's memory per VM. Run with -benchtime 1x.
+func BenchmarkHubHistoryPerVM(b *testing.B) {
+	const n = 200
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		h := NewHub()
+		st := actuator.Status{Policy: engine.DefaultPolicy(), Online: 2, Current: 2,
+			Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQP95: 0.002}}
+		for i := range n {
+			vm := fmt.Sprintf("vm%d", i)
+			for range historyLen {
+				h.Report(vm, st)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/VM")
+		runtime.KeepAlive(h)
 	}
 }
