@@ -592,6 +592,6 @@ func TestNewHelloOnTheSameStream(t *testing.T) {
 		if wl, ok := m.(*proto.Welcome); !ok || wl.Error != "" {
 			t.Fatalf("%s: %+v", version, m)
 		}
-		waitFor(t, 5*time.Second, "session of "+version, func() bool { return r.act.VM("vm1").Status().Agent == version })
+		waitFor(t, 5*time.Second, "session of "+version, func() bool { return r.act.VM("vm1").Status().Agent.Version == version })
 	}
 }

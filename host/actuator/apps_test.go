@@ -106,7 +106,7 @@ func TestAppNamesFromHelloOnly(t *testing.T) {
 			}
 			time.Sleep(interval / 2)
 		}
-		waitFor(t, 5*time.Second, "the reports to be accepted", func() bool { return r.act.VM("victim").Status().ReportsSeen >= 3 })
+		waitFor(t, 5*time.Second, "the reports to be accepted", func() bool { return r.act.VM("victim").Status().Agent.Reports >= 3 })
 		if apps := r.victimApps(); len(apps) != 0 {
 			t.Fatalf("a version 1 session's applications reached the status: %v", apps)
 		}

@@ -23,7 +23,7 @@ func pausedAndConnected(t *testing.T, ctl *VM) context.Context {
 	if err := ctl.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+	waitFor(t, 10*time.Second, "the agent's first report", func() bool { return ctl.Status().Agent.Reports > 0 })
 	return ctx
 }
 

@@ -139,7 +139,7 @@ func (c *cpuResource) hostSample(ctx context.Context) {
 	if !c.blackboxOn {
 		c.blackboxOn = true
 		v.log.Warn("no agent: measuring the VM from the host (black-box)", "since", l.agent.seen, "agent_timeout", v.cfg.agentTimeout)
-		v.publish(func(s *Status) { s.Source = SourceHost })
+		v.publish(func(s *Status) { s.Agent.Source = SourceHost })
 	}
 	if !ok {
 		return
@@ -151,7 +151,7 @@ func (c *cpuResource) hostSample(ctx context.Context) {
 	v.publish(func(st *Status) {
 		st.Online = l.hv.current
 		st.Signals = Signals{At: now, Busy: busy, Demand: busy, Utilisation: busy / float64(max(1, l.hv.current))}
-		st.ReportsSeen++
+		st.Agent.Reports++
 	})
 	v.env.obs.report(v.name, v.Status())
 	l.decide(ctx)

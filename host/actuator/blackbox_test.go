@@ -68,8 +68,8 @@ func TestBlackBoxScalesWithoutAgent(t *testing.T) {
 	vm, ctl := r.vms[0], r.act.VM("vm1")
 	f.set(1) // every online vCPU busy
 	waitFor(t, 15*time.Second, "black-box scale-up to the max of 4", func() bool { return vm.qmp.Plugged() == 4 })
-	if st := ctl.Status(); st.Source != SourceHost {
-		t.Fatalf("status source %q, want host", st.Source)
+	if st := ctl.Status(); st.Agent.Source != SourceHost {
+		t.Fatalf("status source %q, want host", st.Agent.Source)
 	}
 	f.set(0.02)
 	waitFor(t, 20*time.Second, "black-box scale-down to 1", func() bool { return vm.qmp.Plugged() == 1 })
@@ -144,7 +144,7 @@ func TestBlackBoxVirtualBox(t *testing.T) {
 	})
 	setLoad(0.02)
 	waitFor(t, 30*time.Second, "unplugcpu when idle", func() bool { return attached() == 1 })
-	if st := act.VM("vb1").Status(); st.Source != SourceHost {
-		t.Fatalf("source %q", st.Source)
+	if st := act.VM("vb1").Status(); st.Agent.Source != SourceHost {
+		t.Fatalf("source %q", st.Agent.Source)
 	}
 }

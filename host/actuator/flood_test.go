@@ -137,7 +137,7 @@ func TestReportRateLimited(t *testing.T) {
 		rep.RunDelay = []proto.RunDelay{{CPU: 0, WaitNanos: uint64(4 * interval)}}
 		return mustMarshal(t, rep)
 	})
-	accepted := int(r.act.VM("victim").Status().ReportsSeen)
+	accepted := int(r.act.VM("victim").Status().Agent.Reports)
 	r.rec.mu.Lock()
 	limited := r.rec.rejected[RejectRateLimited]
 	r.rec.mu.Unlock()
@@ -179,7 +179,7 @@ func TestBurstIsNotSustainedLoad(t *testing.T) {
 		burst.Write(mustMarshal(t, rep))
 	}
 	c.Write(burst.Bytes())
-	waitFor(t, 5*time.Second, "the burst to be read", func() bool { return r.act.VM("victim").Status().ReportsSeen >= uint64(reportBurst) })
+	waitFor(t, 5*time.Second, "the burst to be read", func() bool { return r.act.VM("victim").Status().Agent.Reports >= uint64(reportBurst) })
 	time.Sleep(5 * interval)
 	if n := r.evilQMP.Plugged(); n > 1 {
 		t.Fatalf("a burst of %d reports in a few ms scaled the victim to %d vCPUs", reportBurst, n)

@@ -311,7 +311,7 @@ func TestReconnectFlood(t *testing.T) {
 		t.Fatalf("only %d attempts: the flood did not happen", attempts)
 	}
 	waitFor(t, 20*time.Second, "the bystander VM to be scaled during and after the flood", func() bool { return r.goodQMP.Plugged() >= 2 })
-	if st := r.act.VM("victim").Status(); st.Connected || st.ReportsSeen > 0 {
+	if st := r.act.VM("victim").Status(); st.Agent.Connected || st.Agent.Reports > 0 {
 		t.Fatalf("flooding guest got a session: %+v", st)
 	}
 }

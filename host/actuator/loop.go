@@ -193,7 +193,9 @@ func (l *loop) handle(ctx context.Context, ev any) {
 		// agent's claim; this one starts from its own Hello.
 		clear(l.agent.apic)
 		l.agent.learn(ev.s.hello.Topology)
-		v.publish(func(s *Status) { s.Connected, s.Agent, s.Source = true, ev.s.hello.AgentVersion, SourceAgent })
+		v.publish(func(s *Status) {
+			s.Agent.Connected, s.Agent.Version, s.Agent.Source = true, ev.s.hello.AgentVersion, SourceAgent
+		})
 		l.reconcileDue = true
 		if l.act == nil {
 			l.next(ctx)
@@ -204,7 +206,7 @@ func (l *loop) handle(ctx context.Context, ev any) {
 		}
 		l.agent.sess, l.agent.last = nil, nil
 		l.agent.seen = time.Now()
-		v.publish(func(s *Status) { s.Connected = false })
+		v.publish(func(s *Status) { s.Agent.Connected = false })
 		if w := l.wait; w != nil && w.sess == ev.s {
 			what := "confirming"
 			if w.phase == acting {
@@ -260,7 +262,7 @@ func (l *loop) accept(ev evReport) bool {
 	v.publish(func(s *Status) {
 		s.Online = r.Online.Len()
 		s.Signals = signalsOf(r, sample)
-		s.ReportsSeen++
+		s.Agent.Reports++
 	})
 	v.env.obs.report(v.name, v.Status())
 	return true

@@ -104,7 +104,7 @@ func BenchmarkReportThroughConn(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	for v.Status().ReportsSeen < seq {
+	for v.Status().Agent.Reports < seq {
 		time.Sleep(time.Millisecond)
 	}
 }
@@ -152,7 +152,7 @@ func BenchmarkHeapPerVM(b *testing.B) {
 		time.Sleep(5 * time.Second)
 		seen := uint64(0)
 		for _, v := range act.VMs() {
-			seen += v.Status().ReportsSeen
+			seen += v.Status().Agent.Reports
 		}
 		if seen < n*3 {
 			b.Fatalf("only %d reports from %d VMs in 5 s", seen, n)

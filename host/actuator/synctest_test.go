@@ -152,7 +152,7 @@ func TestRunInFakeTime(t *testing.T) {
 			ctl := r.act.VM("vm1")
 			r.vms[0].guest.SetCommandDelay(3 * time.Second) // within the 5 s command timeout
 			ctx := context.Background()
-			until(t, time.Minute, "the agent's first report", func() bool { return ctl.Status().ReportsSeen > 0 })
+			until(t, time.Minute, "the agent's first report", func() bool { return ctl.Status().Agent.Reports > 0 })
 			done := make(chan error, 1)
 			go func() { done <- ctl.SetVCPUs(ctx, 3) }()
 			<-r.vms[0].guest.Received()

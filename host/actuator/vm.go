@@ -103,21 +103,35 @@ type Status struct {
 	Target    int
 	MaxSlots  int
 	Paused    bool
-	Connected bool
-	// Source is where the measurements come from: "agent", or "host"
-	// (black-box fallback); empty before the first.
-	Source    string
 	Reachable bool
 	// Degraded says why the last action failed; empty when healthy.
 	Degraded       string
-	Agent          string
+	Agent          AgentStatus
 	LastDecision   engine.Decision
 	LastDecisionAt time.Time
 	Signals        Signals
-	ReportsSeen    uint64
 	// Accuracy is how well the engine's forecasts held (metrics only: its
 	// NaNs have no JSON form).
 	Accuracy engine.Accuracy
+}
+
+// AgentStatus is what the actuator knows of a VM's agent.
+type AgentStatus struct {
+	Connected bool
+	// Version is the agent's, from its Hello.
+	Version string
+	// Source is where the measurements come from: SourceAgent, or
+	// SourceHost (black-box fallback); empty before the first.
+	Source string
+	// Reports counts the reports accepted since the actuator started.
+	Reports uint64
+}
+
+// RunQSignal is the latest run-queue latency, in seconds, and where it
+// was measured (a proto.RunQSource constant).
+type RunQSignal struct {
+	Source        string
+	P50, P95, P99 float64
 }
 
 // Signals are the latest measurements of a VM.
@@ -129,10 +143,7 @@ type Signals struct {
 	Waiting     float64
 	Load1       float64
 	PSISome10   float64
-	RunQSource  string
-	RunQP50     float64
-	RunQP95     float64
-	RunQP99     float64
+	RunQ        RunQSignal
 	// Steal is the share of the online CPUs' time the hypervisor ran
 	// something else (host contention), in the latest interval.
 	Steal float64
@@ -275,8 +286,7 @@ func signalsOf(r *proto.Report, s engine.Sample) Signals {
 	}
 	g.MemTotal, g.MemAvailable, g.SwapIn, g.SwapOut = r.MemTotalBytes, r.MemAvailableBytes, r.SwapInPerSec, r.SwapOutPerSec
 	if q := r.RunQueue; q != nil {
-		g.RunQSource = q.Source
-		g.RunQP50, g.RunQP95, g.RunQP99 = float64(q.P50Nanos)/1e9, float64(q.P95Nanos)/1e9, float64(q.P99Nanos)/1e9
+		g.RunQ = RunQSignal{Source: q.Source, P50: float64(q.P50Nanos) / 1e9, P95: float64(q.P95Nanos) / 1e9, P99: float64(q.P99Nanos) / 1e9}
 	}
 	for _, a := range r.Apps {
 		as := AppSignal{Name: a.Name, Rate: a.ArrivalRate, RespP95: a.RespP95, ServiceMean: a.ServiceMean,

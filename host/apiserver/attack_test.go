@@ -347,7 +347,7 @@ func TestOperatorControlWhileTheAgentStalls(t *testing.T) {
 				}
 			}()
 			apitest.WaitFor(t, 10*time.Second, "the agent to report", func() bool {
-				return r.Act.VM("slow").Status().ReportsSeen > 0
+				return r.Act.VM("slow").Status().Agent.Reports > 0
 			})
 
 			resized := make(chan error, 1)

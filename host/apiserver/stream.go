@@ -290,7 +290,7 @@ type point struct {
 
 func pointOf(st actuator.Status) point {
 	g := st.Signals
-	p := point{util: float32(finite(g.Utilisation)), runq: float32(finite(g.RunQP95)),
+	p := point{util: float32(finite(g.Utilisation)), runq: float32(finite(g.RunQ.P95)),
 		online: uint16(min(st.Online, math.MaxUint16)), current: uint16(min(st.Current, math.MaxUint16))}
 	if len(g.Apps) > 0 {
 		a := g.Apps[0]

@@ -232,7 +232,7 @@ func TestHistoryKeepsTheLastPoints(t *testing.T) {
 		t.Fatalf("history of an unknown VM: %v", got)
 	}
 	// Points are kept compactly; what comes back prints as it went in.
-	h.Report("db", actuator.Status{Online: 2, Current: 3, Signals: actuator.Signals{At: t0, Utilisation: 0.7, RunQP95: 0.0021,
+	h.Report("db", actuator.Status{Online: 2, Current: 3, Signals: actuator.Signals{At: t0, Utilisation: 0.7, RunQ: actuator.RunQSignal{P95: 0.0021},
 		Apps: []actuator.AppSignal{{Name: "web", RespP95: 0.123, SLAMean: 0.25}}}})
 	want := api.Point{At: t0.Round(0).UTC(), Utilisation: 0.7, RunQP95: 0.0021, Online: 2, Current: 3, RespP95: 0.123, SLA: 0.25}
 	if got := h.History("db")[0]; got != want {
@@ -252,7 +252,7 @@ func BenchmarkHubReport(b *testing.B) {
 		}()
 	}
 	st := actuator.Status{Name: "web", Policy: engine.DefaultPolicy(), Online: 4, Current: 4,
-		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQSource: "schedstat", RunQP95: 0.002}}
+		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQ: actuator.RunQSignal{Source: "schedstat", P95: 0.002}}}
 	b.ReportAllocs()
 	for b.Loop() {
 		h.Report("web", st)
@@ -264,7 +264,7 @@ func BenchmarkHubReport(b *testing.B) {
 func BenchmarkHubReportNoClients(b *testing.B) {
 	h := NewHub()
 	st := actuator.Status{Name: "web", Policy: engine.DefaultPolicy(), Online: 4, Current: 4,
-		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQSource: "schedstat", RunQP95: 0.002}}
+		Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQ: actuator.RunQSignal{Source: "schedstat", P95: 0.002}}}
 	b.ReportAllocs()
 	for b.Loop() {
 		h.Report("web", st)
@@ -282,7 +282,7 @@ func BenchmarkHubHistoryPerVM(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		h := NewHub()
 		st := actuator.Status{Policy: engine.DefaultPolicy(), Online: 2, Current: 2,
-			Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQP95: 0.002}}
+			Signals: actuator.Signals{At: time.Now(), Utilisation: 0.7, RunQ: actuator.RunQSignal{P95: 0.002}}}
 		for i := range n {
 			vm := fmt.Sprintf("vm%d", i)
 			for range historyLen {

@@ -20,12 +20,12 @@ func viewOf(st actuator.Status) api.VM {
 func statusOf(st actuator.Status) api.Status {
 	g := st.Signals
 	out := api.Status{Name: st.Name, Mode: st.Mode, Policy: st.Policy, Current: st.Current, Online: st.Online,
-		Target: st.Target, MaxSlots: st.MaxSlots, Paused: st.Paused, Connected: st.Connected, Source: st.Source,
-		Reachable: st.Reachable, Degraded: st.Degraded, Agent: st.Agent, LastDecision: st.LastDecision,
-		LastDecisionAt: st.LastDecisionAt, ReportsSeen: st.ReportsSeen,
+		Target: st.Target, MaxSlots: st.MaxSlots, Paused: st.Paused, Connected: st.Agent.Connected, Source: st.Agent.Source,
+		Reachable: st.Reachable, Degraded: st.Degraded, Agent: st.Agent.Version, LastDecision: st.LastDecision,
+		LastDecisionAt: st.LastDecisionAt, ReportsSeen: st.Agent.Reports,
 		Signals: api.Signals{At: g.At, Utilisation: finite(g.Utilisation), Demand: finite(g.Demand), Busy: finite(g.Busy),
-			Waiting: finite(g.Waiting), Load1: finite(g.Load1), PSISome10: finite(g.PSISome10), RunQSource: g.RunQSource,
-			RunQP50: finite(g.RunQP50), RunQP95: finite(g.RunQP95), RunQP99: finite(g.RunQP99), Steal: finite(g.Steal),
+			Waiting: finite(g.Waiting), Load1: finite(g.Load1), PSISome10: finite(g.PSISome10), RunQSource: g.RunQ.Source,
+			RunQP50: finite(g.RunQ.P50), RunQP95: finite(g.RunQ.P95), RunQP99: finite(g.RunQ.P99), Steal: finite(g.Steal),
 			MemTotal: g.MemTotal, MemAvailable: g.MemAvailable, SwapIn: finite(g.SwapIn), SwapOut: finite(g.SwapOut)}}
 	for _, a := range g.Apps {
 		out.Signals.Apps = append(out.Signals.Apps, api.AppSignal{Name: a.Name, Rate: finite(a.Rate), RespP95: finite(a.RespP95),

@@ -183,7 +183,7 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 			if hostile[v.Name()] {
 				continue
 			}
-			if st := v.Status(); !st.Connected || st.ReportsSeen == 0 {
+			if st := v.Status(); !st.Agent.Connected || st.Agent.Reports == 0 {
 				return false
 			}
 		}
