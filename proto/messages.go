@@ -238,9 +238,72 @@ type Report struct {
 
 	// RunQueue is run-queue latency, when the agent can measure it.
 	RunQueue *RunQueue `msgpack:"runq,omitempty"`
+	// Memory is the interval's memory pressure, when the agent can read
+	// it (version 2 agents; older ones leave it out).
+	Memory *MemoryStats `msgpack:"mem,omitempty"`
 	// Apps are per-application request statistics from access logs
 	// (gray-box mode).
 	Apps []AppStats `msgpack:"apps,omitempty"`
+}
+
+// MemoryStats is the guest's memory pressure over the interval: deltas of
+// the kernel's cumulative counters since the previous report (zero when a
+// counter has no baseline or went back), and the state of its memory
+// blocks now.
+type MemoryStats struct {
+	// PSI memory stall time over the interval, µs (/proc/pressure/memory):
+	// some task stalled, and all non-idle tasks stalled (full ≤ some).
+	// HavePSI is false without PSI.
+	HavePSI       bool   `msgpack:"psi,omitempty"`
+	PSISomeMicros uint64 `msgpack:"psi_some,omitempty"`
+	PSIFullMicros uint64 `msgpack:"psi_full,omitempty"`
+	// From /proc/vmstat: workingset refaults of anonymous and file pages
+	// (pages evicted and needed again), major faults, direct-reclaim
+	// allocation stalls (all zones) and OOM kills.
+	RefaultAnon uint64 `msgpack:"refault_anon,omitempty"`
+	RefaultFile uint64 `msgpack:"refault_file,omitempty"`
+	MajorFaults uint64 `msgpack:"pgmajfault,omitempty"`
+	AllocStalls uint64 `msgpack:"allocstall,omitempty"`
+	OOMKills    uint64 `msgpack:"oom_kill,omitempty"`
+	// Memory blocks (/sys/devices/system/memory): their size, and how many
+	// are online and offline (hot-added memory arrives offline unless the
+	// kernel onlines it). BlockBytes is 0 when the directory is absent.
+	BlockBytes    uint64 `msgpack:"block,omitempty"`
+	BlocksOnline  uint32 `msgpack:"online,omitempty"`
+	BlocksOffline uint32 `msgpack:"offline,omitempty"`
+}
+
+// maxMemoryBlocks bounds a guest's memory blocks (a petabyte at 1 GiB).
+const maxMemoryBlocks = 1 << 20
+
+func (m *MemoryStats) validate(seq uint64, interval int64) error {
+	ivlMicros := float64(interval) / 1e3 * (1 + fractionSlack)
+	if !m.HavePSI && (m.PSISomeMicros != 0 || m.PSIFullMicros != 0) {
+		return fmt.Errorf("%w: report %d: memory stall time without PSI", ErrInvalid, seq)
+	}
+	if float64(m.PSISomeMicros) > ivlMicros || m.PSIFullMicros > m.PSISomeMicros {
+		return fmt.Errorf("%w: report %d: memory stall some %d µs, full %d µs in a %d µs interval",
+			ErrInvalid, seq, m.PSISomeMicros, m.PSIFullMicros, interval/1e3)
+	}
+	maxCount := maxRatePerSec * float64(interval) / 1e9
+	for _, f := range [...]struct {
+		name string
+		v    uint64
+	}{{"refault_anon", m.RefaultAnon}, {"refault_file", m.RefaultFile}, {"pgmajfault", m.MajorFaults},
+		{"allocstall", m.AllocStalls}, {"oom_kill", m.OOMKills}} {
+		if float64(f.v) > maxCount {
+			return fmt.Errorf("%w: report %d: %s %d in one interval", ErrInvalid, seq, f.name, f.v)
+		}
+	}
+	if m.BlockBytes != 0 && (m.BlockBytes&(m.BlockBytes-1) != 0 || m.BlockBytes < 1<<20 || m.BlockBytes > 1<<40) {
+		return fmt.Errorf("%w: report %d: memory block size %d", ErrInvalid, seq, m.BlockBytes)
+	}
+	if n := uint64(m.BlocksOnline) + uint64(m.BlocksOffline); n > maxMemoryBlocks || (n > 0 && m.BlockBytes == 0) ||
+		uint64(m.BlocksOnline)*m.BlockBytes > maxMemoryBytes {
+		return fmt.Errorf("%w: report %d: %d online and %d offline memory blocks of %d bytes",
+			ErrInvalid, seq, m.BlocksOnline, m.BlocksOffline, m.BlockBytes)
+	}
+	return nil
 }
 
 // Run-queue latency sources, best first.
@@ -412,6 +475,11 @@ func (r *Report) Validate() error {
 		}
 		if q.P50Nanos < 0 || q.P95Nanos < q.P50Nanos || q.P99Nanos < q.P95Nanos || q.P99Nanos > int64(MaxInterval) {
 			return fmt.Errorf("%w: report %d: run-queue percentiles %d/%d/%d ns", ErrInvalid, r.Seq, q.P50Nanos, q.P95Nanos, q.P99Nanos)
+		}
+	}
+	if r.Memory != nil {
+		if err := r.Memory.validate(r.Seq, r.IntervalNanos); err != nil {
+			return err
 		}
 	}
 	if len(r.Apps) > MaxApps {

@@ -25,6 +25,8 @@ func sampleReport() *Report {
 		PSI:           &PSI{SomeAvg10: 12.5, SomeTotalMicros: 99},
 		RunDelay:      []RunDelay{{CPU: 0, WaitNanos: 5e8, Timeslices: 10}},
 		MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, SwapInPerSec: 1, SwapOutPerSec: 2,
+		Memory: &MemoryStats{HavePSI: true, PSISomeMicros: 200_000, PSIFullMicros: 50_000, RefaultAnon: 10, RefaultFile: 300,
+			MajorFaults: 40, AllocStalls: 2, OOMKills: 0, BlockBytes: 128 << 20, BlocksOnline: 8, BlocksOffline: 2},
 	}
 }
 
@@ -176,6 +178,15 @@ func TestValidateReport(t *testing.T) {
 		{"negative swap", func(r *Report) { r.SwapInPerSec = -1 }},
 		{"psi NaN", func(r *Report) { r.PSI.SomeAvg10 = math.NaN() }},
 		{"absurd run delay", func(r *Report) { r.RunDelay[0].WaitNanos = math.MaxUint64 }},
+		{"memory stall past the interval", func(r *Report) { r.Memory.PSISomeMicros = 2_000_000 }},
+		{"memory full above some", func(r *Report) { r.Memory.PSIFullMicros = r.Memory.PSISomeMicros + 1 }},
+		{"memory stall without PSI", func(r *Report) { r.Memory.HavePSI = false }},
+		{"absurd refaults", func(r *Report) { r.Memory.RefaultFile = math.MaxUint64 }},
+		{"absurd OOM kills", func(r *Report) { r.Memory.OOMKills = 1 << 40 }},
+		{"block size not a power of two", func(r *Report) { r.Memory.BlockBytes = 3 << 20 }},
+		{"blocks without a size", func(r *Report) { r.Memory.BlockBytes = 0 }},
+		{"too many blocks", func(r *Report) { r.Memory.BlocksOffline = 1 << 30 }},
+		{"online blocks past any memory", func(r *Report) { r.Memory.BlockBytes, r.Memory.BlocksOnline = 1<<40, 1<<20 }},
 	}
 	if err := sampleReport().Validate(); err != nil {
 		t.Fatalf("sample report invalid: %v", err)

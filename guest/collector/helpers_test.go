@@ -149,3 +149,17 @@ func advanceVMStat(t testing.TB, root string, in, out uint64) {
 	})
 	writeFile(t, root, "proc/vmstat", text)
 }
+
+// advanceVMStatCounter adds d to one counter line of proc/vmstat.
+func advanceVMStatCounter(t testing.TB, root, name string, d uint64) {
+	t.Helper()
+	lines := strings.Split(readFile(t, root, "proc/vmstat"), "\n")
+	for i, l := range lines {
+		n, v, ok := strings.Cut(l, " ")
+		if ok && n == name {
+			x, _ := strconv.ParseUint(v, 10, 64)
+			lines[i] = name + " " + strconv.FormatUint(x+d, 10)
+		}
+	}
+	writeFile(t, root, "proc/vmstat", strings.Join(lines, "\n"))
+}

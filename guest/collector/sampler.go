@@ -88,6 +88,10 @@ const (
 	SourcePSI       = "psi"       // /proc/pressure/cpu — optional
 	SourceSchedstat = "schedstat" // /proc/schedstat — optional
 	SourceVMStat    = "vmstat"    // /proc/vmstat — optional
+	// /proc/pressure/memory — optional
+	SourcePSIMemory = "psi_memory"
+	// /sys/devices/system/memory — optional
+	SourceMemBlocks = "memory_blocks"
 )
 
 // Source is the state of one input of Sample.
@@ -118,14 +122,22 @@ type Sampler struct {
 	prevStat  map[int64]procfs.CPUStat
 	prevSched map[int]schedCounters
 	prevSwap  swapCounters // zero value: no baseline
+	prevMem   memCounters  // valid with prevSwap.ok (the same read)
+	prevPSIM  psiTotals
+	// Memory block counts, rescanned now and then (memory.go).
+	blocks         memBlocks
+	blocksAge      int
+	blocksMemTotal uint64
 
 	// Scratch reused between samples.
-	ids      []int64
-	sched    []schedCounters
-	vmbuf    []byte
-	sources  [numSources]Source
-	psiPath  string
-	vmstPath string
+	ids        []int64
+	sched      []schedCounters
+	vmbuf      []byte
+	blkbuf     []byte
+	sources    [numSources]Source
+	psiPath    string
+	vmstPath   string
+	psiMemPath string
 }
 
 // New returns a Sampler reading the trees opts names. It fails only when the
@@ -137,14 +149,16 @@ func New(opts Options) (*Sampler, error) {
 		return nil, fmt.Errorf("collector: proc root: %w (is procfs mounted?)", err)
 	}
 	s := &Sampler{
-		opts:      opts,
-		fs:        pfs,
-		cpus:      cpu.NewController(opts.SysRoot),
-		clock:     opts.Clock,
-		prevSched: make(map[int]schedCounters),
-		vmbuf:     make([]byte, 0, 8<<10),
-		psiPath:   procPath(opts, "pressure/cpu"),
-		vmstPath:  procPath(opts, "vmstat"),
+		opts:       opts,
+		fs:         pfs,
+		cpus:       cpu.NewController(opts.SysRoot),
+		clock:      opts.Clock,
+		prevSched:  make(map[int]schedCounters),
+		vmbuf:      make([]byte, 0, 8<<10),
+		psiPath:    procPath(opts, "pressure/cpu"),
+		vmstPath:   procPath(opts, "vmstat"),
+		psiMemPath: procPath(opts, "pressure/memory"),
+		blkbuf:     make([]byte, 0, 64),
 	}
 	s.sources = [...]Source{
 		{Name: SourceStat, Path: procPath(opts, "stat")},
@@ -154,6 +168,8 @@ func New(opts Options) (*Sampler, error) {
 		{Name: SourcePSI, Path: s.psiPath},
 		{Name: SourceSchedstat, Path: procPath(opts, "schedstat")},
 		{Name: SourceVMStat, Path: s.vmstPath},
+		{Name: SourcePSIMemory, Path: s.psiMemPath},
+		{Name: SourceMemBlocks, Path: opts.SysRoot + "/devices/system/memory"},
 	}
 	for i := range s.sources {
 		s.sources[i].Err = errNotSampled
@@ -200,6 +216,8 @@ const (
 	srcPSI
 	srcSchedstat
 	srcVMStat
+	srcPSIMemory
+	srcMemBlocks
 	numSources
 )
 
@@ -257,7 +275,9 @@ func (s *Sampler) Sample() (*proto.Report, error) {
 	}
 	psi := s.readPSI()
 	sched := s.readSchedstat()
-	swap := s.readVMStat()
+	swap, memc := s.readVMStat()
+	psiMem := s.readPSIMemory()
+	blocks := s.memBlocksCached(mem.total)
 
 	r := &proto.Report{
 		MonotonicNanos:    mono,
@@ -278,12 +298,20 @@ func (s *Sampler) Sample() (*proto.Report, error) {
 			r.RunDelay = runDelays(make([]proto.RunDelay, 0, len(sched)), s.prevSched, sched, uint64(r.IntervalNanos)*maxWaitPerNano)
 		}
 		r.SwapInPerSec, r.SwapOutPerSec = swapRates(s.prevSwap, swap, r.IntervalNanos)
+		r.Memory = memoryStats(s.prevMem, memc, s.prevSwap.ok && swap.ok, s.prevPSIM, psiMem, blocks)
+		if r.Memory != nil {
+			// The stall totals advance on the kernel's clock, not
+			// ours: never more than the interval.
+			ivl := uint64(r.IntervalNanos / 1e3)
+			r.Memory.PSISomeMicros = min(r.Memory.PSISomeMicros, ivl)
+			r.Memory.PSIFullMicros = min(r.Memory.PSIFullMicros, r.Memory.PSISomeMicros)
+		}
 	}
 
 	// The current counters become the baseline whatever happened above: a
 	// CPU omitted for going backwards restarts from here.
 	s.prevStat = st.CPU
-	s.prevSwap = swap
+	s.prevSwap, s.prevMem, s.prevPSIM = swap, memc, psiMem
 	clear(s.prevSched)
 	for _, c := range sched {
 		s.prevSched[c.cpu] = c

@@ -76,10 +76,24 @@ func TestSample(t *testing.T) {
 		map[int]uint64{0: 250_000_000, 2: 1_000, 3: 3_500_000_000},
 		map[int]uint64{0: 1200, 1: 40, 2: 2, 3: 300})
 	advanceVMStat(t, root, 100, 250)
+	for name, d := range map[string]uint64{"workingset_refault_anon": 7, "workingset_refault_file": 900, "pgmajfault": 33,
+		"allocstall_normal": 2, "allocstall_movable": 1, "oom_kill": 1} {
+		advanceVMStatCounter(t, root, name, d)
+	}
 	writeFile(t, root, "proc/pressure/cpu", "some avg10=12.50 avg60=4.08 avg300=1.37 total=49192637\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+	// 0.3 s of some-stall and 0.1 s of full-stall in the 2 s interval.
+	writeFile(t, root, "proc/pressure/memory", "some avg10=15.00 avg60=3.00 avg300=1.00 total=300000\nfull avg10=5.00 avg60=1.00 avg300=0.30 total=100000\n")
 	writeFile(t, root, "proc/loadavg", "2.10 1.20 0.80 5/230 18500\n")
 
 	r := mustSample(t, s)
+	wantMem := proto.MemoryStats{HavePSI: true, PSISomeMicros: 300000, PSIFullMicros: 100000, RefaultAnon: 7, RefaultFile: 900,
+		MajorFaults: 33, AllocStalls: 3, OOMKills: 1, BlockBytes: 128 << 20, BlocksOnline: 32, BlocksOffline: 2}
+	if r.Memory == nil || *r.Memory != wantMem {
+		t.Errorf("Memory = %+v, want %+v", r.Memory, wantMem)
+	}
+	if err := r.Validate(); err != nil {
+		t.Errorf("report invalid: %v", err)
+	}
 
 	if r.MonotonicNanos != clk.mono || r.WallUnixNanos != clk.wall.UnixNano() {
 		t.Errorf("timestamps = %d, %d; want %d, %d", r.MonotonicNanos, r.WallUnixNanos, clk.mono, clk.wall.UnixNano())
@@ -522,5 +536,64 @@ func BenchmarkSample(b *testing.B) {
 		if _, err := s.Sample(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkMemorySignals is the agent's cost per sample of the memory
+// signals (the whole of /proc/vmstat, /proc/pressure/memory, and the
+// memory blocks' states, read every blockRescan samples), on the fixture
+// (34 blocks) and, natively, on this machine's own /proc and /sys.
+func BenchmarkMemorySignals(b *testing.B) {
+	for _, tc := range []struct{ name, proc, sys string }{
+		{"fixture", "testdata/guest4/proc", "testdata/guest4/sys"},
+		{"native", "/proc", "/sys"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			s, err := New(Options{ProcRoot: tc.proc, SysRoot: tc.sys})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			var blocks memBlocks
+			for b.Loop() {
+				s.readVMStat()
+				s.readPSIMemory()
+				blocks = s.memBlocksCached(1 << 30)
+			}
+			b.ReportMetric(float64(blocks.online+blocks.offline), "blocks")
+		})
+	}
+}
+
+// TestMemoryBlocksRescan: block states are read again when MemTotal moves
+// (memory onlined), else every blockRescan samples.
+func TestMemoryBlocksRescan(t *testing.T) {
+	root := fixture(t, "guest4")
+	s, err := New(Options{ProcRoot: root + "/proc", SysRoot: root + "/sys"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := s.memBlocksCached(1 << 30); b.online != 32 || b.offline != 2 || b.size != 128<<20 {
+		t.Fatalf("blocks %+v", b)
+	}
+	writeFile(t, root, "sys/devices/system/memory/memory33/state", "online\n")
+	for i := 1; i < blockRescan; i++ {
+		if b := s.memBlocksCached(1 << 30); b.online != 32 {
+			t.Fatalf("sample %d: rescanned without cause: %+v", i, b)
+		}
+	}
+	if b := s.memBlocksCached(1 << 30); b.online != 33 || b.offline != 1 {
+		t.Fatalf("after %d samples: %+v, want 33 online", blockRescan, b)
+	}
+	writeFile(t, root, "sys/devices/system/memory/memory32/state", "online\n")
+	if b := s.memBlocksCached(1<<30 + 128<<20); b.online != 34 || b.offline != 0 {
+		t.Fatalf("MemTotal moved: %+v, want 34 online at once", b)
+	}
+	// A kernel without memory hot-plug has no directory: no blocks.
+	if err := os.RemoveAll(root + "/sys/devices/system/memory"); err != nil {
+		t.Fatal(err)
+	}
+	if b := s.readMemBlocks(); b != (memBlocks{}) {
+		t.Fatalf("no directory: %+v", b)
 	}
 }

@@ -22,37 +22,55 @@ const maxVMStat = 64 << 10
 // maxRatePerSec mirrors proto.Report.Validate.
 const maxRatePerSec = 1e9
 
-// readVMStat reads pswpin and pswpout from /proc/vmstat. procfs has no
-// parser for this file (its VM type is /proc/sys/vm), so parseVMStat is ours.
-// The file is undocumented beyond Documentation/filesystems/proc.rst naming
-// it; the counters are the vm_event_item names in include/linux/vm_event_item.h.
-// A missing or unparsable file leaves swap rates at zero and is reported by
-// Sources.
-func (s *Sampler) readVMStat() swapCounters {
+// memCounters are /proc/vmstat's cumulative memory-pressure counters.
+type memCounters struct {
+	refaultAnon, refaultFile, majFaults, allocStalls, oomKills uint64
+}
+
+// readVMStat reads the swap and memory-pressure counters of /proc/vmstat.
+// procfs has no parser for this file (its VM type is /proc/sys/vm), so
+// parseVMStatAll is ours. The file is undocumented beyond
+// Documentation/filesystems/proc.rst naming it; the counters are the
+// vm_event_item and node_stat_item names of include/linux/vm_event_item.h
+// and mmzone.h. A missing or unparsable file leaves swap rates and memory
+// pressure at zero and is reported by Sources.
+func (s *Sampler) readVMStat() (swapCounters, memCounters) {
 	b, err := readFileInto(s.vmstPath, s.vmbuf[:0], maxVMStat)
 	s.vmbuf = b[:0]
 	var c swapCounters
+	var m memCounters
 	if err == nil {
-		c.in, c.out, err = parseVMStat(b)
+		c, m, err = parseVMStatAll(b)
 	}
 	if err != nil {
-		s.setSource(srcVMStat, false, absent(s.vmstPath, err, "swap rates read as zero"))
-		return swapCounters{}
+		s.setSource(srcVMStat, false, absent(s.vmstPath, err, "swap rates and memory pressure read as zero"))
+		return swapCounters{}, memCounters{}
 	}
-	c.ok = true
 	s.setSource(srcVMStat, true, nil)
-	return c
+	return c, m
 }
 
 // errNoSwapCounters: the file parsed but lacks pswpin or pswpout.
 var errNoSwapCounters = errors.New("no pswpin/pswpout lines")
 
 // parseVMStat returns the pswpin and pswpout counters of a /proc/vmstat
-// file: lines of "name value". Other lines are skipped unparsed, so a kernel
-// adding counters does not break it; a malformed pswp line is an error.
+// file.
 func parseVMStat(b []byte) (in, out uint64, err error) {
+	c, _, err := parseVMStatAll(b)
+	return c.in, c.out, err
+}
+
+// parseVMStatAll reads a /proc/vmstat file: lines of "name value". Lines it
+// does not want are skipped unparsed, so a kernel adding counters does not
+// break it; a malformed line it wants is an error. pswpin and pswpout are
+// required; the memory counters are not (a kernel before 5.9 has one
+// workingset_refault, counted as file refaults; the allocstall_* of all
+// zones are summed).
+func parseVMStatAll(b []byte) (swapCounters, memCounters, error) {
+	var c swapCounters
+	var m memCounters
 	var haveIn, haveOut bool
-	for len(b) > 0 && !(haveIn && haveOut) {
+	for len(b) > 0 {
 		line := b
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {
 			line, b = b[:i], b[i+1:]
@@ -64,22 +82,41 @@ func parseVMStat(b []byte) (in, out uint64, err error) {
 			continue
 		}
 		var dst *uint64
+		add := false
 		switch string(name) {
 		case "pswpin":
-			dst, haveIn = &in, true
+			dst, haveIn = &c.in, true
 		case "pswpout":
-			dst, haveOut = &out, true
+			dst, haveOut = &c.out, true
+		case "workingset_refault_anon":
+			dst = &m.refaultAnon
+		case "workingset_refault_file", "workingset_refault":
+			dst = &m.refaultFile
+		case "pgmajfault":
+			dst = &m.majFaults
+		case "oom_kill":
+			dst = &m.oomKills
 		default:
-			continue
+			if !bytes.HasPrefix(name, []byte("allocstall_")) {
+				continue
+			}
+			dst, add = &m.allocStalls, true
 		}
-		if *dst, err = strconv.ParseUint(string(bytes.TrimSpace(value)), 10, 64); err != nil {
-			return 0, 0, fmt.Errorf("%w: %s: %v", ErrParse, name, err)
+		v, err := strconv.ParseUint(string(bytes.TrimSpace(value)), 10, 64)
+		if err != nil {
+			return swapCounters{}, memCounters{}, fmt.Errorf("%w: %s: %v", ErrParse, name, err)
+		}
+		if add {
+			*dst += v
+		} else {
+			*dst = v
 		}
 	}
 	if !haveIn || !haveOut {
-		return 0, 0, fmt.Errorf("%w: %w", ErrParse, errNoSwapCounters)
+		return swapCounters{}, memCounters{}, fmt.Errorf("%w: %w", ErrParse, errNoSwapCounters)
 	}
-	return in, out, nil
+	c.ok = true
+	return c, m, nil
 }
 
 // swapRates turns two readings into pages per second. A counter that went
