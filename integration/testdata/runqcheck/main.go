@@ -34,8 +34,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hotplugheaven/hotplug/bpf"
+	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/guest/runq"
-	"github.com/hotplugheaven/hotplug/proto"
 )
 
 func main() {
@@ -124,6 +124,15 @@ func watch(args []string) error {
 		}
 		defer st.Close()
 	}
+	// The Report comes from the collector, as in the agent: the schedstat
+	// source reads the collector's RunDelay deltas.
+	sampler, err := collector.New(collector.Options{})
+	if err != nil {
+		return err
+	}
+	if _, err := sampler.Sample(); err != nil && !errors.Is(err, collector.ErrNoBaseline) {
+		return err
+	}
 	fmt.Printf("CHOICE %s %s\n", src.Choice().Source, src.Choice())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -136,7 +145,11 @@ func watch(args []string) error {
 			return nil
 		case <-t.C:
 		}
-		r := &proto.Report{Seq: seq, IntervalNanos: int64(*interval)}
+		r, err := sampler.Sample()
+		if err != nil {
+			return err
+		}
+		r.Seq = seq
 		if err := src.Fill(r); err != nil {
 			return err
 		}
@@ -144,6 +157,9 @@ func watch(args []string) error {
 			return err
 		}
 		q := r.RunQueue
+		if q == nil {
+			return fmt.Errorf("interval %d: %s filled no run-queue figures", seq, src.Choice().Source)
+		}
 		l := Line{UnixMilli: time.Now().UnixMilli(), Source: q.Source, P50: q.P50Nanos, P95: q.P95Nanos, P99: q.P99Nanos,
 			Buckets: q.Buckets, Lost: src.LostWaits()}
 		for _, n := range q.Buckets {
