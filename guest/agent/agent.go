@@ -42,12 +42,11 @@ type Config struct {
 	QueueSize int
 	// Version is reported in Hello.
 	Version string
-	// Roots of /proc, /sys, /etc (tests use fixture trees).
+	// Roots of /proc, /sys, /etc (tests use fixture trees), and the
+	// sources beyond the collector's (Collector.Extra: run-queue latency,
+	// application logs), which run in the sampling loop after the
+	// collector's and must not block.
 	Collector collector.Options
-	// Extras add measurements to every report after the collector's:
-	// run-queue latency, application logs. They run in the sampling loop,
-	// one after the other, and must not block.
-	Extras []Extra
 	// Apps names the applications whose statistics the extras put in
 	// reports (apps.d): they are announced in Hello, and the actuator
 	// refuses a report naming any other.
@@ -58,14 +57,6 @@ type Config struct {
 	// arms a PSI trigger on Collector.ProcRoot/pressure/cpu when the
 	// kernel allows (without one, the agent samples at Interval only).
 	Pressure Pressure
-}
-
-// Extra adds its measurements to a report. Fill must return quickly; an
-// error is logged (once per distinct message) and the report is sent
-// without that extra's part.
-type Extra interface {
-	Name() string
-	Fill(r *proto.Report) error
 }
 
 // Agent runs the sampling loop and the connection to the actuator.
@@ -209,25 +200,50 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// logSources logs every source's state after the first Sample (which
+// reads them all), then each change of a source's state: once per
+// distinct message, however often the source fails.
+func (a *Agent) logSources(was []collector.SourceState) []collector.SourceState {
+	now := a.sampler.Sources()
+	for i, s := range now {
+		if errors.Is(s.Err, collector.ErrNotSampled) {
+			continue
+		}
+		first := i >= len(was) || errors.Is(was[i].Err, collector.ErrNotSampled)
+		if !first && was[i].InUse == s.InUse && errText(was[i].Err) == errText(s.Err) {
+			continue
+		}
+		switch {
+		case s.InUse && s.Err != nil:
+			a.log.Warn("source in use, degraded", "source", s.Name, "path", s.Path, "reason", s.Err)
+		case s.InUse && first:
+			a.log.Info("source in use", "source", s.Name, "path", s.Path)
+		case s.InUse:
+			a.log.Info("source recovered", "source", s.Name, "path", s.Path)
+		case first:
+			a.log.Warn("source not available", "source", s.Name, "path", s.Path, "reason", s.Err)
+		default:
+			a.log.Warn("source failed", "source", s.Name, "path", s.Path, "reason", s.Err)
+		}
+	}
+	return now
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
 // sampleLoop samples every interval and queues the report.
 func (a *Agent) sampleLoop(ctx context.Context) {
 	var seq uint64
-	logged := false
-	extraErr := map[string]string{}
+	var was []collector.SourceState // as logged
 	sample := func() {
 		defer a.cfg.StatusFile.write(a)
 		r, err := a.sampler.Sample()
-		if !logged {
-			// The first Sample reads every source; say once which are used.
-			logged = true
-			for _, s := range a.sampler.Sources() {
-				if s.InUse {
-					a.log.Info("source in use", "source", s.Name, "path", s.Path)
-				} else {
-					a.log.Warn("source not available", "source", s.Name, "path", s.Path, "reason", s.Err)
-				}
-			}
-		}
+		was = a.logSources(was)
 		switch {
 		case errors.Is(err, collector.ErrNoBaseline), errors.Is(err, collector.ErrTooSoon):
 			return
@@ -235,17 +251,6 @@ func (a *Agent) sampleLoop(ctx context.Context) {
 			a.log.Error("sample failed", "error", err)
 			a.setStatus(func(s *Status) { s.LastError = err.Error() })
 			return
-		}
-		for _, x := range a.cfg.Extras {
-			if err := x.Fill(r); err != nil {
-				if msg := err.Error(); extraErr[x.Name()] != msg {
-					extraErr[x.Name()] = msg
-					a.log.Warn("measurement source failed", "source", x.Name(), "error", err)
-				}
-			} else if extraErr[x.Name()] != "" {
-				delete(extraErr, x.Name())
-				a.log.Info("measurement source recovered", "source", x.Name())
-			}
 		}
 		seq++
 		r.Seq = seq

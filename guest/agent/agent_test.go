@@ -277,6 +277,8 @@ func readFile(t *testing.T, p string) string {
 type fakeExtra struct{ fail bool }
 
 func (fakeExtra) Name() string { return "fake" }
+func (fakeExtra) Path() string { return "nowhere" }
+func (fakeExtra) Read() error  { return nil }
 func (f fakeExtra) Fill(r *proto.Report) error {
 	if f.fail {
 		return errors.New("broken")
@@ -287,7 +289,8 @@ func (f fakeExtra) Fill(r *proto.Report) error {
 
 func TestExtrasFillReports(t *testing.T) {
 	opts := fixture(t)
-	act, _ := startAgent(t, opts, Config{Extras: []Extra{fakeExtra{}, fakeExtra{fail: true}}})
+	opts.Extra = []collector.Source{fakeExtra{}, fakeExtra{fail: true}}
+	act, _ := startAgent(t, opts, Config{})
 	c, _ := act.accept(t, &proto.Welcome{Version: 1})
 	for {
 		if r, ok := c.next(t).(*proto.Report); ok {

@@ -2,12 +2,14 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -93,8 +95,8 @@ func (w *StatusWriter) write(a *Agent) {
 		LastError: st.LastError, ReportsSent: st.Sent, ReportsDropped: st.Dropped, ReportsQueued: a.queue.len(),
 		Sources: []SourceState{}}
 	for _, s := range a.sampler.Sources() {
-		if s.Name == "" {
-			continue // not read yet
+		if errors.Is(s.Err, collector.ErrNotSampled) {
+			continue
 		}
 		ss := SourceState{Name: s.Name, Path: s.Path, InUse: s.InUse}
 		if s.Err != nil {
@@ -102,7 +104,7 @@ func (w *StatusWriter) write(a *Agent) {
 		}
 		f.Sources = append(f.Sources, ss)
 	}
-	for _, x := range a.cfg.Extras {
+	for _, x := range a.cfg.Collector.Extra {
 		f.Extras = append(f.Extras, x.Name())
 	}
 	if r := st.LastReport; r != nil {

@@ -19,16 +19,17 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/hotplugheaven/hotplug/guest/agent"
 	"github.com/hotplugheaven/hotplug/guest/applog/parse"
 	"github.com/hotplugheaven/hotplug/guest/applog/stats"
 	"github.com/hotplugheaven/hotplug/guest/applog/tail"
 	"github.com/hotplugheaven/hotplug/guest/cgroup"
+	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -52,13 +53,14 @@ type Options struct {
 	Logger     hclog.Logger
 }
 
-// Apps tails every configured application's log. It implements agent.Extra.
+// Apps tails every configured application's log. It is one of the agent's
+// collector.Sources.
 type Apps struct {
 	apps []*app
 	log  hclog.Logger
 }
 
-var _ agent.Extra = (*Apps)(nil)
+var _ collector.Source = (*Apps)(nil)
 
 type app struct {
 	cfg    App
@@ -105,8 +107,21 @@ func New(cfgs []App, o Options) (*Apps, error) {
 	return a, nil
 }
 
-// Name implements agent.Extra.
+// Name implements collector.Source.
 func (a *Apps) Name() string { return "applog" }
+
+// Path implements collector.Source: the logs' patterns.
+func (a *Apps) Path() string {
+	paths := make([]string, len(a.apps))
+	for i, ap := range a.apps {
+		paths[i] = ap.cfg.Path
+	}
+	return strings.Join(paths, ",")
+}
+
+// Read implements collector.Source. The logs are read as they grow, by
+// Run; Fill takes the interval's requests.
+func (a *Apps) Read() error { return nil }
 
 // Len is the number of applications configured.
 func (a *Apps) Len() int { return len(a.apps) }
@@ -127,7 +142,7 @@ func (a *Apps) Run(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Fill implements agent.Extra: it appends one AppStats per application for
+// Fill implements collector.Source: it appends one AppStats per application for
 // the requests read since the previous Fill.
 func (a *Apps) Fill(r *proto.Report) error {
 	ivl := time.Duration(r.IntervalNanos).Seconds()

@@ -163,3 +163,20 @@ func advanceVMStatCounter(t testing.TB, root, name string, d uint64) {
 	}
 	writeFile(t, root, "proc/vmstat", strings.Join(lines, "\n"))
 }
+
+// readSource runs one source's Read as Sample does, recording its state.
+func readSource(s *Sampler, i int) error {
+	err := s.srcs[i].Read()
+	s.states[i] = stateOf(s.srcs[i], err)
+	return err
+}
+
+// blocksAt runs the memory block source's Read as if MemTotal were total.
+func blocksAt(s *Sampler, total uint64) memBlocks {
+	s.srcs[srcMeminfo].(*meminfoSource).cur.total = total
+	b := s.srcs[srcMemBlocks].(*memBlockSource)
+	if b.Read() != nil {
+		return memBlocks{}
+	}
+	return b.blocks
+}

@@ -5,26 +5,40 @@ import (
 	"math"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 // maxLoad mirrors proto.Report.Validate: a load average past a million is
 // not a real guest but a misparsed file.
 const maxLoad = 1e6
 
-// readLoadAvg reads /proc/loadavg (Documentation/filesystems/proc.rst,
+// loadAvgSource reads /proc/loadavg (Documentation/filesystems/proc.rst,
 // "1.2 Kernel data", loadavg) through procfs.
-func (s *Sampler) readLoadAvg() (*procfs.LoadAvg, error) {
+type loadAvgSource struct {
+	fs   procfs.FS
+	path string
+	cur  procfs.LoadAvg
+}
+
+func (s *loadAvgSource) Name() string { return SourceLoadAvg }
+func (s *loadAvgSource) Path() string { return s.path }
+
+func (s *loadAvgSource) Read() error {
 	load, err := s.fs.LoadAvg()
 	if err == nil {
 		err = checkLoad(load)
 	}
 	if err != nil {
-		err = fmt.Errorf("collector: %w", inFile(s.sources[srcLoadAvg].Path, err))
-		s.setSource(srcLoadAvg, false, err)
-		return nil, err
+		return fmt.Errorf("collector: %w", inFile(s.path, err))
 	}
-	s.setSource(srcLoadAvg, true, nil)
-	return load, nil
+	s.cur = *load
+	return nil
+}
+
+func (s *loadAvgSource) Fill(r *proto.Report) error {
+	r.Load1 = s.cur.Load1
+	return nil
 }
 
 // checkLoad rejects what the kernel cannot print. strconv, which procfs

@@ -3,6 +3,10 @@ package collector
 import (
 	"errors"
 	"fmt"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 // maxMemoryBytes mirrors proto.Report.Validate: a PiB of guest memory is a
@@ -14,14 +18,33 @@ var errNoMemAvailable = errors.New("MemAvailable missing (kernel before 3.14): r
 
 type memory struct{ total, available uint64 }
 
-// readMeminfo reads MemTotal and MemAvailable from /proc/meminfo
+// meminfoSource reads MemTotal and MemAvailable from /proc/meminfo
 // (Documentation/filesystems/proc.rst, "meminfo") through procfs.
-func (s *Sampler) readMeminfo() (memory, error) {
+type meminfoSource struct {
+	fs   procfs.FS
+	path string
+	cur  memory
+}
+
+func (s *meminfoSource) Name() string { return SourceMeminfo }
+func (s *meminfoSource) Path() string { return s.path }
+
+func (s *meminfoSource) Read() error {
+	m, degraded, err := s.parse()
+	if err != nil {
+		return fmt.Errorf("collector: %w", inFile(s.path, err))
+	}
+	s.cur = m
+	if degraded != nil {
+		return Degraded(degraded)
+	}
+	return nil
+}
+
+func (s *meminfoSource) parse() (memory, error, error) {
 	mi, err := s.fs.Meminfo()
 	if err != nil {
-		err = fmt.Errorf("collector: %w", inFile(s.sources[srcMeminfo].Path, err))
-		s.setSource(srcMeminfo, false, err)
-		return memory{}, err
+		return memory{}, nil, err
 	}
 	var m memory
 	var degraded error
@@ -42,14 +65,16 @@ func (s *Sampler) readMeminfo() (memory, error) {
 		err = fmt.Errorf("%w: neither MemAvailable nor MemFree", ErrParse)
 	}
 	if err != nil {
-		err = fmt.Errorf("collector: %w", inFile(s.sources[srcMeminfo].Path, err))
-		s.setSource(srcMeminfo, false, err)
-		return memory{}, err
+		return memory{}, nil, err
 	}
 	// MemAvailable is an estimate; never let it exceed the total.
 	m.available = min(m.available, m.total)
-	s.setSource(srcMeminfo, true, degraded)
-	return m, nil
+	return m, degraded, nil
+}
+
+func (s *meminfoSource) Fill(r *proto.Report) error {
+	r.MemTotalBytes, r.MemAvailableBytes = s.cur.total, s.cur.available
+	return nil
 }
 
 func deref(p *uint64) uint64 {

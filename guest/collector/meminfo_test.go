@@ -30,8 +30,9 @@ func TestReadMeminfo(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := s.readMeminfo()
-			if (err != nil) != tc.wantErr {
+			err = readSource(s, srcMeminfo)
+			got := s.srcs[srcMeminfo].(*meminfoSource).cur
+			if src := s.Sources()[srcMeminfo]; (err != nil && !src.InUse) != tc.wantErr {
 				t.Fatalf("error %v, want error %v", err, tc.wantErr)
 			}
 			if got != tc.want {

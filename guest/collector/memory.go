@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/prometheus/procfs"
+
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -18,9 +20,18 @@ type psiTotals struct {
 	ok         bool
 }
 
-// readPSIMemory reads the "some" and "full" totals of /proc/pressure/memory
-// (Documentation/accounting/psi.rst) through procfs.
-func (s *Sampler) readPSIMemory() psiTotals {
+// psiMemorySource reads the "some" and "full" totals of
+// /proc/pressure/memory (Documentation/accounting/psi.rst) through procfs.
+type psiMemorySource struct {
+	fs        procfs.FS
+	path      string
+	cur, prev psiTotals
+}
+
+func (s *psiMemorySource) Name() string { return SourcePSIMemory }
+func (s *psiMemorySource) Path() string { return s.path }
+
+func (s *psiMemorySource) Read() error {
 	st, err := s.fs.PSIStatsForResource("memory")
 	if errors.Is(err, syscall.EOPNOTSUPP) {
 		err = fmt.Errorf("%w: PSI is built in but disabled (psi=0, or CONFIG_PSI_DEFAULT_DISABLED without psi=1)", err)
@@ -29,12 +40,25 @@ func (s *Sampler) readPSIMemory() psiTotals {
 		err = fmt.Errorf("%w: no \"some\" and \"full\" lines", ErrParse)
 	}
 	if err != nil {
-		s.setSource(srcPSIMemory, false, absent(s.psiMemPath, err,
-			"this kernel has no PSI; memory is sized from refaults, swap and MemAvailable alone"))
-		return psiTotals{}
+		s.cur, s.prev = psiTotals{}, psiTotals{}
+		return absent(s.path, err, "this kernel has no PSI; memory is sized from refaults, swap and MemAvailable alone")
 	}
-	s.setSource(srcPSIMemory, true, nil)
-	return psiTotals{some: st.Some.Total, full: st.Full.Total, ok: true}
+	s.cur = psiTotals{some: st.Some.Total, full: st.Full.Total, ok: true}
+	return nil
+}
+
+func (s *psiMemorySource) Fill(r *proto.Report) error {
+	if r.IntervalNanos > 0 && s.prev.ok {
+		m := memoryOf(r)
+		m.HavePSI = true
+		// The stall totals advance on the kernel's clock, not ours: never
+		// more than the interval. The two lines are read at one moment
+		// but updated apart: full never exceeds some.
+		m.PSISomeMicros = min(delta(s.prev.some, s.cur.some), uint64(r.IntervalNanos/1e3))
+		m.PSIFullMicros = min(delta(s.prev.full, s.cur.full), m.PSISomeMicros)
+	}
+	s.prev = s.cur
+	return nil
 }
 
 // memBlocks is the state of the guest's memory blocks.
@@ -47,33 +71,54 @@ type memBlocks struct {
 const maxBlockDirs = 1 << 20
 
 // blockRescan is how many samples the block counts are kept before the
-// directory is read again, unless MemTotal changed: reading every block's
-// state costs about 10 µs per block, far more than the rest of a sample.
+// directory is read again, unless MemTotal changed.
 const blockRescan = 60
 
-// memBlocksCached is readMemBlocks at most every blockRescan samples, or
-// at once when MemTotal moved (memory was onlined or offlined).
-func (s *Sampler) memBlocksCached(memTotal uint64) memBlocks {
-	if s.blocksAge > 0 && s.blocksAge < blockRescan && memTotal == s.blocksMemTotal {
-		s.blocksAge++
-		return s.blocks
-	}
-	s.blocks, s.blocksAge, s.blocksMemTotal = s.readMemBlocks(), 1, memTotal
-	return s.blocks
-}
-
-// readMemBlocks counts the online and offline blocks under
+// memBlockSource counts the online and offline blocks under
 // /sys/devices/system/memory (Documentation/admin-guide/mm/memory-hotplug.rst):
 // block_size_bytes is hexadecimal, each memoryN/state reads "online",
-// "offline" or "going-offline" (counted as online: still in use).
-func (s *Sampler) readMemBlocks() memBlocks {
-	dir := s.opts.SysRoot + "/devices/system/memory"
-	fail := func(err error) memBlocks {
-		s.setSource(srcMemBlocks, false, absent(dir, err, "no memory hot-plug in this kernel; memory blocks are not reported"))
-		return memBlocks{}
+// "offline" or "going-offline" (counted as online: still in use). The
+// directory is read again only every blockRescan samples, or at once when
+// MemTotal moved (memory was onlined or offlined): reading every block's
+// state costs about 10 µs per block, far more than the rest of a sample.
+type memBlockSource struct {
+	dir      string
+	meminfo  *meminfoSource // for MemTotal, read before this source
+	buf      []byte
+	blocks   memBlocks
+	age      int
+	memTotal uint64
+	err      error // of the last scan
+}
+
+func (s *memBlockSource) Name() string { return SourceMemBlocks }
+func (s *memBlockSource) Path() string { return s.dir }
+
+func (s *memBlockSource) Read() error {
+	total := s.meminfo.cur.total
+	if s.age > 0 && s.age < blockRescan && total == s.memTotal {
+		s.age++
+		return s.err
 	}
-	b, err := readFileInto(dir+"/block_size_bytes", s.blkbuf[:0], 64)
-	s.blkbuf = b[:0]
+	s.blocks, s.err = s.scan()
+	s.age, s.memTotal = 1, total
+	return s.err
+}
+
+func (s *memBlockSource) Fill(r *proto.Report) error {
+	if s.blocks.size > 0 {
+		m := memoryOf(r)
+		m.BlockBytes, m.BlocksOnline, m.BlocksOffline = s.blocks.size, s.blocks.online, s.blocks.offline
+	}
+	return nil
+}
+
+func (s *memBlockSource) scan() (memBlocks, error) {
+	fail := func(err error) (memBlocks, error) {
+		return memBlocks{}, absent(s.dir, err, "no memory hot-plug in this kernel; memory blocks are not reported")
+	}
+	b, err := readFileInto(s.dir+"/block_size_bytes", s.buf[:0], 64)
+	s.buf = b[:0]
 	if err != nil {
 		return fail(err)
 	}
@@ -81,7 +126,7 @@ func (s *Sampler) readMemBlocks() memBlocks {
 	if err != nil || size == 0 || size&(size-1) != 0 {
 		return fail(fmt.Errorf("%w: block_size_bytes %q", ErrParse, bytes.TrimSpace(b)))
 	}
-	f, err := os.Open(dir)
+	f, err := os.Open(s.dir)
 	if err != nil {
 		return fail(err)
 	}
@@ -98,8 +143,8 @@ func (s *Sampler) readMemBlocks() memBlocks {
 		if _, err := strconv.ParseUint(n[len("memory"):], 10, 32); err != nil {
 			continue
 		}
-		st, err := readFileInto(dir+"/"+n+"/state", s.blkbuf[:0], 64)
-		s.blkbuf = st[:0]
+		st, err := readFileInto(s.dir+"/"+n+"/state", s.buf[:0], 64)
+		s.buf = st[:0]
 		if err != nil {
 			continue // removed between the listing and the read
 		}
@@ -110,34 +155,5 @@ func (s *Sampler) readMemBlocks() memBlocks {
 			m.offline++
 		}
 	}
-	s.setSource(srcMemBlocks, true, nil)
-	return m
-}
-
-// memoryStats is the interval's proto.MemoryStats from two readings of
-// each counter; nil when no memory source could be read at all.
-func memoryStats(prevVM, curVM memCounters, vmOK bool, prevPSI, curPSI psiTotals, blocks memBlocks) *proto.MemoryStats {
-	if !vmOK && !curPSI.ok && blocks.size == 0 {
-		return nil
-	}
-	d := func(p, c uint64) uint64 {
-		if c < p {
-			return 0 // reset: no meaningful delta
-		}
-		return c - p
-	}
-	m := &proto.MemoryStats{BlockBytes: blocks.size, BlocksOnline: blocks.online, BlocksOffline: blocks.offline}
-	if vmOK {
-		m.RefaultAnon, m.RefaultFile = d(prevVM.refaultAnon, curVM.refaultAnon), d(prevVM.refaultFile, curVM.refaultFile)
-		m.MajorFaults, m.AllocStalls = d(prevVM.majFaults, curVM.majFaults), d(prevVM.allocStalls, curVM.allocStalls)
-		m.OOMKills = d(prevVM.oomKills, curVM.oomKills)
-	}
-	if prevPSI.ok && curPSI.ok {
-		m.HavePSI = true
-		m.PSISomeMicros, m.PSIFullMicros = d(prevPSI.some, curPSI.some), d(prevPSI.full, curPSI.full)
-		// Two lines read at one moment, but the kernel updates them
-		// apart: full never exceeds some.
-		m.PSIFullMicros = min(m.PSIFullMicros, m.PSISomeMicros)
-	}
-	return m
+	return m, nil
 }

@@ -33,7 +33,8 @@ func TestReadPSI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := s.readPSI()
+			readSource(s, srcPSI)
+			got := s.srcs[srcPSI].(*psiSource).cur
 			src := s.Sources()[srcPSI]
 			if tc.want != nil {
 				if got == nil || *got != *tc.want || !src.InUse || src.Err != nil {

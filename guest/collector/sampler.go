@@ -23,6 +23,8 @@ var (
 	// previous sample. The baseline is kept, so the next call covers the
 	// whole time since then.
 	ErrTooSoon = errors.New("sampled too soon after the previous sample")
+	// ErrNotSampled is the state of a source no Sample has read yet.
+	ErrNotSampled = errors.New("not sampled yet")
 	// ErrParse: a kernel file did not hold what its documentation says.
 	ErrParse = errors.New("unexpected content in kernel file")
 )
@@ -36,6 +38,10 @@ type Options struct {
 	// Clock supplies timestamps; nil means the system's CLOCK_MONOTONIC and
 	// wall clock.
 	Clock Clock
+	// Extra sources run after the collector's, in order, in the sampling
+	// loop: the agent's run-queue latency and application logs. Their
+	// failures degrade the Report, never fail it.
+	Extra []Source
 }
 
 func (o Options) withDefaults() Options {
@@ -94,90 +100,66 @@ const (
 	SourceMemBlocks = "memory_blocks"
 )
 
-// Source is the state of one input of Sample.
-type Source struct {
-	Name string
-	Path string
-	// InUse reports whether the last Sample used the source.
-	InUse bool
-	// Err says why the source is not in use or, when InUse is set, how its
-	// data is degraded (an estimate in place of a missing field).
-	Err error
-}
-
-// Sampler turns kernel counters into Reports. It keeps the previous sample's
-// counters as the baseline for the next, so one Sampler serves one sampling
-// loop. It is not safe for concurrent use.
+// Sampler turns kernel counters into Reports: it runs its sources (the
+// collector's, then Options.Extra) once per sample. Each source keeps its
+// own baseline, so one Sampler serves one sampling loop, and a source
+// which comes and goes primes itself without disturbing the others. It is
+// not safe for concurrent use.
 type Sampler struct {
-	opts  Options
-	fs    procfs.FS
-	cpus  *cpu.Controller
-	clock Clock
-
+	clock    Clock
 	primed   bool
 	prevMono int64
 
-	// Baselines. Each optional source keeps its own so that a source which
-	// comes and goes primes itself without disturbing the others.
-	prevStat  map[int64]procfs.CPUStat
-	prevSched map[int]schedCounters
-	prevSwap  swapCounters // zero value: no baseline
-	prevMem   memCounters  // valid with prevSwap.ok (the same read)
-	prevPSIM  psiTotals
-	// Memory block counts, rescanned now and then (memory.go).
-	blocks         memBlocks
-	blocksAge      int
-	blocksMemTotal uint64
-
-	// Scratch reused between samples.
-	ids        []int64
-	sched      []schedCounters
-	vmbuf      []byte
-	blkbuf     []byte
-	sources    [numSources]Source
-	psiPath    string
-	vmstPath   string
-	psiMemPath string
+	srcs   []Source
+	states []SourceState
+	read   []bool // scratch: which sources Read this sample
 }
 
-// New returns a Sampler reading the trees opts names. It fails only when the
-// proc root is not a directory; missing files are found by Sample.
+// Indexes into the Sampler's sources, in the order Sources reports them.
+// The first numRequired are required.
+const (
+	srcStat = iota
+	srcCPULists
+	srcLoadAvg
+	srcMeminfo
+	srcPSI
+	srcSchedstat
+	srcVMStat
+	srcPSIMemory
+	srcMemBlocks
+	numSources
+	numRequired = srcMeminfo + 1
+)
+
+// New returns a Sampler reading the trees opts names, then opts.Extra. It
+// fails only when the proc root is not a directory; missing files are found
+// by Sample.
 func New(opts Options) (*Sampler, error) {
 	opts = opts.withDefaults()
 	pfs, err := procfs.NewFS(opts.ProcRoot)
 	if err != nil {
 		return nil, fmt.Errorf("collector: proc root: %w (is procfs mounted?)", err)
 	}
-	s := &Sampler{
-		opts:       opts,
-		fs:         pfs,
-		cpus:       cpu.NewController(opts.SysRoot),
-		clock:      opts.Clock,
-		prevSched:  make(map[int]schedCounters),
-		vmbuf:      make([]byte, 0, 8<<10),
-		psiPath:    procPath(opts, "pressure/cpu"),
-		vmstPath:   procPath(opts, "vmstat"),
-		psiMemPath: procPath(opts, "pressure/memory"),
-		blkbuf:     make([]byte, 0, 64),
-	}
-	s.sources = [...]Source{
-		{Name: SourceStat, Path: procPath(opts, "stat")},
-		{Name: SourceCPULists, Path: opts.SysRoot + "/devices/system/cpu/{online,present}"},
-		{Name: SourceLoadAvg, Path: procPath(opts, "loadavg")},
-		{Name: SourceMeminfo, Path: procPath(opts, "meminfo")},
-		{Name: SourcePSI, Path: s.psiPath},
-		{Name: SourceSchedstat, Path: procPath(opts, "schedstat")},
-		{Name: SourceVMStat, Path: s.vmstPath},
-		{Name: SourcePSIMemory, Path: s.psiMemPath},
-		{Name: SourceMemBlocks, Path: opts.SysRoot + "/devices/system/memory"},
-	}
-	for i := range s.sources {
-		s.sources[i].Err = errNotSampled
+	mem := &meminfoSource{fs: pfs, path: procPath(opts, "meminfo")}
+	s := &Sampler{clock: opts.Clock}
+	s.srcs = append([]Source{
+		&statSource{fs: pfs, path: procPath(opts, "stat"), root: opts.ProcRoot},
+		&cpuListSource{cpus: cpu.NewController(opts.SysRoot), path: opts.SysRoot + "/devices/system/cpu/{online,present}"},
+		&loadAvgSource{fs: pfs, path: procPath(opts, "loadavg")},
+		mem,
+		&psiSource{fs: pfs, path: procPath(opts, "pressure/cpu")},
+		&schedstatSource{fs: pfs, path: procPath(opts, "schedstat"), prev: make(map[int]schedCounters)},
+		&vmstatSource{path: procPath(opts, "vmstat"), buf: make([]byte, 0, 8<<10)},
+		&psiMemorySource{fs: pfs, path: procPath(opts, "pressure/memory")},
+		&memBlockSource{dir: opts.SysRoot + "/devices/system/memory", meminfo: mem, buf: make([]byte, 0, 64)},
+	}, opts.Extra...)
+	s.states = make([]SourceState, len(s.srcs))
+	s.read = make([]bool, len(s.srcs))
+	for i, src := range s.srcs {
+		s.states[i] = SourceState{Name: src.Name(), Path: src.Path(), Err: ErrNotSampled}
 	}
 	return s, nil
 }
-
-var errNotSampled = errors.New("not sampled yet")
 
 // inFile names path in err unless err already does (os and procfs errors
 // mostly do), so messages carry the file exactly once.
@@ -200,39 +182,23 @@ func absent(path string, err error, why string) error {
 
 func procPath(o Options, rel string) string { return o.ProcRoot + "/" + rel }
 
-// Sources reports, per input, whether the last Sample used it and, if not,
-// why. The order is fixed. The agent logs it after the first Sample (which
-// reads every source even though it returns ErrNoBaseline).
-func (s *Sampler) Sources() []Source {
-	return append([]Source(nil), s.sources[:]...)
+// Sources reports, per source, whether the last Sample used it and, if
+// not, why. The order is fixed: the collector's, then Options.Extra. The
+// agent logs it after the first Sample (which reads every source even
+// though it returns ErrNoBaseline) and whenever a state changes.
+func (s *Sampler) Sources() []SourceState {
+	return append([]SourceState(nil), s.states...)
 }
 
-// Indexes into Sampler.sources, in the order Sources reports them.
-const (
-	srcStat = iota
-	srcCPULists
-	srcLoadAvg
-	srcMeminfo
-	srcPSI
-	srcSchedstat
-	srcVMStat
-	srcPSIMemory
-	srcMemBlocks
-	numSources
-)
-
-func (s *Sampler) setSource(i int, inUse bool, err error) {
-	s.sources[i].InUse, s.sources[i].Err = inUse, err
-}
-
-// Sample reads every source and returns the Report for the interval since
+// Sample runs every source and returns the Report for the interval since
 // the previous successful call. It fills everything but Seq and Dropped,
 // which belong to the agent's send queue. The Report is the caller's: the
 // Sampler keeps no reference to it.
 //
 // The first call returns ErrNoBaseline. An error from a required source
 // (/proc/stat, the CPU lists, /proc/loadavg, /proc/meminfo) fails the sample
-// and keeps the previous baseline, so the next success covers the gap.
+// before any source has filled, so every baseline stays and the next
+// success covers the gap.
 func (s *Sampler) Sample() (*proto.Report, error) {
 	mono, wall := s.clock.Now()
 	if mono < 0 {
@@ -257,98 +223,34 @@ func (s *Sampler) Sample() (*proto.Report, error) {
 		}
 	}
 
-	st, err := s.readStat()
-	if err != nil {
-		return nil, err
+	for i, src := range s.srcs {
+		err := src.Read()
+		s.states[i] = stateOf(src, err)
+		s.read[i] = s.states[i].InUse
+		if err != nil && i < numRequired && !s.read[i] {
+			return nil, err
+		}
 	}
-	online, present, err := s.readCPULists()
-	if err != nil {
-		return nil, err
-	}
-	load, err := s.readLoadAvg()
-	if err != nil {
-		return nil, err
-	}
-	mem, err := s.readMeminfo()
-	if err != nil {
-		return nil, err
-	}
-	psi := s.readPSI()
-	sched := s.readSchedstat()
-	swap, memc := s.readVMStat()
-	psiMem := s.readPSIMemory()
-	blocks := s.memBlocksCached(mem.total)
 
 	r := &proto.Report{
-		MonotonicNanos:    mono,
-		WallUnixNanos:     max(wall.UnixNano(), 0),
-		IntervalNanos:     mono - s.prevMono,
-		Online:            online,
-		Present:           present,
-		Load1:             load.Load1,
-		PSI:               psi,
-		MemTotalBytes:     mem.total,
-		MemAvailableBytes: mem.available,
+		MonotonicNanos: mono,
+		WallUnixNanos:  max(wall.UnixNano(), 0),
 	}
-	wasPrimed := s.primed
-	if wasPrimed {
-		s.ids = s.ids[:0]
-		r.CPUs, s.ids = cpuFractions(make([]proto.CPUStat, 0, len(st.CPU)), s.prevStat, st.CPU, s.ids)
-		if len(sched) > 0 && len(s.prevSched) > 0 {
-			r.RunDelay = runDelays(make([]proto.RunDelay, 0, len(sched)), s.prevSched, sched, uint64(r.IntervalNanos)*maxWaitPerNano)
-		}
-		r.SwapInPerSec, r.SwapOutPerSec = swapRates(s.prevSwap, swap, r.IntervalNanos)
-		r.Memory = memoryStats(s.prevMem, memc, s.prevSwap.ok && swap.ok, s.prevPSIM, psiMem, blocks)
-		if r.Memory != nil {
-			// The stall totals advance on the kernel's clock, not
-			// ours: never more than the interval.
-			ivl := uint64(r.IntervalNanos / 1e3)
-			r.Memory.PSISomeMicros = min(r.Memory.PSISomeMicros, ivl)
-			r.Memory.PSIFullMicros = min(r.Memory.PSIFullMicros, r.Memory.PSISomeMicros)
-		}
+	if s.primed {
+		r.IntervalNanos = mono - s.prevMono
 	}
-
-	// The current counters become the baseline whatever happened above: a
-	// CPU omitted for going backwards restarts from here.
-	s.prevStat = st.CPU
-	s.prevSwap, s.prevMem, s.prevPSIM = swap, memc, psiMem
-	clear(s.prevSched)
-	for _, c := range sched {
-		s.prevSched[c.cpu] = c
+	for i, src := range s.srcs {
+		if !s.read[i] {
+			continue
+		}
+		if err := src.Fill(r); err != nil && s.primed {
+			s.states[i] = stateOf(src, err)
+		}
 	}
 	s.prevMono = mono
-	s.primed = true
-	if !wasPrimed {
+	if !s.primed {
+		s.primed = true
 		return nil, primeReason
 	}
 	return r, nil
-}
-
-// maxWaitPerNano mirrors proto.Report.Validate: run delay may not exceed a
-// million waiting tasks for the whole interval.
-const maxWaitPerNano = 1_000_000
-
-// readCPULists reads online and present. They are two files read at two
-// moments: a hot-remove between the reads can leave a CPU online but no
-// longer present. Read again once, then keep only online CPUs that are
-// present so the Report stays consistent.
-func (s *Sampler) readCPULists() (online, present proto.CPUSet, err error) {
-	for range 2 {
-		if online, err = s.cpus.OnlineCPUs(); err != nil {
-			break
-		}
-		if present, err = s.cpus.Present(); err != nil {
-			break
-		}
-		if online.SubsetOf(present) {
-			s.setSource(srcCPULists, true, nil)
-			return online, present, nil
-		}
-	}
-	if err != nil {
-		s.setSource(srcCPULists, false, err)
-		return proto.CPUSet{}, proto.CPUSet{}, fmt.Errorf("collector: %w", err)
-	}
-	s.setSource(srcCPULists, true, nil)
-	return online.Difference(online.Difference(present)), present, nil
 }

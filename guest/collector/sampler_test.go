@@ -229,7 +229,7 @@ func TestMinimalKernel(t *testing.T) {
 		t.Errorf("SwapInPerSec = %v, want 7", r.SwapInPerSec)
 	}
 
-	got := map[string]Source{}
+	got := map[string]SourceState{}
 	for _, src := range s.Sources() {
 		got[src.Name] = src
 	}
@@ -556,9 +556,10 @@ func BenchmarkMemorySignals(b *testing.B) {
 			b.ReportAllocs()
 			var blocks memBlocks
 			for b.Loop() {
-				s.readVMStat()
-				s.readPSIMemory()
-				blocks = s.memBlocksCached(1 << 30)
+				for _, i := range []int{srcVMStat, srcPSIMemory} {
+					s.srcs[i].Read()
+				}
+				blocks = blocksAt(s, 1<<30)
 			}
 			b.ReportMetric(float64(blocks.online+blocks.offline), "blocks")
 		})
@@ -573,27 +574,92 @@ func TestMemoryBlocksRescan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := s.memBlocksCached(1 << 30); b.online != 32 || b.offline != 2 || b.size != 128<<20 {
+	if b := blocksAt(s, 1<<30); b.online != 32 || b.offline != 2 || b.size != 128<<20 {
 		t.Fatalf("blocks %+v", b)
 	}
 	writeFile(t, root, "sys/devices/system/memory/memory33/state", "online\n")
 	for i := 1; i < blockRescan; i++ {
-		if b := s.memBlocksCached(1 << 30); b.online != 32 {
+		if b := blocksAt(s, 1<<30); b.online != 32 {
 			t.Fatalf("sample %d: rescanned without cause: %+v", i, b)
 		}
 	}
-	if b := s.memBlocksCached(1 << 30); b.online != 33 || b.offline != 1 {
+	if b := blocksAt(s, 1<<30); b.online != 33 || b.offline != 1 {
 		t.Fatalf("after %d samples: %+v, want 33 online", blockRescan, b)
 	}
 	writeFile(t, root, "sys/devices/system/memory/memory32/state", "online\n")
-	if b := s.memBlocksCached(1<<30 + 128<<20); b.online != 34 || b.offline != 0 {
+	if b := blocksAt(s, 1<<30+128<<20); b.online != 34 || b.offline != 0 {
 		t.Fatalf("MemTotal moved: %+v, want 34 online at once", b)
 	}
 	// A kernel without memory hot-plug has no directory: no blocks.
 	if err := os.RemoveAll(root + "/sys/devices/system/memory"); err != nil {
 		t.Fatal(err)
 	}
-	if b := s.readMemBlocks(); b != (memBlocks{}) {
+	s.srcs[srcMemBlocks].(*memBlockSource).age = 0 // force a rescan
+	if b := blocksAt(s, 1<<30); b != (memBlocks{}) {
 		t.Fatalf("no directory: %+v", b)
+	}
+}
+
+// recordingSource is an extra that needs what the collector's sources put
+// in the Report, and fails on demand.
+type recordingSource struct {
+	fail     bool
+	sawDelay []bool // per Fill: was RunDelay filled before it
+	fills    int
+}
+
+func (*recordingSource) Name() string { return "recording" }
+func (*recordingSource) Path() string { return "test" }
+func (*recordingSource) Read() error  { return nil }
+func (x *recordingSource) Fill(r *proto.Report) error {
+	x.fills++
+	x.sawDelay = append(x.sawDelay, len(r.RunDelay) > 0)
+	if x.fail {
+		return errors.New("broken")
+	}
+	return nil
+}
+
+// TestExtraSourcesRunAfterTheCollectors: an extra runs after the
+// collector's sources, on every sample; its Fill error on the priming
+// sample is not counted, later ones are, and it recovers.
+func TestExtraSourcesRunAfterTheCollectors(t *testing.T) {
+	root := fixture(t, "guest4")
+	clk := newFakeClock()
+	x := &recordingSource{fail: true}
+	opts := optionsFor(root, clk)
+	opts.Extra = []Source{x}
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcs := s.Sources()
+	if len(srcs) != numSources+1 || srcs[numSources].Name != "recording" || !errors.Is(srcs[numSources].Err, ErrNotSampled) {
+		t.Fatalf("sources %+v", srcs)
+	}
+	if _, err := s.Sample(); !errors.Is(err, ErrNoBaseline) {
+		t.Fatal(err)
+	}
+	if st := s.Sources()[numSources]; !st.InUse || st.Err != nil {
+		t.Fatalf("a priming Fill error counted: %+v", st)
+	}
+	clk.advance(time.Second)
+	advanceSchedstat(t, root, map[int]uint64{0: 1000}, map[int]uint64{0: 10})
+	if _, err := s.Sample(); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Sources()[numSources]; st.InUse || st.Err == nil || st.Err.Error() != "broken" {
+		t.Fatalf("failed Fill: %+v", st)
+	}
+	x.fail = false
+	clk.advance(time.Second)
+	if _, err := s.Sample(); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Sources()[numSources]; !st.InUse || st.Err != nil {
+		t.Fatalf("recovered: %+v", st)
+	}
+	if x.fills != 3 || x.sawDelay[0] || !x.sawDelay[1] {
+		t.Fatalf("fills %d, RunDelay seen %v: want 3, filled before the extra once primed", x.fills, x.sawDelay)
 	}
 }

@@ -36,7 +36,10 @@ func TestReadSchedstat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := s.readSchedstat()
+	if err := readSource(s, srcSchedstat); err != nil {
+		t.Fatal(err)
+	}
+	got := s.srcs[srcSchedstat].(*schedstatSource).cur
 	want := []schedCounters{
 		{0, 31277415112, 1751045},
 		{1, 35120087443, 1805321},

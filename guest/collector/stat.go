@@ -10,10 +10,21 @@ import (
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
-// readStat reads /proc/stat (Documentation/filesystems/proc.rst, "1.8
-// Miscellaneous kernel statistics in /proc/stat") through procfs. It is the
-// one source the collector cannot work without.
-func (s *Sampler) readStat() (procfs.Stat, error) {
+// statSource reads /proc/stat (Documentation/filesystems/proc.rst, "1.8
+// Miscellaneous kernel statistics in /proc/stat") through procfs: each
+// CPU's busy, idle, iowait and steal shares. It is the one source the
+// collector cannot work without.
+type statSource struct {
+	fs         procfs.FS
+	path, root string
+	cur, prev  map[int64]procfs.CPUStat
+	ids        []int64 // scratch
+}
+
+func (s *statSource) Name() string { return SourceStat }
+func (s *statSource) Path() string { return s.path }
+
+func (s *statSource) Read() error {
 	st, err := s.fs.Stat()
 	if err == nil && len(st.CPU) == 0 {
 		// procfs skips lines it does not know, so a file without per-CPU
@@ -21,13 +32,24 @@ func (s *Sampler) readStat() (procfs.Stat, error) {
 		err = fmt.Errorf("%w: no cpuN lines", ErrParse)
 	}
 	if err != nil {
-		err = fmt.Errorf("collector: %w; per-CPU load cannot be measured without it (is procfs mounted at %s?)",
-			inFile(s.sources[srcStat].Path, err), s.opts.ProcRoot)
-		s.setSource(srcStat, false, err)
-		return procfs.Stat{}, err
+		// A required source: the baseline stays, and the next success
+		// covers the gap.
+		return fmt.Errorf("collector: %w; per-CPU load cannot be measured without it (is procfs mounted at %s?)",
+			inFile(s.path, err), s.root)
 	}
-	s.setSource(srcStat, true, nil)
-	return st, nil
+	s.cur = st.CPU
+	return nil
+}
+
+func (s *statSource) Fill(r *proto.Report) error {
+	if r.IntervalNanos > 0 && s.prev != nil {
+		s.ids = s.ids[:0]
+		r.CPUs, s.ids = cpuFractions(make([]proto.CPUStat, 0, len(s.cur)), s.prev, s.cur, s.ids)
+	}
+	// The current counters become the baseline whatever happened: a CPU
+	// omitted for going backwards restarts from here.
+	s.prev = s.cur
+	return nil
 }
 
 // cpuFractions appends to out, in CPU order, each CPU's share of the interval

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"strconv"
+
+	"github.com/hotplugheaven/hotplug/proto"
 )
 
 // swapCounters are the cumulative swap counters of /proc/vmstat, in pages.
@@ -27,27 +29,55 @@ type memCounters struct {
 	refaultAnon, refaultFile, majFaults, allocStalls, oomKills uint64
 }
 
-// readVMStat reads the swap and memory-pressure counters of /proc/vmstat.
-// procfs has no parser for this file (its VM type is /proc/sys/vm), so
-// parseVMStatAll is ours. The file is undocumented beyond
+// vmstatSource reads the swap and memory-pressure counters of
+// /proc/vmstat. procfs has no parser for this file (its VM type is
+// /proc/sys/vm), so parseVMStatAll is ours. The file is undocumented beyond
 // Documentation/filesystems/proc.rst naming it; the counters are the
 // vm_event_item and node_stat_item names of include/linux/vm_event_item.h
-// and mmzone.h. A missing or unparsable file leaves swap rates and memory
-// pressure at zero and is reported by Sources.
-func (s *Sampler) readVMStat() (swapCounters, memCounters) {
-	b, err := readFileInto(s.vmstPath, s.vmbuf[:0], maxVMStat)
-	s.vmbuf = b[:0]
-	var c swapCounters
-	var m memCounters
+// and mmzone.h. Without it swap rates read as zero and the memory counters
+// are not reported.
+type vmstatSource struct {
+	path            string
+	buf             []byte
+	cur, prev       swapCounters
+	curMem, prevMem memCounters // valid with cur.ok, prev.ok (the same read)
+}
+
+func (s *vmstatSource) Name() string { return SourceVMStat }
+func (s *vmstatSource) Path() string { return s.path }
+
+func (s *vmstatSource) Read() error {
+	b, err := readFileInto(s.path, s.buf[:0], maxVMStat)
+	s.buf = b[:0]
 	if err == nil {
-		c, m, err = parseVMStatAll(b)
+		s.cur, s.curMem, err = parseVMStatAll(b)
 	}
 	if err != nil {
-		s.setSource(srcVMStat, false, absent(s.vmstPath, err, "swap rates and memory pressure read as zero"))
-		return swapCounters{}, memCounters{}
+		s.cur, s.prev = swapCounters{}, swapCounters{}
+		return absent(s.path, err, "swap rates and memory pressure read as zero")
 	}
-	s.setSource(srcVMStat, true, nil)
-	return c, m
+	return nil
+}
+
+func (s *vmstatSource) Fill(r *proto.Report) error {
+	if r.IntervalNanos > 0 && s.prev.ok {
+		r.SwapInPerSec, r.SwapOutPerSec = swapRates(s.prev, s.cur, r.IntervalNanos)
+		m, p, c := memoryOf(r), s.prevMem, s.curMem
+		m.RefaultAnon, m.RefaultFile = delta(p.refaultAnon, c.refaultAnon), delta(p.refaultFile, c.refaultFile)
+		m.MajorFaults, m.AllocStalls = delta(p.majFaults, c.majFaults), delta(p.allocStalls, c.allocStalls)
+		m.OOMKills = delta(p.oomKills, c.oomKills)
+	}
+	s.prev, s.prevMem = s.cur, s.curMem
+	return nil
+}
+
+// delta is c−p for a cumulative counter; 0 when it went backwards (a
+// reset has no meaningful delta).
+func delta(p, c uint64) uint64 {
+	if c < p {
+		return 0
+	}
+	return c - p
 }
 
 // errNoSwapCounters: the file parsed but lacks pswpin or pswpout.

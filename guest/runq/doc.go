@@ -1,5 +1,6 @@
 // Package runq measures run-queue latency in the guest — how long runnable
-// tasks wait for a CPU — and adds it to each proto.Report as an agent.Extra.
+// tasks wait for a CPU — and adds it to each proto.Report as one of the
+// agent's collector.Sources.
 // Utilisation says a CPU is busy; run-queue latency says tasks are waiting
 // for one, which is the direct sign that another vCPU would help.
 //

@@ -7,11 +7,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hotplugheaven/hotplug/guest/agent"
+	"github.com/hotplugheaven/hotplug/guest/collector"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
-var _ agent.Extra = (*Source)(nil)
+var _ collector.Source = (*Source)(nil)
 
 // Mode is the best source New may use; the ones below it are its
 // fallbacks. It is the agent's runq_source setting.
@@ -111,7 +111,8 @@ func (c Choice) String() string {
 }
 
 // Source measures run-queue latency with the best available source and
-// fills Report.RunQueue. It implements agent.Extra; Fill is meant for the
+// fills Report.RunQueue. It is one of the agent's collector.Sources, after
+// the collector's own (it reads their RunDelay); Fill is meant for the
 // agent's sampling goroutine and is not safe for concurrent use.
 type Source struct {
 	s      sampler
@@ -200,14 +201,21 @@ func New(opts Options) (*Source, error) {
 	return nil, fmt.Errorf("%w: %s", ErrNoSource, strings.Join(msgs, "; "))
 }
 
-// Name implements agent.Extra.
+// Name implements collector.Source.
 func (s *Source) Name() string { return "runq:" + s.choice.Source }
+
+// Path implements collector.Source: what the chosen source measures from.
+func (s *Source) Path() string { return s.choice.Detail }
+
+// Read implements collector.Source. The waits are read in Fill, which
+// needs the collector's RunDelay of the same Report.
+func (s *Source) Read() error { return nil }
 
 // Choice says which source is in use and why.
 func (s *Source) Choice() Choice { return s.choice }
 
-// Fill implements agent.Extra: it sets r.RunQueue to the waits since the
-// previous Fill (or since New, for the first).
+// Fill implements collector.Source: it sets r.RunQueue to the waits since
+// the previous Fill (or since New, for the first).
 func (s *Source) Fill(r *proto.Report) error {
 	q, err := s.s.sample(r)
 	if err != nil {

@@ -251,7 +251,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: OK (transport %s, %d application log(s))\n", *configPath, dialer.String(), apps.Len())
 		return 0
 	}
-	extras := []agent.Extra{apps}
+	extras := []collector.Source{apps}
 	if rq := openRunQ(runqMode, cfg.ProcRoot, cfg.SysRoot, logger); rq != nil {
 		defer rq.Close()
 		extras = append(extras, rq)
@@ -259,8 +259,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	a, err := agent.New(agent.Config{
 		Interval: cfg.Interval.Duration, AutoOnline: *cfg.AutoOnline, OnlineTimeout: cfg.OnlineTimeout.Duration,
 		QueueSize: cfg.QueueSize, Version: version,
-		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot},
-		Extras:    extras, Apps: apps.Names(), StatusFile: agent.NewStatusWriter(cfg.StatusFile),
+		Collector: collector.Options{ProcRoot: cfg.ProcRoot, SysRoot: cfg.SysRoot, Extra: extras},
+		Apps:      apps.Names(), StatusFile: agent.NewStatusWriter(cfg.StatusFile),
 	}, dialer, logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-agent: %v\n", err)

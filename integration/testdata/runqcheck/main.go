@@ -124,9 +124,10 @@ func watch(args []string) error {
 		}
 		defer st.Close()
 	}
-	// The Report comes from the collector, as in the agent: the schedstat
-	// source reads the collector's RunDelay deltas.
-	sampler, err := collector.New(collector.Options{})
+	// The Report comes from the collector with the run-queue source as
+	// its extra, as in the agent: the schedstat flavour reads the
+	// collector's RunDelay deltas.
+	sampler, err := collector.New(collector.Options{Extra: []collector.Source{src}})
 	if err != nil {
 		return err
 	}
@@ -150,8 +151,10 @@ func watch(args []string) error {
 			return err
 		}
 		r.Seq = seq
-		if err := src.Fill(r); err != nil {
-			return err
+		for _, st := range sampler.Sources() {
+			if st.Name == src.Name() && !st.InUse {
+				return fmt.Errorf("interval %d: %s: %v", seq, st.Name, st.Err)
+			}
 		}
 		if err := r.Validate(); err != nil {
 			return err
