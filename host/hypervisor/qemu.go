@@ -95,8 +95,8 @@ type QEMU struct {
 	closed  bool
 
 	// opSem serialises Plug and Unplug: two concurrent Plugs would pick
-	// the same free slot.
-	opSem chan struct{}
+	// the same free slot. memSem serialises memory resizes.
+	opSem, memSem chan struct{}
 
 	// lifeMu guards life, VCPULifetime's answer for the connection lifeOf.
 	lifeMu sync.Mutex
@@ -121,6 +121,7 @@ func NewQEMU(socketPath string, opts QEMUOptions) *QEMU {
 		log:     opts.Logger.With("qmp_socket", socketPath),
 		connSem: make(chan struct{}, 1),
 		opSem:   make(chan struct{}, 1),
+		memSem:  make(chan struct{}, 1),
 	}
 }
 

@@ -35,6 +35,9 @@ type Config struct {
 	CPUs, MaxCPUs int
 	// MemoryMB defaults to 256.
 	MemoryMB int
+	// MaxMemoryMB, when above MemoryMB, is the most memory devices may
+	// add (QEMU's maxmem): room for a virtio-mem device in ExtraArgs.
+	MaxMemoryMB int
 	// Dir receives the console log, QEMU's own log and, when the path is
 	// short enough, the sockets. "" means a new temporary directory that
 	// Stop removes unless HOTPLUG_TESTVM_KEEP is set.
@@ -181,7 +184,7 @@ func (v *VM) qemuArgs() []string {
 		"-name", c.Name + ",debug-threads=on",
 		"-machine", "pc",
 		"-accel", c.Accel,
-		"-m", strconv.Itoa(c.MemoryMB),
+		"-m", memArg(c),
 		"-smp", fmt.Sprintf("%d,maxcpus=%d", c.CPUs, c.MaxCPUs),
 		"-nodefaults", "-nographic", "-display", "none", "-no-reboot",
 		"-kernel", c.Kernel.Vmlinuz,
@@ -410,4 +413,13 @@ func (v *VM) qmpQuit(timeout time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// memArg is QEMU's -m: the boot memory, and maxmem when memory devices
+// may add more.
+func memArg(c Config) string {
+	if c.MaxMemoryMB > c.MemoryMB {
+		return fmt.Sprintf("size=%dM,maxmem=%dM", c.MemoryMB, c.MaxMemoryMB)
+	}
+	return strconv.Itoa(c.MemoryMB)
 }

@@ -39,6 +39,13 @@ type QEMU struct {
 // the test with what to do.
 func StartQEMU(t testing.TB, smp string) *QEMU {
 	t.Helper()
+	return StartQEMUWith(t, smp, "128")
+}
+
+// StartQEMUWith is StartQEMU with QEMU's -m (e.g. "size=128M,maxmem=1G")
+// and extra arguments (memory devices).
+func StartQEMUWith(t testing.TB, smp, mem string, extra ...string) *QEMU {
+	t.Helper()
 	bin, err := exec.LookPath(QEMUBinary)
 	if err != nil {
 		t.Fatalf("%s not found (%v): install QEMU with `make deps` (Debian package qemu-system-x86)", QEMUBinary, err)
@@ -53,11 +60,11 @@ func StartQEMU(t testing.TB, smp string) *QEMU {
 		exited:      make(chan struct{}),
 		stderr:      &lockedBuffer{},
 	}
-	q.cmd = exec.Command(bin,
+	q.cmd = exec.Command(bin, append([]string{
 		"-accel", "tcg", "-machine", "pc", "-nodefaults", "-nographic", "-display", "none",
-		"-smp", smp, "-m", "128",
-		"-qmp", "unix:"+q.Path+",server=on,wait=off",
-		"-qmp", "unix:"+q.ControlPath+",server=on,wait=off")
+		"-smp", smp, "-m", mem,
+		"-qmp", "unix:" + q.Path + ",server=on,wait=off",
+		"-qmp", "unix:" + q.ControlPath + ",server=on,wait=off"}, extra...)...)
 	q.cmd.Stdout = q.stderr
 	q.cmd.Stderr = q.stderr
 	if err := q.cmd.Start(); err != nil {
