@@ -59,7 +59,9 @@ type Actuator struct {
 	vms    []*VM
 	events *eventlog.Log
 	budget *Budget
-	log    hclog.Logger
+	// memBudget caps the memory of all VMs, bytes (SetMemoryBudget).
+	memBudget *Budget
+	log       hclog.Logger
 }
 
 // New builds an actuator. It owns the given hypervisors and channels and
@@ -69,7 +71,7 @@ func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logg
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	a := &Actuator{events: events, budget: NewBudget(hostBudget), log: logger}
+	a := &Actuator{events: events, budget: NewBudget(hostBudget), memBudget: NewBudget(0), log: logger}
 	// Actions a previous actuator started and did not finish: read the
 	// log once here rather than once per VM.
 	past, _, err := eventlog.ReadFile(events.Path(), eventlog.Filter{WithStarted: true})
@@ -77,7 +79,7 @@ func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logg
 		logger.Warn("cannot read the event log for interrupted actions", "error", err)
 	}
 	for _, c := range vms {
-		v, err := newVM(c, events, a.budget, observers(obs), logger)
+		v, err := newVM(c, events, a.budget, a.memBudget, observers(obs), logger)
 		if err != nil {
 			return nil, err
 		}
@@ -102,6 +104,10 @@ func (a *Actuator) VM(name string) *VM {
 	}
 	return nil
 }
+
+// SetMemoryBudget caps the memory of all the VMs together, bytes (0: no
+// cap). Call it before Run.
+func (a *Actuator) SetMemoryBudget(bytes uint64) { a.memBudget.SetLimit(int(bytes)) }
 
 // Budget returns the host budget and the vCPUs in use.
 func (a *Actuator) Budget() (limit, used int) { return a.budget.limit, a.budget.Total() }

@@ -146,7 +146,7 @@ func (c *cpuResource) hostSample(ctx context.Context) {
 	}
 	s := engine.Sample{Time: now, Online: l.hv.current, Busy: busy}
 	for _, res := range l.res {
-		res.observe(s)
+		res.observe(s, nil)
 	}
 	v.publish(func(st *Status) {
 		st.Online = l.hv.current

@@ -2,8 +2,9 @@ package actuator
 
 import "sync"
 
-// Budget caps the sum of vCPUs over all VMs of the host. It is shared by
-// the VM controllers; a limit of 0 means no cap.
+// Budget caps the sum of a resource over all VMs of the host: vCPUs, or
+// bytes of memory. It is shared by the VM controllers; a limit of 0 means
+// no cap.
 type Budget struct {
 	mu    sync.Mutex
 	limit int
@@ -42,15 +43,26 @@ func (b *Budget) Allowed(vm string, current int) int {
 
 // Reserve claims one more vCPU for vm (which has current now) if the cap
 // allows; the claim stands until the next Set.
-func (b *Budget) Reserve(vm string, current int) bool {
+func (b *Budget) Reserve(vm string, current int) bool { return b.ReserveN(vm, current, 1) }
+
+// ReserveN claims n more for vm (which has current now) if the cap allows;
+// the claim stands until the next Set.
+func (b *Budget) ReserveN(vm string, current, n int) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.byVM[vm] = current
-	if b.limit > 0 && b.totalLocked()+1 > b.limit {
+	if b.limit > 0 && b.totalLocked()+n > b.limit {
 		return false
 	}
-	b.byVM[vm] = current + 1
+	b.byVM[vm] = current + n
 	return true
+}
+
+// SetLimit changes the cap (0: none).
+func (b *Budget) SetLimit(limit int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.limit = limit
 }
 
 // Total is the sum of vCPUs over all VMs.

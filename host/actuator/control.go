@@ -16,16 +16,24 @@ import (
 // decision it was made under), and a set-vcpus request waits its turn.
 // Each waits for the answer; set-vcpus waits for its action to finish.
 type control struct {
-	kind string // "policy", "pause", "resume", "vcpus"
+	kind string // "policy", "pause", "resume", "vcpus", "memory"
 	// update changes the policy in force (kind "policy"); the result is
 	// validated before it replaces it.
 	update func(*engine.Policy) error
 	vcpus  int
+	memory uint64 // bytes, kind "memory"
 	reply  chan error
 }
 
-// ErrNotRunning: the VM's controller is not running (shutting down).
-var ErrNotRunning = errors.New("VM controller not running")
+// Errors of operator requests; wrapped with detail.
+var (
+	// ErrNotRunning: the VM's controller is not running (shutting down).
+	ErrNotRunning = errors.New("VM controller not running")
+	// ErrUnsupported: the VM's hypervisor backend cannot do what was asked.
+	ErrUnsupported = errors.New("not supported for this VM")
+	// ErrOutOfRange: the request is outside what the VM's devices allow.
+	ErrOutOfRange = errors.New("out of range")
+)
 
 func (v *VM) request(ctx context.Context, c control) error {
 	c.reply = make(chan error, 1)
@@ -83,6 +91,15 @@ func (v *VM) SetVCPUs(ctx context.Context, n int) error {
 	return v.request(ctx, control{kind: "vcpus", vcpus: n})
 }
 
+// SetMemory resizes the VM's memory to total bytes now, outside the memory
+// policy (its bounds are the device's), and returns when the resize is
+// done, with an error if the guest reached only part of it; it is logged
+// as a memory event with rule "operator". Memory sizing resumes afterwards
+// if the policy sizes memory: pause the VM to keep the size.
+func (v *VM) SetMemory(ctx context.Context, total uint64) error {
+	return v.request(ctx, control{kind: "memory", memory: total})
+}
+
 // control runs in the VM goroutine. It answers on c.reply, except a
 // set-vcpus request, which is answered when its action ends.
 func (l *loop) control(ctx context.Context, c control) {
@@ -104,6 +121,12 @@ func (l *loop) control(ctx context.Context, c control) {
 			return
 		}
 		l.setVCPUs(ctx, c)
+	case "memory":
+		if l.act != nil {
+			l.queued = append(l.queued, c)
+			return
+		}
+		l.setMemory(ctx, c)
 	default:
 		c.reply <- fmt.Errorf("unknown control %q", c.kind)
 	}
@@ -153,6 +176,27 @@ func (l *loop) setVCPUs(ctx context.Context, c control) {
 		return
 	}
 	a.reply = c.reply
+	l.start(ctx, a)
+}
+
+// setMemory starts an operator's memory size, or answers at once.
+func (l *loop) setMemory(ctx context.Context, c control) {
+	a, err := l.mem.setMemory(ctx, c.memory)
+	if a == nil {
+		c.reply <- err
+		return
+	}
+	want := a.mem.d.To
+	a.reply = c.reply
+	a.result = func() error {
+		if a.err != nil {
+			return a.err
+		}
+		if l.mem.dev.Total != want {
+			return fmt.Errorf("reached %d MiB of %d MiB", mib(l.mem.dev.Total), mib(want))
+		}
+		return nil
+	}
 	l.start(ctx, a)
 }
 

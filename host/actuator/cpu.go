@@ -38,7 +38,7 @@ func newCPUResource(l *loop, p engine.Policy) (*cpuResource, error) {
 	return &cpuResource{l: l, engine: eng}, nil
 }
 
-func (c *cpuResource) observe(s engine.Sample) { c.engine.Observe(s) }
+func (c *cpuResource) observe(s engine.Sample, _ *proto.Report) { c.engine.Observe(s) }
 
 func (c *cpuResource) decide(ctx context.Context, now time.Time) *action {
 	l, v := c.l, c.l.vm

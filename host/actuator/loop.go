@@ -8,6 +8,7 @@ import (
 
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
+	"github.com/hotplugheaven/hotplug/host/memory"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -22,6 +23,9 @@ const (
 	acting
 	// confirming: an action waits for a report that shows its effect.
 	confirming
+	// resizing: an action waits for the hypervisor's memory device to
+	// reach its request, polling it now and then.
+	resizing
 )
 
 func (p phase) String() string {
@@ -32,6 +36,8 @@ func (p phase) String() string {
 		return "acting"
 	case confirming:
 		return "confirming"
+	case resizing:
+		return "resizing"
 	}
 	return fmt.Sprintf("phase(%d)", int(p))
 }
@@ -48,8 +54,9 @@ type loop struct {
 	hv    *hvView
 	agent agentState
 	cpu   *cpuResource
+	mem   *memResource
 	// res are the resources the loop scales, in the order they decide:
-	// the CPU today.
+	// CPU, then memory.
 	res []resource
 	// act is the action in flight, nil when idle; wait is what it waits
 	// for, nil while its steps run; timer fires at wait's deadline.
@@ -97,29 +104,35 @@ func (a *agentState) learn(topo []proto.CPUTopology) {
 }
 
 // wait is what an action in flight waits for: the Ack to command cmd
-// (acting) or a report with at least want CPUs online (confirming), on
-// session sess, until deadline. Its continuation takes the next steps and
-// returns the next wait, or nil when the action is over.
+// (acting), a report that shows the action's effect (confirming: ok says
+// which), on session sess, until deadline; or the next look at the
+// hypervisor (resizing: onPoll at deadline). Its continuation takes the
+// next steps and returns the next wait, or nil when the action is over.
 type wait struct {
 	phase    phase
 	sess     *session
 	cmd      uint64
-	want     int
-	after    uint64 // confirming: only reports with a later sequence number count
+	ok       func(*proto.Report) bool
+	missed   func() error // confirming: why no report confirmed, at the deadline
+	after    uint64       // confirming: only reports with a later sequence number count
 	deadline time.Time
 	onAck    func(context.Context, *proto.Ack, error) *wait
 	onReport func(context.Context, error) *wait
+	onPoll   func(context.Context, error) *wait
 }
 
 // fail ends the wait with err.
 func (w *wait) fail(ctx context.Context, err error) *wait {
-	if w.phase == acting {
+	switch w.phase {
+	case acting:
 		return w.onAck(ctx, nil, err)
+	case resizing:
+		return w.onPoll(ctx, err)
 	}
 	return w.onReport(ctx, err)
 }
 
-func newLoop(v *VM, p engine.Policy) (*loop, error) {
+func newLoop(v *VM, p engine.Policy, m memory.Policy) (*loop, error) {
 	l := &loop{vm: v, agent: agentState{apic: map[int]uint32{}}}
 	l.hv = &hvView{vm: v}
 	cpu, err := newCPUResource(l, p)
@@ -127,16 +140,24 @@ func newLoop(v *VM, p engine.Policy) (*loop, error) {
 		return nil, err
 	}
 	l.cpu = cpu
-	l.res = []resource{cpu}
+	l.mem = newMemResource(l, m)
+	l.res = []resource{cpu, l.mem}
 	return l, nil
 }
 
 func (l *loop) run(ctx context.Context) {
 	v := l.vm
-	l.unfinished = v.unfinished
+	for _, ev := range v.unfinished {
+		if eventlog.IsMemory(ev.Kind) {
+			l.mem.unfinished = append(l.mem.unfinished, ev)
+		} else {
+			l.unfinished = append(l.unfinished, ev)
+		}
+	}
 	l.hv.refresh(ctx)
 	l.agent.seen = time.Now()
 	l.warnUnfinished()
+	l.mem.recoverAtStart(ctx)
 	tick := time.NewTicker(v.policyInterval())
 	defer tick.Stop()
 	for {
@@ -218,7 +239,7 @@ func (l *loop) handle(ctx context.Context, ev any) {
 		if !l.accept(ev) {
 			return
 		}
-		if w := l.wait; w != nil && w.phase == confirming && w.sess == ev.s && ev.r.Seq > w.after && ev.r.Online.Len() >= w.want {
+		if w := l.wait; w != nil && w.phase == confirming && w.sess == ev.s && ev.r.Seq > w.after && w.ok(ev.r) {
 			l.advance(ctx, w.onReport(ctx, nil))
 			return
 		}
@@ -257,7 +278,7 @@ func (l *loop) accept(ev evReport) bool {
 	l.agent.last, l.agent.lastAt = r, ev.at
 	sample := sampleOf(r, ev.at)
 	for _, res := range l.res {
-		res.observe(sample)
+		res.observe(sample, r)
 	}
 	v.publish(func(s *Status) {
 		s.Online = r.Online.Len()
@@ -303,17 +324,14 @@ func (l *loop) advance(ctx context.Context, w *wait) {
 // expire ends a wait whose deadline passed.
 func (l *loop) expire(ctx context.Context) {
 	w := l.wait
-	var err error
-	if w.phase == acting {
-		err = fmt.Errorf("agent did not answer command %d within %v", w.cmd, l.vm.cfg.cmdTimeout)
-	} else {
-		got := "no report"
-		if l.agent.last != nil && l.agent.lastSeq > w.after {
-			got = l.agent.last.Online.String()
-		}
-		err = fmt.Errorf("no report confirmed %d CPUs online (last: %s)", w.want, got)
+	switch w.phase {
+	case acting:
+		l.advance(ctx, w.fail(ctx, fmt.Errorf("agent did not answer command %d within %v", w.cmd, l.vm.cfg.cmdTimeout)))
+	case resizing:
+		l.advance(ctx, w.onPoll(ctx, nil))
+	default:
+		l.advance(ctx, w.fail(ctx, w.missed()))
 	}
-	l.advance(ctx, w.fail(ctx, err))
 }
 
 // finish ends the action in flight and starts what waited for it.
@@ -342,7 +360,11 @@ func (l *loop) next(ctx context.Context) {
 		case len(l.queued) > 0:
 			c := l.queued[0]
 			l.queued = l.queued[1:]
-			l.setVCPUs(ctx, c)
+			if c.kind == "memory" {
+				l.setMemory(ctx, c)
+			} else {
+				l.setVCPUs(ctx, c)
+			}
 		default:
 			return
 		}
@@ -388,7 +410,25 @@ func (l *loop) awaitOnline(ctx context.Context, want int, then func(context.Cont
 	if s == nil {
 		return then(ctx, errors.New("agent connection lost while confirming"))
 	}
-	return &wait{phase: confirming, sess: s, want: want, after: l.agent.lastSeq,
+	after := l.agent.lastSeq
+	missed := func() error {
+		got := "no report"
+		if l.agent.last != nil && l.agent.lastSeq > after {
+			got = l.agent.last.Online.String()
+		}
+		return fmt.Errorf("no report confirmed %d CPUs online (last: %s)", want, got)
+	}
+	return l.awaitReport(ctx, func(r *proto.Report) bool { return r.Online.Len() >= want }, missed, then)
+}
+
+// awaitReport waits for a report, newer than the latest, for which ok
+// holds; missed says why none came, at the deadline.
+func (l *loop) awaitReport(ctx context.Context, ok func(*proto.Report) bool, missed func() error, then func(context.Context, error) *wait) *wait {
+	s := l.agent.sess
+	if s == nil {
+		return then(ctx, errors.New("agent connection lost while confirming"))
+	}
+	return &wait{phase: confirming, sess: s, ok: ok, missed: missed, after: l.agent.lastSeq,
 		deadline: time.Now().Add(3*l.vm.policyInterval() + 5*time.Second), onReport: then}
 }
 

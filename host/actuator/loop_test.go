@@ -101,7 +101,7 @@ func newLoopRig(t testing.TB, slots, boot int) *loopRig {
 	}
 	t.Cleanup(func() { r.events.Close() })
 	v, err := newVM(VMConfig{Name: "vm1", Policy: fastPolicy(), Hypervisor: r.hyp, CommandTimeout: time.Second},
-		r.events, NewBudget(0), nil, testLogger(t))
+		r.events, NewBudget(0), NewBudget(0), nil, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

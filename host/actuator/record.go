@@ -13,6 +13,16 @@ import (
 type record struct {
 	ev    eventlog.Event
 	start time.Time
+	// result is what the event's Result is when written; nil: the
+	// hypervisor's vCPUs.
+	result func() int
+}
+
+func (r *record) resultOr(l *loop) int {
+	if r.result != nil {
+		return r.result()
+	}
+	return l.hv.current
 }
 
 func (r *record) step(name string, start time.Time, err error) error {
@@ -59,7 +69,7 @@ func (l *loop) newRecord(kind string, d engine.Decision) *record {
 func (l *loop) started(r *record) {
 	v := l.vm
 	ev := r.ev
-	ev.Outcome, ev.Result = eventlog.OutcomeStarted, l.hv.current
+	ev.Outcome, ev.Result = eventlog.OutcomeStarted, r.resultOr(l)
 	if err := v.env.events.Append(&ev); err != nil {
 		v.log.Error("scaling event NOT recorded", "error", err)
 		v.env.obs.event(ev, false)
@@ -72,7 +82,7 @@ func (l *loop) started(r *record) {
 // by the event log; scaling goes on.
 func (l *loop) commit(r *record) {
 	v := l.vm
-	r.ev.Result = l.hv.current
+	r.ev.Result = r.resultOr(l)
 	r.ev.DurationMS = ms(time.Since(r.start))
 	err := v.env.events.Append(&r.ev)
 	if err != nil {

@@ -16,12 +16,12 @@ import (
 // log and the one-action-at-a-time rule; a resource owns its engine and
 // what it knows of its own devices. All methods run on the VM's goroutine.
 //
-// cpuResource is the only implementation; see the package comment for
-// memory and migration.
+// cpuResource and memResource implement it; see the package comment for
+// migration.
 type resource interface {
-	// observe feeds one accepted measurement (an agent report or a
-	// black-box host sample) to the resource's engine.
-	observe(engine.Sample)
+	// observe feeds one accepted measurement to the resource's engine:
+	// an agent report (r) or a black-box host sample (r nil).
+	observe(s engine.Sample, r *proto.Report)
 	// decide returns the action to take now, or nil. It runs only while
 	// the loop is idle.
 	decide(ctx context.Context, now time.Time) *action
@@ -61,6 +61,8 @@ type action struct {
 	reply chan error
 	// result is what the action reached, for reply.
 	result func() error
+	// mem is a memory action's own state (memResource).
+	mem *memAction
 }
 
 // fail records err unless an earlier failure is already recorded.

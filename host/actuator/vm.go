@@ -13,6 +13,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/hypervisor"
+	"github.com/hotplugheaven/hotplug/host/memory"
 	"github.com/hotplugheaven/hotplug/proto"
 )
 
@@ -39,6 +40,9 @@ type VMConfig struct {
 	// MaxBackoff caps the wait before serving the VM's channel again after
 	// a failed connection (default 5 s).
 	MaxBackoff time.Duration
+	// Memory is the memory policy; the zero value (or mode "off") leaves
+	// memory alone.
+	Memory memory.Policy
 }
 
 // VM is the handle of one virtual machine's controller. Its methods are
@@ -68,10 +72,11 @@ type VM struct {
 
 // env is what a VM's controller is given to act with.
 type env struct {
-	hyp    hypervisor.Hypervisor
-	events *eventlog.Log
-	budget *Budget
-	obs    observers
+	hyp       hypervisor.Hypervisor
+	events    *eventlog.Log
+	budget    *Budget // vCPUs
+	memBudget *Budget // bytes of memory
+	obs       observers
 }
 
 // timing is a VM's configured timeouts.
@@ -113,6 +118,21 @@ type Status struct {
 	// Accuracy is how well the engine's forecasts held (metrics only: its
 	// NaNs have no JSON form).
 	Accuracy engine.Accuracy
+	Memory   MemoryStatus
+}
+
+// MemoryStatus is a VM's memory as the hypervisor reports it, in bytes,
+// and what the memory policy last decided.
+type MemoryStatus struct {
+	Mode string
+	// Device is hypervisor.MemVirtioMem or MemBalloon; empty when unknown.
+	Device                string
+	Total, Requested, Max uint64
+	Target                uint64
+	LastDecision          memory.Decision
+	LastDecisionAt        time.Time
+	// Degraded says why the last resize fell short; empty when healthy.
+	Degraded string
 }
 
 // AgentStatus is what the actuator knows of a VM's agent.
@@ -166,11 +186,11 @@ type AppSignal struct {
 	DropRate    float64
 }
 
-func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, logger hclog.Logger) (*VM, error) {
+func newVM(cfg VMConfig, events *eventlog.Log, budget, memBudget *Budget, obs observers, logger hclog.Logger) (*VM, error) {
 	v := &VM{
 		name:  cfg.Name,
 		log:   logger.Named(cfg.Name).With("vm", cfg.Name),
-		env:   env{hyp: cfg.Hypervisor, events: events, budget: budget, obs: obs},
+		env:   env{hyp: cfg.Hypervisor, events: events, budget: budget, memBudget: memBudget, obs: obs},
 		inbox: make(chan any, 16),
 		ctrl:  make(chan control),
 		cfg: timing{cmdTimeout: cfg.CommandTimeout, recheck: cfg.RecheckInterval, agentTimeout: cfg.AgentTimeout,
@@ -200,9 +220,17 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget *Budget, obs observers, lo
 	conn.guard, conn.complain = newGuard(time.Duration(cfg.Policy.Interval)), v.complain
 	v.conn = conn
 	v.interval.Store(int64(cfg.Policy.Interval))
-	v.status.st = Status{Name: cfg.Name, Policy: cfg.Policy, Mode: modeName(cfg.Policy)}
+	if cfg.Memory.Mode == "" {
+		cfg.Memory.Mode = memory.ModeOff
+	}
+	if cfg.Memory.Mode != memory.ModeOff {
+		if err := cfg.Memory.Validate(); err != nil {
+			return nil, fmt.Errorf("vm %s: memory policy: %w", cfg.Name, err)
+		}
+	}
+	v.status.st = Status{Name: cfg.Name, Policy: cfg.Policy, Mode: modeName(cfg.Policy), Memory: MemoryStatus{Mode: cfg.Memory.Mode}}
 	var err error
-	if v.loop, err = newLoop(v, cfg.Policy); err != nil {
+	if v.loop, err = newLoop(v, cfg.Policy, cfg.Memory); err != nil {
 		return nil, fmt.Errorf("vm %s: policy: %w", cfg.Name, err)
 	}
 	return v, nil

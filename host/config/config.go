@@ -19,6 +19,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/memory"
 )
 
 // Config is the whole file.
@@ -66,6 +67,8 @@ type VM struct {
 	AgentTimeout engine.Duration `toml:"agent_timeout"`
 	Channel      Channel         `toml:"channel"`
 	Policy       engine.Policy   `toml:"policy"`
+	// Memory is the VM's memory policy ([vm.memory]); off unless set.
+	Memory memory.Policy `toml:"memory"`
 }
 
 // Channel is how the VM's agent reaches the actuator.
@@ -119,6 +122,7 @@ func Parse(text string) (*Config, error) {
 	type fileVM struct {
 		VM
 		Policy toml.Primitive `toml:"policy"`
+		Memory toml.Primitive `toml:"memory"`
 	}
 	var f struct {
 		Config
@@ -138,6 +142,10 @@ func Parse(text string) (*Config, error) {
 	for i, fv := range f.VMs {
 		cfg.VMs[i] = fv.VM
 		cfg.VMs[i].Policy = cfg.Defaults
+		cfg.VMs[i].Memory = memory.DefaultPolicy()
+		if err := md.PrimitiveDecode(fv.Memory, &cfg.VMs[i].Memory); err != nil {
+			return nil, fmt.Errorf("vm[%d].memory: %w", i, err)
+		}
 		if err := md.PrimitiveDecode(fv.Policy, &cfg.VMs[i].Policy); err != nil {
 			return nil, fmt.Errorf("vm[%d].policy: %w", i, err)
 		}
@@ -290,8 +298,24 @@ func (c *Config) Validate() error {
 		if err := vm.Policy.Validate(); err != nil {
 			field(p+".policy."+fieldOf(err), "%s", msgOf(err))
 		}
+		if err := vm.Memory.Validate(); err != nil {
+			for _, e := range unjoin(err) {
+				errs = append(errs, fmt.Errorf("%s.%w", p, e))
+			}
+		}
+		if vm.Memory.Mode != memory.ModeOff && vm.Hypervisor == "virtualbox" {
+			field(p+".memory.mode", "VirtualBox memory is not resized yet (balloon control is unverified here): use \"off\"")
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// unjoin lists the errors errors.Join put together.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func fieldOf(err error) string {

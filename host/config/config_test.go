@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hotplugheaven/hotplug/host/memory"
 )
 
 const good = `
@@ -96,5 +98,47 @@ func TestParseErrorsNameTheField(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestMemoryPolicy(t *testing.T) {
+	base := `
+[[vm]]
+name = "web"
+qmp = "/run/web.qmp"
+[vm.channel]
+type = "tcp"
+listen = "127.0.0.1:7001"
+`
+	cfg, err := Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := cfg.VMs[0].Memory; m.Mode != memory.ModeOff || m.Block != memory.DefaultPolicy().Block {
+		t.Fatalf("default memory policy: %+v", m)
+	}
+	cfg, err = Parse(base + `[vm.memory]
+mode = "pressure"
+min = "512MiB"
+max = "4GiB"
+quiet = "5m"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.VMs[0].Memory
+	if m.Mode != memory.ModePressure || m.Min != 512<<20 || m.Max != 4<<30 || m.Quiet != 5*time.Minute || m.Headroom != memory.DefaultPolicy().Headroom {
+		t.Fatalf("memory policy: %+v", m)
+	}
+	for text, want := range map[string]string{
+		"[vm.memory]\nmode = \"pressure\"\n":                             "vm[0].memory.max: must be set",
+		"[vm.memory]\nmode = \"balloonish\"\n":                           "vm[0].memory.mode:",
+		"[vm.memory]\nmode = \"pressure\"\nmax = \"4 lots\"\n":           "not a size",
+		"[vm.memory]\nmode = \"pressure\"\nmax = \"1G\"\nmin = \"2G\"\n": "vm[0].memory.min: must not exceed",
+		"[vm.memory]\nmodes = \"pressure\"\n":                            "unknown key",
+	} {
+		if _, err := Parse(base + text); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", text, err, want)
+		}
 	}
 }

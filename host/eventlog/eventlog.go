@@ -31,7 +31,21 @@ const (
 	// run did not live to finish (see Unfinished) and records where the VM
 	// really is, read from the hypervisor.
 	KindRecover = "recover"
+	// Memory resizes. Their From, To and Result are MiB of guest memory
+	// (the hypervisor's total: boot memory plus what the device adds),
+	// not vCPUs.
+	KindMemoryGrow   = "memory_grow"
+	KindMemoryShrink = "memory_shrink"
+	// KindMemoryRecover: at start, the actuator found a memory request
+	// the guest had not reached (an actuator killed during a resize) and
+	// set it to what the guest has. From, To, Result are MiB.
+	KindMemoryRecover = "memory_recover"
 )
+
+// IsMemory reports whether events of kind count memory (MiB), not vCPUs.
+func IsMemory(kind string) bool {
+	return kind == KindMemoryGrow || kind == KindMemoryShrink || kind == KindMemoryRecover
+}
 
 // Steps of an action, in Step.Name.
 const (
@@ -40,6 +54,9 @@ const (
 	StepConfirm = "confirm" // the hypervisor's and the guest's state agree
 	StepOffline = "offline" // the agent offlines CPUs before they are unplugged
 	StepUnplug  = "unplug"  // the hypervisor removes a vCPU (one step per vCPU)
+	// StepResize: the hypervisor's memory device is asked for the new
+	// size, and reaches it (or what it reached when time ran out).
+	StepResize = "resize"
 	// Undoing a failed action, per CPU.
 	StepRollbackUnplug = "rollback_unplug"
 	StepRollbackOnline = "rollback_online"

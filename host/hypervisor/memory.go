@@ -60,6 +60,11 @@ type Memory struct {
 type MemoryResizer interface {
 	// Memory reads the VM's memory device.
 	Memory(ctx context.Context) (Memory, error)
+	// RequestMemory asks for total bytes (rounded down to the device's
+	// block, held to [Min, Max]) and returns at once, with Requested what
+	// was asked; the caller watches Memory for the guest to reach it, and
+	// asks again for what was reached if it gives up.
+	RequestMemory(ctx context.Context, total uint64) (Memory, error)
 	// ResizeMemory asks for total bytes (rounded down to the device's
 	// block, held to [Min, Max]) and waits until the hypervisor reports
 	// them, at most timeout. Short of that, it sets the request to what
@@ -164,16 +169,11 @@ func requestMemory(ctx context.Context, m qmp.Executor, mem Memory, total uint64
 // that the device may have moved (QEMU's MEMORY_DEVICE_SIZE_CHANGE and
 // BALLOON_CHANGE events); the size is also read every poll.
 func resizeMemory(ctx context.Context, m qmp.Executor, total uint64, timeout time.Duration, wake <-chan qmp.Event) (Memory, error) {
-	mem, err := readMemory(ctx, m)
+	mem, err := request(ctx, m, total)
 	if err != nil {
-		return Memory{}, err
+		return mem, err
 	}
-	want := clampMemory(mem, total)
-	if want != mem.Requested || want != mem.Total {
-		if err := requestMemory(ctx, m, mem, want); err != nil {
-			return mem, err
-		}
-	}
+	want := mem.Requested
 	const poll = 100 * time.Millisecond
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -230,6 +230,39 @@ func (q *QEMU) Memory(ctx context.Context) (Memory, error) {
 	if err != nil {
 		return Memory{}, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
 	}
+	return mem, nil
+}
+
+// RequestMemory implements MemoryResizer.
+func (q *QEMU) RequestMemory(ctx context.Context, total uint64) (Memory, error) {
+	if err := acquire(ctx, q.memSem); err != nil {
+		return Memory{}, fmt.Errorf("hypervisor: QEMU %s: waiting for another resize: %w", q.socket, err)
+	}
+	defer func() { <-q.memSem }()
+	c, err := q.conn(ctx)
+	if err != nil {
+		return Memory{}, err
+	}
+	mem, err := request(ctx, qemuMonitor{q, c}, total)
+	if err != nil {
+		return mem, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
+	}
+	return mem, nil
+}
+
+// request is RequestMemory over a monitor.
+func request(ctx context.Context, m qmp.Executor, total uint64) (Memory, error) {
+	mem, err := readMemory(ctx, m)
+	if err != nil {
+		return Memory{}, err
+	}
+	want := clampMemory(mem, total)
+	if want != mem.Requested || want != mem.Total {
+		if err := requestMemory(ctx, m, mem, want); err != nil {
+			return mem, err
+		}
+	}
+	mem.Requested = want
 	return mem, nil
 }
 

@@ -26,6 +26,8 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -35,43 +37,48 @@ const (
 	ModePressure = "pressure" // sized from the guest's pressure
 )
 
-// Policy is one VM's memory policy. Sizes are bytes.
+// Policy is one VM's memory policy: the [vm.memory] table of the
+// actuator's configuration. Sizes are bytes.
 type Policy struct {
-	Mode string
-	// Min and Max bound the size; Max is also the device's maximum.
-	Min, Max uint64
+	Mode string `toml:"mode" json:"mode"`
+	// Min and Max bound the VM's memory; Max at most the device's.
+	Min Size `toml:"min" json:"min"`
+	Max Size `toml:"max" json:"max"`
 	// Block is the resize granularity (virtio-mem's block size, or the
 	// guest's memory block); sizes are multiples of it.
-	Block uint64
+	Block Size `toml:"block" json:"block"`
 	// StallTarget is the share of the interval with some task stalled on
 	// memory above which the guest grows (senpai's 0.1 % is for cgroups
 	// whose reclaim is driven on purpose; a VM's guest reclaims on its
 	// own, so the default is higher).
-	StallTarget float64
+	StallTarget float64 `toml:"stall_target" json:"stall_target"`
 	// Headroom is the share of the guest's memory MemAvailable should keep.
-	Headroom float64
+	Headroom float64 `toml:"headroom" json:"headroom"`
 	// RefaultLimit is refaulted pages per second per GiB of guest memory
 	// above which the working set no longer fits.
-	RefaultLimit float64
+	RefaultLimit float64 `toml:"refault_limit" json:"refault_limit"`
 	// GrowStep is the share of the current size added at least by a grow.
-	GrowStep float64
+	GrowStep float64 `toml:"grow_step" json:"grow_step"`
 	// ShrinkStep is the share of the current size removed at most by a
 	// shrink.
-	ShrinkStep float64
+	ShrinkStep float64 `toml:"shrink_step" json:"shrink_step"`
 	// Quiet is how long no grow rule may fire before a shrink.
-	Quiet time.Duration
+	Quiet time.Duration `toml:"quiet" json:"quiet"`
 	// SwapHold is how long after a swap-in no shrink is made.
-	SwapHold time.Duration
+	SwapHold time.Duration `toml:"swap_hold" json:"swap_hold"`
+	// ResizeTimeout is how long a resize may take before it ends at what
+	// the guest reached.
+	ResizeTimeout time.Duration `toml:"resize_timeout" json:"resize_timeout"`
 	// OOMHold is how long after an OOM kill no shrink is made; the floor
 	// is raised to the size at the kill plus a grow step.
-	OOMHold time.Duration
+	OOMHold time.Duration `toml:"oom_hold" json:"oom_hold"`
 }
 
 // DefaultPolicy is memory sizing off, with the settings a "pressure" mode
 // starts from.
 func DefaultPolicy() Policy {
 	return Policy{Mode: ModeOff, Block: 128 << 20, StallTarget: 0.01, Headroom: 0.10, RefaultLimit: 256,
-		GrowStep: 0.25, ShrinkStep: 0.05, Quiet: 2 * time.Minute, SwapHold: 10 * time.Minute, OOMHold: 30 * time.Minute}
+		GrowStep: 0.25, ShrinkStep: 0.05, Quiet: 2 * time.Minute, ResizeTimeout: 20 * time.Second, SwapHold: 10 * time.Minute, OOMHold: 30 * time.Minute}
 }
 
 // Validate says what is wrong with p, naming the key.
@@ -83,26 +90,29 @@ func (p Policy) Validate() error {
 	switch p.Mode {
 	case ModeOff, ModePressure:
 	default:
-		bad("memory_mode", "must be %q or %q, got %q", ModeOff, ModePressure, p.Mode)
+		bad("memory.mode", "must be %q or %q, got %q", ModeOff, ModePressure, p.Mode)
 	}
 	if p.Block == 0 || p.Block&(p.Block-1) != 0 || p.Block < 1<<20 || p.Block > 1<<30 {
-		bad("memory_block", "must be a power of two from 1 MiB to 1 GiB, got %d", p.Block)
+		bad("memory.block", "must be a power of two from 1 MiB to 1 GiB, got %v", p.Block)
 	}
 	if p.Mode != ModeOff {
 		if p.Max == 0 {
-			bad("max_memory", "must be set when memory_mode is %q", p.Mode)
+			bad("memory.max", "must be set when memory_mode is %q", p.Mode)
+		}
+		if p.ResizeTimeout < time.Second {
+			bad("memory.resize_timeout", "must be at least 1s, got %v", p.ResizeTimeout)
 		}
 		if p.Min > p.Max {
-			bad("min_memory", "must not exceed max_memory (%d), got %d", p.Max, p.Min)
+			bad("memory.min", "must not exceed memory.max (%v), got %v", p.Max, p.Min)
 		}
 	}
 	for _, f := range []struct {
 		key    string
 		v      float64
 		lo, hi float64
-	}{{"memory_stall_target", p.StallTarget, 0.0001, 0.5}, {"memory_headroom", p.Headroom, 0, 0.5},
-		{"memory_refault_limit", p.RefaultLimit, 1, 1e6}, {"memory_grow_step", p.GrowStep, 0.01, 1},
-		{"memory_shrink_step", p.ShrinkStep, 0.001, 0.5}} {
+	}{{"memory.stall_target", p.StallTarget, 0.0001, 0.5}, {"memory.headroom", p.Headroom, 0, 0.5},
+		{"memory.refault_limit", p.RefaultLimit, 1, 1e6}, {"memory.grow_step", p.GrowStep, 0.01, 1},
+		{"memory.shrink_step", p.ShrinkStep, 0.001, 0.5}} {
 		if math.IsNaN(f.v) || f.v < f.lo || f.v > f.hi {
 			bad(f.key, "must be in [%g, %g], got %g", f.lo, f.hi, f.v)
 		}
@@ -110,7 +120,7 @@ func (p Policy) Validate() error {
 	for _, f := range []struct {
 		key string
 		d   time.Duration
-	}{{"memory_quiet", p.Quiet}, {"memory_swap_hold", p.SwapHold}, {"memory_oom_hold", p.OOMHold}} {
+	}{{"memory.quiet", p.Quiet}, {"memory.resize_timeout", p.ResizeTimeout}, {"memory.swap_hold", p.SwapHold}, {"memory.oom_hold", p.OOMHold}} {
 		if f.d < 0 || f.d > 24*time.Hour {
 			bad(f.key, "must be from 0 to 24h, got %v", f.d)
 		}
@@ -218,26 +228,26 @@ func (e *Engine) Decide(now time.Time, current, hostLimit uint64) Decision {
 		d.Rule, d.Reason = RuleOff, "memory sizing is off"
 		return d
 	}
-	ceiling := p.Max
+	ceiling := uint64(p.Max)
 	if hostLimit > 0 {
 		ceiling = min(ceiling, hostLimit)
 	}
-	ceiling = roundDown(ceiling, p.Block)
+	ceiling = roundDown(ceiling, uint64(p.Block))
 	s := e.last
 	if s == nil || s.Interval <= 0 || s.Total == 0 {
 		d.Rule, d.Reason = RuleWarmup, "no memory report yet"
 		return e.bounded(d, ceiling)
 	}
 	used := s.Total - min(s.Available, s.Total)
-	step := max(scale(current, p.GrowStep), p.Block)
+	step := max(scale(current, p.GrowStep), uint64(p.Block))
 	grow := func(rule, reason string, to uint64) Decision {
 		e.lastPressure = now
-		d.Action, d.Rule, d.Reason, d.To = Grow, rule, reason, roundUp(max(to, sat(current, step)), p.Block)
+		d.Action, d.Rule, d.Reason, d.To = Grow, rule, reason, roundUp(max(to, sat(current, step)), uint64(p.Block))
 		return e.bounded(d, ceiling)
 	}
 	switch {
 	case s.OOMKills > 0:
-		e.oomFloor = min(max(e.oomFloor, sat(current, step)), roundDown(p.Max, p.Block))
+		e.oomFloor = min(max(e.oomFloor, sat(current, step)), roundDown(uint64(p.Max), uint64(p.Block)))
 		return grow(RuleOOM, fmt.Sprintf("%d OOM kill(s) in the guest: floor raised to %s, no shrink for %v",
 			s.OOMKills, size(e.oomFloor), p.OOMHold), e.oomFloor)
 	case s.HavePSI && s.StallSome.Seconds() > p.StallTarget*s.Interval.Seconds():
@@ -268,7 +278,7 @@ func (e *Engine) Decide(now time.Time, current, hostLimit uint64) Decision {
 	case current <= floor:
 		d.Rule, d.Reason = RuleSteady, fmt.Sprintf("at the floor %s", size(floor))
 	default:
-		to := max(roundDown(current-scale(current, p.ShrinkStep), p.Block), floor)
+		to := max(roundDown(current-scale(current, p.ShrinkStep), uint64(p.Block)), floor)
 		if to >= current {
 			d.Rule, d.Reason = RuleSteady, fmt.Sprintf("a shrink step rounds to nothing above the floor %s", size(floor))
 			break
@@ -286,16 +296,16 @@ func (e *Engine) Decide(now time.Time, current, hostLimit uint64) Decision {
 // floor is the least the VM may shrink to now.
 func (e *Engine) floor(now time.Time, used uint64) uint64 {
 	p := e.p
-	f := max(p.Min, e.boot, scale(used, 1+2*p.Headroom))
+	f := max(uint64(p.Min), e.boot, scale(used, 1+2*p.Headroom))
 	if !e.lastOOM.IsZero() {
 		f = max(f, e.oomFloor)
 	}
-	return roundUp(f, p.Block)
+	return roundUp(f, uint64(p.Block))
 }
 
 // bounded keeps d within [Min, ceiling], saying so when that changes it.
 func (e *Engine) bounded(d Decision, ceiling uint64) Decision {
-	lo := roundUp(e.p.Min, e.p.Block)
+	lo := roundUp(uint64(e.p.Min), uint64(e.p.Block))
 	to := d.To
 	if to > ceiling {
 		to = ceiling
@@ -369,7 +379,7 @@ func (e *Engine) Floor(now time.Time) uint64 {
 	if s := e.last; s != nil {
 		used = s.Total - min(s.Available, s.Total)
 	}
-	return max(e.floor(now, used), roundUp(e.p.Min, e.p.Block))
+	return max(e.floor(now, used), roundUp(uint64(e.p.Min), uint64(e.p.Block)))
 }
 
 // Tenant is one VM as Squeeze sees it.
@@ -439,4 +449,45 @@ func sat(a, b uint64) uint64 {
 		return math.MaxUint64
 	}
 	return a + b
+}
+
+// Size is a number of bytes, written in a configuration as an integer or
+// as text with a binary unit: "512MiB", "4GiB" (KiB, MiB, GiB, TiB; K, M,
+// G, T mean the same).
+type Size uint64
+
+var sizeUnits = []struct {
+	suffix string
+	shift  uint
+}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}, {"B", 0}}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	text := strings.TrimSpace(string(b))
+	shift := uint(0)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(text, u.suffix) {
+			text, shift = strings.TrimSpace(strings.TrimSuffix(text, u.suffix)), u.shift
+			break
+		}
+	}
+	v, err := strconv.ParseUint(text, 10, 64)
+	if err != nil || v > math.MaxUint64>>shift {
+		return fmt.Errorf("not a size (use e.g. \"512MiB\", \"4GiB\"): %q", b)
+	}
+	*s = Size(v << shift)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler: the largest unit that
+// divides the size.
+func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+func (s Size) String() string {
+	for _, u := range sizeUnits[:4] {
+		if s != 0 && uint64(s)%(1<<u.shift) == 0 {
+			return strconv.FormatUint(uint64(s)>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatUint(uint64(s), 10) + "B"
 }

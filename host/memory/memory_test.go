@@ -17,7 +17,7 @@ var t0 = time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
 func pressurePolicy() Policy {
 	p := DefaultPolicy()
 	p.Mode = ModePressure
-	p.Min, p.Max = 512*mib, 4*gib
+	p.Min, p.Max = Size(512*mib), Size(4*gib)
 	return p
 }
 
@@ -38,18 +38,18 @@ func TestValidateNamesKeys(t *testing.T) {
 		key string
 		mod func(*Policy)
 	}{
-		{"memory_mode", func(p *Policy) { p.Mode = "balloon-ish" }},
-		{"max_memory", func(p *Policy) { p.Max = 0 }},
-		{"min_memory", func(p *Policy) { p.Min = 8 * gib }},
-		{"memory_block", func(p *Policy) { p.Block = 3 << 20 }},
-		{"memory_block", func(p *Policy) { p.Block = 4096 }},
-		{"memory_stall_target", func(p *Policy) { p.StallTarget = math.NaN() }},
-		{"memory_headroom", func(p *Policy) { p.Headroom = 0.9 }},
-		{"memory_refault_limit", func(p *Policy) { p.RefaultLimit = 0 }},
-		{"memory_grow_step", func(p *Policy) { p.GrowStep = 2 }},
-		{"memory_shrink_step", func(p *Policy) { p.ShrinkStep = -1 }},
-		{"memory_quiet", func(p *Policy) { p.Quiet = -time.Second }},
-		{"memory_oom_hold", func(p *Policy) { p.OOMHold = 48 * time.Hour }},
+		{"memory.mode", func(p *Policy) { p.Mode = "balloon-ish" }},
+		{"memory.max", func(p *Policy) { p.Max = 0 }},
+		{"memory.min", func(p *Policy) { p.Min = Size(8 * gib) }},
+		{"memory.block", func(p *Policy) { p.Block = 3 << 20 }},
+		{"memory.block", func(p *Policy) { p.Block = 4096 }},
+		{"memory.stall_target", func(p *Policy) { p.StallTarget = math.NaN() }},
+		{"memory.headroom", func(p *Policy) { p.Headroom = 0.9 }},
+		{"memory.refault_limit", func(p *Policy) { p.RefaultLimit = 0 }},
+		{"memory.grow_step", func(p *Policy) { p.GrowStep = 2 }},
+		{"memory.shrink_step", func(p *Policy) { p.ShrinkStep = -1 }},
+		{"memory.quiet", func(p *Policy) { p.Quiet = -time.Second }},
+		{"memory.oom_hold", func(p *Policy) { p.OOMHold = 48 * time.Hour }},
 	} {
 		p := pressurePolicy()
 		c.mod(&p)
@@ -145,7 +145,7 @@ func TestHeadroomGrowsEnoughForTheUsedMemory(t *testing.T) {
 	}
 	e.Observe(Sample{Time: t0, Interval: time.Second, Total: 6 * gib, Available: 0})
 	p := pressurePolicy()
-	p.Max, p.GrowStep = 16*gib, 0.05
+	p.Max, p.GrowStep = Size(16*gib), 0.05
 	e.SetPolicy(p)
 	d = e.Decide(t0, 6*gib, 0)
 	if d.To != 6*gib+768*mib { // 6144/0.9 = 6827 MiB: 683 MiB more, rounded up to 768
@@ -194,17 +194,17 @@ func TestShrinkAfterQuietInStepsToTheFloor(t *testing.T) {
 			if len(shrinks) > 0 && d.Rule != RuleSlack {
 				t.Fatalf("rule %s", d.Rule)
 			}
-			if d.From-d.To > uint64(p.ShrinkStep*float64(d.From))+p.Block {
+			if d.From-d.To > uint64(p.ShrinkStep*float64(d.From))+uint64(p.Block) {
 				t.Fatalf("shrink %d → %d MiB is more than a step", d.From>>20, d.To>>20)
 			}
-			if d.To%p.Block != 0 {
+			if d.To%uint64(p.Block) != 0 {
 				t.Fatalf("to %d not a multiple of the block", d.To)
 			}
 			shrinks = append(shrinks, uint64(i))
 			cur = d.To
 		}
 	}
-	floor := roundUp(uint64(float64(used)*1.2), p.Block) // used + 2×headroom
+	floor := roundUp(uint64(float64(used)*1.2), uint64(p.Block)) // used + 2×headroom
 	if cur != max(floor, 512*mib) {
 		t.Fatalf("after an hour at %d MiB, want the floor %d MiB", cur>>20, floor>>20)
 	}
@@ -378,13 +378,13 @@ func FuzzDecideBounded(f *testing.F) {
 			e.Observe(Sample{Time: now, Interval: time.Second, Total: total, Available: avail, HavePSI: true,
 				StallSome: time.Duration(stall), Refaults: refaults, SwapIns: swapIns, OOMKills: ooms})
 			d := e.Decide(now, current, hostLimit)
-			ceiling := p.Max
+			ceiling := uint64(p.Max)
 			if hostLimit > 0 {
 				ceiling = min(ceiling, hostLimit)
 			}
-			ceiling = roundDown(ceiling, p.Block)
-			lo := roundUp(p.Min, p.Block)
-			if d.To > max(ceiling, lo) || d.To < min(lo, ceiling) || (d.Action != Hold && d.To%p.Block != 0) {
+			ceiling = roundDown(ceiling, uint64(p.Block))
+			lo := roundUp(uint64(p.Min), uint64(p.Block))
+			if d.To > max(ceiling, lo) || d.To < min(lo, ceiling) || (d.Action != Hold && d.To%uint64(p.Block) != 0) {
 				t.Fatalf("to %d outside [%d, %d] or not in blocks: %+v", d.To, lo, ceiling, d)
 			}
 			if d.Action == Hold && d.To != current {
@@ -397,4 +397,25 @@ func FuzzDecideBounded(f *testing.F) {
 			now = now.Add(time.Hour)
 		}
 	})
+}
+
+func TestSizeText(t *testing.T) {
+	for in, want := range map[string]Size{"512MiB": Size(512 * mib), "4GiB": Size(4 * gib), "4G": Size(4 * gib), "1024": 1024,
+		" 2 GiB ": Size(2 * gib), "1TiB": 1 << 40, "64KiB": 64 << 10, "100B": 100} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
+			t.Errorf("%q: %v, %v; want %v", in, s, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1GiB", "1.5GiB", "lots", "99999999999TiB", "1 PiB"} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q: accepted as %v", in, s)
+		}
+	}
+	for s, want := range map[Size]string{Size(512 * mib): "512MiB", Size(4 * gib): "4GiB", Size(1536 * mib): "1536MiB", 1000: "1000B", 0: "0B"} {
+		if got := s.String(); got != want {
+			t.Errorf("%d: %q, want %q", uint64(s), got, want)
+		}
+	}
 }
