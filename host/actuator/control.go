@@ -193,7 +193,7 @@ func (l *loop) setMemory(ctx context.Context, c control) {
 			return a.err
 		}
 		if l.mem.dev.Total != want {
-			return fmt.Errorf("reached %d MiB of %d MiB", mib(l.mem.dev.Total), mib(want))
+			return fmt.Errorf("reached %d MiB of %d MiB", toMiB(l.mem.dev.Total), toMiB(want))
 		}
 		return nil
 	}

@@ -145,9 +145,10 @@ func newLoop(v *VM, p engine.Policy, m memory.Policy) (*loop, error) {
 	return l, nil
 }
 
-func (l *loop) run(ctx context.Context) {
-	v := l.vm
-	for _, ev := range v.unfinished {
+// begin learns the VM's state from the hypervisor when the loop starts,
+// and takes over what a previous actuator left unfinished.
+func (l *loop) begin(ctx context.Context) {
+	for _, ev := range l.vm.unfinished {
 		if eventlog.IsMemory(ev.Kind) {
 			l.mem.unfinished = append(l.mem.unfinished, ev)
 		} else {
@@ -158,6 +159,11 @@ func (l *loop) run(ctx context.Context) {
 	l.agent.seen = time.Now()
 	l.warnUnfinished()
 	l.mem.recoverAtStart(ctx)
+}
+
+func (l *loop) run(ctx context.Context) {
+	v := l.vm
+	l.begin(ctx)
 	tick := time.NewTicker(v.policyInterval())
 	defer tick.Stop()
 	for {

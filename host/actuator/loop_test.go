@@ -89,24 +89,41 @@ type loopRig struct {
 	cmds   chan proto.Message
 	path   string
 	events *eventlog.Log
+	// memBudget is the VM's host memory budget (unlimited unless set).
+	memBudget *Budget
+	// unfinished are handed to the VM as a restarted actuator's would be.
+	unfinished []eventlog.Event
 }
 
 func newLoopRig(t testing.TB, slots, boot int) *loopRig {
 	t.Helper()
+	return newLoopRigWith(t, slots, boot, nil)
+}
+
+// newLoopRigWith is newLoopRig with the VM's configuration changed by
+// mod (e.g. a hypervisor with a memory device, a memory policy) and the
+// budgets it is given; mod may call setup to prepare the event log
+// before the VM starts.
+func newLoopRigWith(t testing.TB, slots, boot int, mod func(r *loopRig, c *VMConfig)) *loopRig {
+	t.Helper()
 	r := &loopRig{t: t, hyp: newMemHyp(slots, boot), cmds: make(chan proto.Message, 16),
-		path: filepath.Join(t.TempDir(), "events.jsonl")}
+		path: filepath.Join(t.TempDir(), "events.jsonl"), memBudget: NewBudget(0)}
 	var err error
 	if r.events, err = eventlog.Open(r.path); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.events.Close() })
-	v, err := newVM(VMConfig{Name: "vm1", Policy: fastPolicy(), Hypervisor: r.hyp, CommandTimeout: time.Second},
-		r.events, NewBudget(0), NewBudget(0), nil, testLogger(t))
+	cfg := VMConfig{Name: "vm1", Policy: fastPolicy(), Hypervisor: r.hyp, CommandTimeout: time.Second}
+	if mod != nil {
+		mod(r, &cfg)
+	}
+	v, err := newVM(cfg, r.events, NewBudget(0), r.memBudget, nil, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	v.unfinished = r.unfinished
 	r.l = v.loop
-	r.l.hv.refresh(context.Background())
+	r.l.begin(context.Background())
 	host, guest := net.Pipe()
 	t.Cleanup(func() { host.Close(); guest.Close() })
 	go func() { // the guest's side: decode what the host sends

@@ -132,11 +132,11 @@ func (m *memResource) newAction(d memory.Decision, why string) *action {
 	if why != "" {
 		d.Reason = why
 	}
-	r := &record{start: time.Now(), result: func() int { return mib(m.dev.Total) }}
-	r.ev = eventlog.Event{Time: r.start, VM: l.vm.name, Kind: kind, From: mib(m.dev.Total), To: mib(d.To), Rule: d.Rule, Reason: d.Reason}
-	sig := memSignals{Device: m.dev.Device, Floor: mib(d.Floor)}
+	r := &record{start: time.Now(), result: func() int { return toMiB(m.dev.Total) }}
+	r.ev = eventlog.Event{Time: r.start, VM: l.vm.name, Kind: kind, From: toMiB(m.dev.Total), To: toMiB(d.To), Rule: d.Rule, Reason: d.Reason}
+	sig := memSignals{Device: m.dev.Device, Floor: toMiB(d.Floor)}
 	if last := l.agent.last; last != nil {
-		sig.GuestTotal, sig.GuestAvailable, sig.ReportAt = mib(last.MemTotalBytes), mib(last.MemAvailableBytes), l.agent.lastAt
+		sig.GuestTotal, sig.GuestAvailable, sig.ReportAt = toMiB(last.MemTotalBytes), toMiB(last.MemAvailableBytes), l.agent.lastAt
 		if mm := last.Memory; mm != nil {
 			sig.StallSomeMS, sig.StallFullMS, sig.Refaults, sig.OOMKills = float64(mm.PSISomeMicros)/1e3, float64(mm.PSIFullMicros)/1e3,
 				mm.RefaultAnon+mm.RefaultFile, mm.OOMKills
@@ -170,7 +170,7 @@ type memAction struct {
 	resizeAt  time.Time
 }
 
-func mib(b uint64) int { return int(b >> 20) }
+func toMiB(b uint64) int { return int(b >> 20) }
 
 func (m *memResource) start(ctx context.Context, a *action) *wait {
 	l, ma := m.l, a.mem
@@ -223,7 +223,7 @@ func (m *memResource) polled(ctx context.Context, a *action, err error) *wait {
 		return m.poll(a)
 	}
 	if err == nil {
-		err = fmt.Errorf("the guest reached %d MiB of %d MiB in %v", mib(m.dev.Total), mib(ma.want), m.policy.ResizeTimeout)
+		err = fmt.Errorf("the guest reached %d MiB of %d MiB in %v", toMiB(m.dev.Total), toMiB(ma.want), m.policy.ResizeTimeout)
 	}
 	// Whatever stopped the wait, what was reached becomes the request.
 	reached := m.dev.Total
@@ -234,7 +234,7 @@ func (m *memResource) polled(ctx context.Context, a *action, err error) *wait {
 		err = fmt.Errorf("%v, and setting the request to it failed: %w", err, rerr)
 	} else {
 		m.set(dev)
-		err = fmt.Errorf("%v; the request is now %d MiB (memory the guest cannot move?)", err, mib(dev.Requested))
+		err = fmt.Errorf("%v; the request is now %d MiB (memory the guest cannot move?)", err, toMiB(dev.Requested))
 	}
 	a.fail(a.rec.step(eventlog.StepResize, ma.resizeAt, err))
 	return nil
@@ -310,13 +310,13 @@ func (m *memResource) recoverAtStart(ctx context.Context) {
 		dev, err := m.hyp.RequestMemory(cctx, found.Total)
 		cancel()
 		if err != nil {
-			fixed = fmt.Sprintf("; setting the request to %d MiB failed: %v", mib(found.Total), err)
+			fixed = fmt.Sprintf("; setting the request to %d MiB failed: %v", toMiB(found.Total), err)
 		} else {
 			m.set(dev)
-			fixed = fmt.Sprintf("; the request is now %d MiB", mib(dev.Requested))
+			fixed = fmt.Sprintf("; the request is now %d MiB", toMiB(dev.Requested))
 		}
 	}
-	what := fmt.Sprintf("%s at %d MiB, request %d MiB%s", found.Device, mib(found.Total), mib(found.Requested), fixed)
+	what := fmt.Sprintf("%s at %d MiB, request %d MiB%s", found.Device, toMiB(found.Total), toMiB(found.Requested), fixed)
 	if len(m.unfinished) == 0 && fixed == "" {
 		return
 	}
@@ -325,8 +325,8 @@ func (m *memResource) recoverAtStart(ctx context.Context) {
 		events = []eventlog.Event{{}}
 	}
 	for _, u := range events {
-		r := &record{start: time.Now(), result: func() int { return mib(m.dev.Total) }}
-		r.ev = eventlog.Event{Time: r.start, VM: l.vm.name, Kind: eventlog.KindMemoryRecover, From: mib(found.Total), To: mib(m.dev.Requested),
+		r := &record{start: time.Now(), result: func() int { return toMiB(m.dev.Total) }}
+		r.ev = eventlog.Event{Time: r.start, VM: l.vm.name, Kind: eventlog.KindMemoryRecover, From: toMiB(found.Total), To: toMiB(m.dev.Requested),
 			Rule: "reconcile", Action: u.Seq, Outcome: eventlog.OutcomeOK, Reason: "found " + what}
 		if u.Seq != 0 {
 			r.ev.Reason = fmt.Sprintf("actuator stopped during %s %d→%d MiB (action %d); found %s", u.Kind, u.From, u.To, u.Seq, what)
@@ -345,8 +345,8 @@ func (m *memResource) setMemory(ctx context.Context, total uint64) (*action, err
 		return nil, fmt.Errorf("%w: cannot read the VM's memory device", hypervisor.ErrUnavailable)
 	}
 	if total < m.dev.Min || total > m.dev.Max {
-		return nil, fmt.Errorf("%w: %d MiB is outside the device's [%d, %d] MiB", ErrOutOfRange, mib(total), mib(m.dev.Min), mib(m.dev.Max))
+		return nil, fmt.Errorf("%w: %d MiB is outside the device's [%d, %d] MiB", ErrOutOfRange, toMiB(total), toMiB(m.dev.Min), toMiB(m.dev.Max))
 	}
 	d := memory.Decision{From: m.dev.Total, To: total, Rule: "operator"}
-	return m.newAction(d, fmt.Sprintf("operator asked for %d MiB", mib(total))), nil
+	return m.newAction(d, fmt.Sprintf("operator asked for %d MiB", toMiB(total))), nil
 }
