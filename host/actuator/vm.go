@@ -171,7 +171,10 @@ type Signals struct {
 	// swap traffic in pages per second.
 	MemTotal, MemAvailable uint64
 	SwapIn, SwapOut        float64
-	Apps                   []AppSignal
+	// MemStallSome and MemStallFull are the seconds of the latest
+	// interval some (all non-idle) tasks stalled on memory (PSI).
+	MemStallSome, MemStallFull float64
+	Apps                       []AppSignal
 }
 
 // AppSignal is one application's latest figures against its SLA.
@@ -313,6 +316,9 @@ func signalsOf(r *proto.Report, s engine.Sample) Signals {
 		g.Steal /= float64(online)
 	}
 	g.MemTotal, g.MemAvailable, g.SwapIn, g.SwapOut = r.MemTotalBytes, r.MemAvailableBytes, r.SwapInPerSec, r.SwapOutPerSec
+	if m := r.Memory; m != nil && m.HavePSI {
+		g.MemStallSome, g.MemStallFull = float64(m.PSISomeMicros)/1e6, float64(m.PSIFullMicros)/1e6
+	}
 	if q := r.RunQueue; q != nil {
 		g.RunQ = RunQSignal{Source: q.Source, P50: float64(q.P50Nanos) / 1e9, P95: float64(q.P95Nanos) / 1e9, P99: float64(q.P99Nanos) / 1e9}
 	}

@@ -159,6 +159,12 @@ func (c *Client) SetVCPUs(ctx context.Context, name string, n int) (VM, error) {
 	return v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/vcpus", VCPUsRequest{VCPUs: n}, &v)
 }
 
+// SetMemory calls POST /v1/vms/{name}/memory.
+func (c *Client) SetMemory(ctx context.Context, name string, bytes uint64) (VM, error) {
+	var v VM
+	return v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/memory", MemoryRequest{Bytes: bytes}, &v)
+}
+
 // SetPolicy calls PUT /v1/vms/{name}/policy with the given keys.
 func (c *Client) SetPolicy(ctx context.Context, name string, keys map[string]any) (VM, error) {
 	var v VM

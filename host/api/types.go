@@ -158,6 +158,12 @@ type VCPUsRequest struct {
 	VCPUs int `json:"vcpus"`
 }
 
+// MemoryRequest is the body of POST /v1/vms/{id}/memory: the VM's memory
+// in bytes (boot memory plus what the device adds).
+type MemoryRequest struct {
+	Bytes uint64 `json:"bytes"`
+}
+
 // Error is the body of every error answer.
 type Error struct {
 	Error string `json:"error"`
@@ -251,6 +257,29 @@ type Status struct {
 	LastDecisionAt time.Time       `json:"last_decision_at,omitzero"`
 	Signals        Signals         `json:"signals"`
 	ReportsSeen    uint64          `json:"reports_seen"`
+	// Memory is the VM's memory sizing; nil when its mode is off and no
+	// memory device is known.
+	Memory *Memory `json:"memory,omitempty"`
+}
+
+// Memory is a VM's memory as the hypervisor reports it, in bytes, and the
+// memory policy's last decision.
+type Memory struct {
+	Mode string `json:"mode"`
+	// Device is "virtio-mem" or "balloon"; empty when none was found.
+	Device    string `json:"device,omitempty"`
+	Total     uint64 `json:"total_bytes"`
+	Requested uint64 `json:"requested_bytes"`
+	Max       uint64 `json:"max_bytes"`
+	Target    uint64 `json:"target_bytes"`
+	// LastAction, LastRule and LastReason are the memory engine's last
+	// decision (grow, shrink, hold), the rule that took it and its numbers.
+	LastAction     string    `json:"last_action,omitempty"`
+	LastRule       string    `json:"last_rule,omitempty"`
+	LastReason     string    `json:"last_reason,omitempty"`
+	LastDecisionAt time.Time `json:"last_decision_at,omitzero"`
+	// Degraded says why the last resize fell short; empty when healthy.
+	Degraded string `json:"degraded,omitempty"`
 }
 
 // Signals are the latest measurements of a VM.

@@ -39,6 +39,8 @@ type Metrics struct {
 	plug       *prometheus.HistogramVec
 	unplug     *prometheus.HistogramVec
 	step       *prometheus.HistogramVec
+	resize     *prometheus.HistogramVec
+	stall      *prometheus.CounterVec
 	vms        *vmCollector
 	attachOnce sync.Once
 }
@@ -67,7 +69,13 @@ func NewMetrics() *Metrics {
 	m.step = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "scaling_step_duration_seconds",
 		Help:    "Duration of each step of a scaling action (plug, online, confirm, offline, unplug, rollback_*), failed ones included.",
 		Buckets: latencyBuckets}, []string{"step", "ok"})
-	m.reg.MustRegister(m.actions, m.logErrors, m.rejected, m.plug, m.unplug, m.step,
+	m.resize = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "memory_resize_duration_seconds",
+		Help:    "Time for a VM's memory device to reach a resize's request, by direction (grow, shrink), for resizes that got there.",
+		Buckets: latencyBuckets}, []string{"vm", "direction"})
+	m.stall = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "vm_memory_stall_seconds_total",
+		Help: "Seconds some (kind=some) or all non-idle (kind=full) tasks of the guest stalled on memory (PSI), summed over the reports accepted."},
+		[]string{"vm", "kind"})
+	m.reg.MustRegister(m.actions, m.logErrors, m.rejected, m.plug, m.unplug, m.step, m.resize, m.stall,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -89,9 +97,14 @@ func (m *Metrics) attach(act *actuator.Actuator) {
 	})
 }
 
-// Report implements actuator.Observer; the gauges read the status at
-// scrape time.
-func (m *Metrics) Report(string, actuator.Status) {}
+// Report implements actuator.Observer: it adds the report's memory stall;
+// the gauges read the status at scrape time.
+func (m *Metrics) Report(vm string, st actuator.Status) {
+	if g := st.Signals; g.MemStallSome > 0 || g.MemStallFull > 0 {
+		m.stall.WithLabelValues(vm, "some").Add(finite(g.MemStallSome))
+		m.stall.WithLabelValues(vm, "full").Add(finite(g.MemStallFull))
+	}
+}
 
 // Decision implements actuator.Observer.
 func (m *Metrics) Decision(string, engine.Decision, time.Time) {}
@@ -111,6 +124,16 @@ func (m *Metrics) Event(ev eventlog.Event, committed bool) {
 	m.actions.WithLabelValues(ev.VM, ev.Kind, ev.Outcome).Inc()
 	for _, s := range ev.Steps {
 		m.step.WithLabelValues(s.Name, strconv.FormatBool(s.OK)).Observe(s.DurationMS / 1000)
+		if s.Name == eventlog.StepResize && s.OK && (ev.Kind == eventlog.KindMemoryGrow || ev.Kind == eventlog.KindMemoryShrink) {
+			dir := "grow"
+			if ev.Kind == eventlog.KindMemoryShrink {
+				dir = "shrink"
+			}
+			m.resize.WithLabelValues(ev.VM, dir).Observe(s.DurationMS / 1000)
+		}
+	}
+	if eventlog.IsMemory(ev.Kind) {
+		return // From and To are MiB, and no vCPU moved
 	}
 	// A scale-up (or a reconcile that added vCPUs) plugged, a scale-down
 	// removed: the event says which by where it ended.
@@ -145,6 +168,9 @@ func newVMCollector(act *actuator.Actuator) *vmCollector {
 		"steal":         d("vm_cpu_steal_ratio", "Share of the online vCPUs' time the hypervisor ran something else in the latest report (host contention)."),
 		"memTotal":      d("vm_memory_total_bytes", "The guest's MemTotal in the latest report."),
 		"memAvail":      d("vm_memory_available_bytes", "The guest's MemAvailable in the latest report."),
+		"memBytes":      d("vm_memory_bytes", "The VM's memory as its hypervisor reports it: boot memory plus what the memory device adds (absent without a device)."),
+		"memTarget":     d("vm_memory_target_bytes", "The memory the last memory decision asked for (absent while memory sizing is off)."),
+		"memRequested":  d("vm_memory_requested_bytes", "What the VM's memory device has been asked for."),
 		"swap":          d("vm_swap_pages_per_second", "The guest's swap traffic in the latest report, by direction (in, out).", "direction"),
 		"resp":          d("vm_app_response_time_seconds", "An application's p95 response time in the latest report.", "app"),
 		"sla":           d("vm_app_sla_seconds", "An application's SLA bound on response time: its percentile target, or else its mean.", "app"),
@@ -216,6 +242,13 @@ func (c *vmCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if acc := raw.Accuracy; !math.IsNaN(acc.SLACompliance) && acc.SLAIntervals > 0 {
 			gauge("slaCompliance", acc.SLACompliance, n)
+		}
+		if m := st.Memory; m != nil && m.Device != "" {
+			gauge("memBytes", float64(m.Total), n)
+			gauge("memRequested", float64(m.Requested), n)
+			if m.Mode != "off" && m.Target > 0 {
+				gauge("memTarget", float64(m.Target), n)
+			}
 		}
 		if st.Signals.At.IsZero() {
 			continue // no report yet: no measurement to show

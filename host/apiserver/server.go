@@ -99,6 +99,7 @@ func New(o Options) (*Server, error) {
 	mux.HandleFunc("POST /v1/vms/{id}/pause", s.withVM(s.servePause))
 	mux.HandleFunc("POST /v1/vms/{id}/resume", s.withVM(s.serveResume))
 	mux.HandleFunc("POST /v1/vms/{id}/vcpus", s.withVM(s.serveVCPUs))
+	mux.HandleFunc("POST /v1/vms/{id}/memory", s.withVM(s.serveMemory))
 	mux.HandleFunc("GET /v1/events", s.serveEvents)
 	mux.HandleFunc("GET /v1/stream", s.serveStream)
 	if s.metrics != nil {
@@ -290,6 +291,22 @@ func (s *Server) serveVCPUs(w http.ResponseWriter, r *http.Request, v *actuator.
 	s.control(w, r, v, fmt.Sprintf("set vcpus to %d", req.VCPUs), func(ctx context.Context) error { return v.SetVCPUs(ctx, req.VCPUs) })
 }
 
+// maxMemoryRequest bounds a memory request: 64 TiB.
+const maxMemoryRequest = 64 << 40
+
+func (s *Server) serveMemory(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
+	var req api.MemoryRequest
+	if aerr := decodeBody(w, r, &req, map[string]bool{"bytes": true}); aerr != nil {
+		aerr.write(w)
+		return
+	}
+	if req.Bytes < 1<<20 || req.Bytes > maxMemoryRequest {
+		writeError(w, http.StatusBadRequest, "bytes", fmt.Sprintf("must be from 1 MiB to 64 TiB, got %d", req.Bytes))
+		return
+	}
+	s.control(w, r, v, fmt.Sprintf("set memory to %d MiB", req.Bytes>>20), func(ctx context.Context) error { return v.SetMemory(ctx, req.Bytes) })
+}
+
 // control runs an operator action and answers with the VM's view.
 func (s *Server) control(w http.ResponseWriter, r *http.Request, v *actuator.VM, what string, f func(context.Context) error) {
 	ctx, cancel := context.WithTimeout(r.Context(), controlTimeout)
@@ -301,6 +318,10 @@ func (s *Server) control(w http.ResponseWriter, r *http.Request, v *actuator.VM,
 		writeJSON(w, http.StatusOK, viewOf(v.Status()))
 	case errors.As(err, new(*engine.FieldError)):
 		policyError(w, err)
+	case errors.Is(err, actuator.ErrOutOfRange):
+		writeError(w, http.StatusBadRequest, "", fmt.Sprintf("vm %s: %s: %v", v.Name(), what, err))
+	case errors.Is(err, actuator.ErrUnsupported):
+		writeError(w, http.StatusConflict, "", fmt.Sprintf("vm %s: %s: %v", v.Name(), what, err))
 	case errors.Is(err, actuator.ErrNotRunning):
 		writeError(w, http.StatusServiceUnavailable, "", fmt.Sprintf("vm %s: %v", v.Name(), err))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -27,6 +27,14 @@ func statusOf(st actuator.Status) api.Status {
 			Waiting: finite(g.Waiting), Load1: finite(g.Load1), PSISome10: finite(g.PSISome10), RunQSource: g.RunQ.Source,
 			RunQP50: finite(g.RunQ.P50), RunQP95: finite(g.RunQ.P95), RunQP99: finite(g.RunQ.P99), Steal: finite(g.Steal),
 			MemTotal: g.MemTotal, MemAvailable: g.MemAvailable, SwapIn: finite(g.SwapIn), SwapOut: finite(g.SwapOut)}}
+	if m := st.Memory; m.Mode != "off" || m.Device != "" {
+		d := m.LastDecision
+		out.Memory = &api.Memory{Mode: m.Mode, Device: m.Device, Total: m.Total, Requested: m.Requested, Max: m.Max,
+			Target: m.Target, LastRule: d.Rule, LastReason: d.Reason, LastDecisionAt: m.LastDecisionAt, Degraded: m.Degraded}
+		if d.Rule != "" {
+			out.Memory.LastAction = d.Action.String()
+		}
+	}
 	for _, a := range g.Apps {
 		out.Signals.Apps = append(out.Signals.Apps, api.AppSignal{Name: a.Name, Rate: finite(a.Rate), RespP95: finite(a.RespP95),
 			ServiceMean: finite(a.ServiceMean), SLAMean: finite(a.SLAMean), SLAPct: finite(a.SLAPct),

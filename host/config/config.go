@@ -28,6 +28,9 @@ type Config struct {
 	EventLog string `toml:"event_log"`
 	// HostVCPUBudget caps the sum of vCPUs over all VMs; 0 means no cap.
 	HostVCPUBudget int `toml:"host_vcpu_budget"`
+	// HostMemoryBudget caps the memory of all memory-sized VMs together,
+	// e.g. "24GiB"; 0 means no cap.
+	HostMemoryBudget memory.Size `toml:"host_memory_budget"`
 	// LogLevel: trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
 	// Defaults apply to every VM's policy before its own policy table.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+
+	"github.com/hotplugheaven/hotplug/host/memory"
 )
 
 // cmdPause and cmdResume stop and restart scaling of a VM.
@@ -85,6 +87,45 @@ func cmdSetVCPUs(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, msg)
 	if !v.Paused {
 		fmt.Fprintf(stdout, "note: %s is not paused, so the engine may resize it again (pause %s to keep this size)\n", v.Name, v.Name)
+	}
+	return 0
+}
+
+// cmdSetMemory moves a VM's memory to SIZE now, within its memory device.
+func cmdSetMemory(args []string, stdout, stderr io.Writer) int {
+	f := newClientFlags("set-memory", stdout, stderr)
+	pos, ok := f.parse(args)
+	if !ok {
+		return f.exit
+	}
+	if len(pos) != 2 {
+		return f.usage("usage: set-memory VM SIZE [--json]   (SIZE e.g. 1536MiB, 2GiB)")
+	}
+	var size memory.Size
+	if err := size.UnmarshalText([]byte(pos[1])); err != nil || size < 1<<20 {
+		return f.usage("SIZE must be a size of at least 1MiB, e.g. 2GiB, got %q", pos[1])
+	}
+	c, err := f.client()
+	if err != nil {
+		return f.fail(err)
+	}
+	ctx, cancel := interruptible()
+	defer cancel()
+	v, err := c.SetMemory(ctx, pos[0], uint64(size))
+	if err != nil {
+		return f.fail(err)
+	}
+	if *f.json {
+		printJSON(stdout, v)
+		return 0
+	}
+	if v.Memory == nil {
+		fmt.Fprintf(stdout, "%s: memory resized\n", v.Name)
+		return 0
+	}
+	fmt.Fprintf(stdout, "%s: %s of memory (%s device, at most %s)\n", v.Name, memory.Size(v.Memory.Total), v.Memory.Device, memory.Size(v.Memory.Max))
+	if !v.Paused && v.Memory.Mode != memory.ModeOff {
+		fmt.Fprintf(stdout, "note: %s is not paused, so memory sizing may resize it again (pause %s to keep this size)\n", v.Name, v.Name)
 	}
 	return 0
 }

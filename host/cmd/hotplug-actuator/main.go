@@ -26,6 +26,7 @@ Usage:
                                                 scaling events (through the API; --log FILE reads the file offline)
   hotplug-actuator pause VM | resume VM         stop or restart scaling of a VM
   hotplug-actuator set-vcpus VM N               resize a VM now, within its policy
+  hotplug-actuator set-memory VM SIZE           resize a VM's memory now (e.g. 2GiB), within its device
   hotplug-actuator check  [--config FILE]       validate the configuration and exit
   hotplug-actuator simulate [flags] TRACE...    replay CPU demand traces through the engine's policies
                                                 (PlanetLab, Bitbrains, timestamp,demand_cpus CSV; --help)
@@ -42,7 +43,7 @@ or --url URL --token-file FILE over TCP. The API is documented in docs/api.md.
 
 // commands are the subcommands run dispatches to.
 var commands = map[string]bool{"run": true, "check": true, "events": true, "status": true, "explain": true,
-	"pause": true, "resume": true, "set-vcpus": true, "simulate": true, "version": true, "help": true}
+	"pause": true, "resume": true, "set-vcpus": true, "set-memory": true, "simulate": true, "version": true, "help": true}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -72,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdResume(args, stdout, stderr)
 	case "set-vcpus":
 		return cmdSetVCPUs(args, stdout, stderr)
+	case "set-memory":
+		return cmdSetMemory(args, stdout, stderr)
 	case "simulate":
 		return cmdSimulate(args, stdout, stderr)
 	case "version":
@@ -94,7 +97,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		if !commands[args[0]] {
-			fmtErr(stderr, "hotplug-actuator help", "unknown command %q (commands: run, check, status, explain, events, pause, resume, set-vcpus, simulate, version)", args[0])
+			fmtErr(stderr, "hotplug-actuator help", "unknown command %q (commands: run, check, status, explain, events, pause, resume, set-vcpus, set-memory, simulate, version)", args[0])
 			return 2
 		}
 		return run([]string{args[0], "--help"}, stdout, stderr) // that command's usage

@@ -120,13 +120,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 			hyp = hypervisor.NewQEMU(vm.QMP, hypervisor.QEMUOptions{UnplugTimeout: vm.UnplugTimeout.D(), Logger: vmLog})
 		}
 		vms = append(vms, actuator.VMConfig{Name: vm.Name, Policy: vm.Policy, Hypervisor: hyp, Channel: ch,
-			CommandTimeout: vm.CommandTimeout.D(), BlackBox: *vm.BlackBox, AgentTimeout: vm.AgentTimeout.D()})
+			CommandTimeout: vm.CommandTimeout.D(), BlackBox: *vm.BlackBox, AgentTimeout: vm.AgentTimeout.D(), Memory: vm.Memory})
 	}
 	act, err := actuator.New(vms, events, cfg.HostVCPUBudget, logger, apiL.observers()...)
 	if err != nil {
 		fmt.Fprintf(stderr, "hotplug-actuator: %v\n", err)
 		return 1
 	}
+	act.SetMemoryBudget(uint64(cfg.HostMemoryBudget))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	waitAPI, err := apiL.serve(ctx, act, cfg.EventLog, logger)
@@ -136,7 +137,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	defer waitAPI()
 	logger.Info("starting", "version", version, "config", *path, "vms", len(vms), "event_log", cfg.EventLog,
-		"host_vcpu_budget", cfg.HostVCPUBudget)
+		"host_vcpu_budget", cfg.HostVCPUBudget, "host_memory_budget", cfg.HostMemoryBudget)
 	act.Run(ctx)
 	logger.Info("stopped")
 	return 0
