@@ -22,6 +22,7 @@ type control struct {
 	update func(*engine.Policy) error
 	vcpus  int
 	memory uint64 // bytes, kind "memory"
+	force  bool   // kind "memory": below the guest's safety floor
 	reply  chan error
 }
 
@@ -92,12 +93,13 @@ func (v *VM) SetVCPUs(ctx context.Context, n int) error {
 }
 
 // SetMemory resizes the VM's memory to total bytes now, outside the memory
-// policy (its bounds are the device's), and returns when the resize is
-// done, with an error if the guest reached only part of it; it is logged
-// as a memory event with rule "operator". Memory sizing resumes afterwards
+// policy (its bounds are the device's, and a shrink stops at the guest's
+// safety floor unless force), and returns when the resize is done, with an
+// error if the guest reached only part of it; it is logged as a memory
+// event with rule "operator". Memory sizing resumes afterwards
 // if the policy sizes memory: pause the VM to keep the size.
-func (v *VM) SetMemory(ctx context.Context, total uint64) error {
-	return v.request(ctx, control{kind: "memory", memory: total})
+func (v *VM) SetMemory(ctx context.Context, total uint64, force bool) error {
+	return v.request(ctx, control{kind: "memory", memory: total, force: force})
 }
 
 // control runs in the VM goroutine. It answers on c.reply, except a
@@ -181,7 +183,7 @@ func (l *loop) setVCPUs(ctx context.Context, c control) {
 
 // setMemory starts an operator's memory size, or answers at once.
 func (l *loop) setMemory(ctx context.Context, c control) {
-	a, err := l.mem.setMemory(ctx, c.memory)
+	a, err := l.mem.setMemory(ctx, c.memory, c.force)
 	if a == nil {
 		c.reply <- err
 		return

@@ -336,8 +336,12 @@ func (m *memResource) recoverAtStart(ctx context.Context) {
 	m.unfinished = nil
 }
 
-// setMemory is an operator's resize to total bytes, outside the policy.
-func (m *memResource) setMemory(ctx context.Context, total uint64) (*action, error) {
+// setMemory is an operator's resize to total bytes, within the device.
+// A shrink is held to the guest's safety floor (what it uses plus the
+// policy's headroom twice, as the policy's own shrinks are) unless force:
+// virtio-mem's guest driver gives up free memory down to nothing, and a
+// guest with nothing free OOM-kills its own processes.
+func (m *memResource) setMemory(ctx context.Context, total uint64, force bool) (*action, error) {
 	if m.hyp == nil {
 		return nil, fmt.Errorf("%w: this hypervisor backend cannot resize memory", ErrUnsupported)
 	}
@@ -347,6 +351,42 @@ func (m *memResource) setMemory(ctx context.Context, total uint64) (*action, err
 	if total < m.dev.Min || total > m.dev.Max {
 		return nil, fmt.Errorf("%w: %d MiB is outside the device's [%d, %d] MiB", ErrOutOfRange, toMiB(total), toMiB(m.dev.Min), toMiB(m.dev.Max))
 	}
+	why := fmt.Sprintf("operator asked for %d MiB", toMiB(total))
+	if total < m.dev.Total && !force {
+		floor, known := m.safeFloor()
+		if !known {
+			return nil, fmt.Errorf("%w: no memory report from the guest yet, so what it uses is unknown: a shrink needs one (or force)", ErrOutOfRange)
+		}
+		if total < floor {
+			why += fmt.Sprintf(", held to the guest's safety floor of %d MiB (what it uses plus headroom; force to go below)", toMiB(floor))
+			total = floor
+		}
+		if total >= m.dev.Total {
+			return nil, fmt.Errorf("%w: the guest's safety floor is %d MiB, at or above its %d MiB: nothing to shrink (force to go below)",
+				ErrOutOfRange, toMiB(floor), toMiB(m.dev.Total))
+		}
+	}
 	d := memory.Decision{From: m.dev.Total, To: total, Rule: "operator"}
-	return m.newAction(d, fmt.Sprintf("operator asked for %d MiB", toMiB(total))), nil
+	return m.newAction(d, why), nil
+}
+
+// safeFloor is the least memory the VM may be shrunk to now, from the
+// guest's latest report; false without one.
+func (m *memResource) safeFloor() (uint64, bool) {
+	last := m.l.agent.last
+	if last == nil || last.MemTotalBytes == 0 {
+		return 0, false
+	}
+	p := m.policy
+	if p.Mode == memory.ModeOff {
+		p = memory.DefaultPolicy() // its headroom and block
+	}
+	// What the guest does not have available is in use; the device total
+	// exceeds the guest's MemTotal by what the kernel reserved, which a
+	// shrink does not give back either.
+	inUse := m.dev.Total - min(m.dev.Total, last.MemAvailableBytes)
+	floor := inUse + uint64(2*p.Headroom*float64(last.MemTotalBytes))
+	blk := max(uint64(p.Block), m.dev.Block, 1)
+	floor = (floor + blk - 1) / blk * blk
+	return min(max(floor, m.dev.Min), m.dev.Max), true
 }

@@ -151,7 +151,7 @@ func TestMemoryPartialShrinkSetsTheRequestToWhatWasReached(t *testing.T) {
 	r := newRAMRig(t, ram, pressurePolicy(), nil)
 	r.handle(evSession{s: r.sess})
 	reply := make(chan error, 1)
-	r.l.control(context.Background(), control{kind: "memory", memory: 768 * mib, reply: reply})
+	r.l.control(context.Background(), control{kind: "memory", memory: 768 * mib, force: true, reply: reply})
 	r.phase(resizing)
 	r.l.expire(context.Background())
 	r.phase(resizing) // 1280 of 768: still trying
@@ -173,6 +173,45 @@ func TestMemoryPartialShrinkSetsTheRequestToWhatWasReached(t *testing.T) {
 	if d := r.l.vm.Status().Memory.Degraded; !strings.Contains(d, "1280 MiB") {
 		t.Fatalf("degraded %q", d)
 	}
+}
+
+// An operator's shrink stops at the guest's safety floor unless forced,
+// and needs a report to know it.
+func TestSetMemoryHeldToTheSafetyFloor(t *testing.T) {
+	ram := newRAMHyp()
+	ram.dev.Total, ram.dev.Requested = 2048*mib, 2048*mib
+	r := newRAMRig(t, ram, pressurePolicy(), nil)
+	r.handle(evSession{s: r.sess})
+	reply := make(chan error, 1)
+	r.l.control(context.Background(), control{kind: "memory", memory: 512 * mib, reply: reply})
+	if err := <-reply; !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), "no memory report") {
+		t.Fatalf("shrink without a report: %v", err)
+	}
+	// 1948 MiB in the guest, 1000 available: 1048 in use, + 2×10 % of
+	// 1948 = 1438 MiB, rounded up to 128 MiB blocks: 1536.
+	r.memReport(guestTotal(2048*mib), 1000*mib, nil)
+	r.l.control(context.Background(), control{kind: "memory", memory: 512 * mib, reply: reply})
+	r.phase(resizing)
+	r.l.expire(context.Background())
+	r.phase(confirming)
+	r.memReport(guestTotal(1536*mib), 488*mib, nil)
+	if err := <-reply; err != nil {
+		t.Fatal(err)
+	}
+	if ev := r.lastEvent(); ev.To != 1536 || ev.Result != 1536 || !strings.Contains(ev.Reason, "safety floor of 1536 MiB") {
+		t.Fatalf("event %+v", ev)
+	}
+	// At the floor: nothing to shrink, said so. (1536 − 300 in use,
+	// + 287 of headroom: 1523, rounded up to 1536.)
+	r.memReport(guestTotal(1536*mib), 300*mib, nil)
+	r.phase(idle)
+	r.l.control(context.Background(), control{kind: "memory", memory: 1024 * mib, reply: reply})
+	if err := <-reply; !errors.Is(err, ErrOutOfRange) || !strings.Contains(err.Error(), "nothing to shrink") {
+		t.Fatalf("shrink at the floor: %v", err)
+	}
+	// Forced: below it.
+	r.l.control(context.Background(), control{kind: "memory", memory: 1024 * mib, force: true, reply: reply})
+	r.phase(resizing)
 }
 
 func TestSetMemoryOutsideTheDevice(t *testing.T) {

@@ -160,9 +160,9 @@ func (c *Client) SetVCPUs(ctx context.Context, name string, n int) (VM, error) {
 }
 
 // SetMemory calls POST /v1/vms/{name}/memory.
-func (c *Client) SetMemory(ctx context.Context, name string, bytes uint64) (VM, error) {
+func (c *Client) SetMemory(ctx context.Context, name string, req MemoryRequest) (VM, error) {
 	var v VM
-	return v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/memory", MemoryRequest{Bytes: bytes}, &v)
+	return v, c.call(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/memory", req, &v)
 }
 
 // SetPolicy calls PUT /v1/vms/{name}/policy with the given keys.

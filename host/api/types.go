@@ -162,6 +162,9 @@ type VCPUsRequest struct {
 // in bytes (boot memory plus what the device adds).
 type MemoryRequest struct {
 	Bytes uint64 `json:"bytes"`
+	// Force shrinks below the guest's safety floor (what it uses plus
+	// headroom), at the risk of the guest's OOM killer.
+	Force bool `json:"force,omitempty"`
 }
 
 // Error is the body of every error answer.

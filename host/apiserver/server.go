@@ -296,7 +296,7 @@ const maxMemoryRequest = 64 << 40
 
 func (s *Server) serveMemory(w http.ResponseWriter, r *http.Request, v *actuator.VM) {
 	var req api.MemoryRequest
-	if aerr := decodeBody(w, r, &req, map[string]bool{"bytes": true}); aerr != nil {
+	if aerr := decodeBody(w, r, &req, map[string]bool{"bytes": true, "force": true}); aerr != nil {
 		aerr.write(w)
 		return
 	}
@@ -304,7 +304,7 @@ func (s *Server) serveMemory(w http.ResponseWriter, r *http.Request, v *actuator
 		writeError(w, http.StatusBadRequest, "bytes", fmt.Sprintf("must be from 1 MiB to 64 TiB, got %d", req.Bytes))
 		return
 	}
-	s.control(w, r, v, fmt.Sprintf("set memory to %d MiB", req.Bytes>>20), func(ctx context.Context) error { return v.SetMemory(ctx, req.Bytes) })
+	s.control(w, r, v, fmt.Sprintf("set memory to %d MiB", req.Bytes>>20), func(ctx context.Context) error { return v.SetMemory(ctx, req.Bytes, req.Force) })
 }
 
 // control runs an operator action and answers with the VM's view.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/memory"
 )
 
@@ -94,12 +95,13 @@ func cmdSetVCPUs(args []string, stdout, stderr io.Writer) int {
 // cmdSetMemory moves a VM's memory to SIZE now, within its memory device.
 func cmdSetMemory(args []string, stdout, stderr io.Writer) int {
 	f := newClientFlags("set-memory", stdout, stderr)
+	force := f.fs.Bool("force", false, "shrink below the guest's safety floor (what it uses plus headroom): the guest may OOM-kill its processes")
 	pos, ok := f.parse(args)
 	if !ok {
 		return f.exit
 	}
 	if len(pos) != 2 {
-		return f.usage("usage: set-memory VM SIZE [--json]   (SIZE e.g. 1536MiB, 2GiB)")
+		return f.usage("usage: set-memory VM SIZE [--force] [--json]   (SIZE e.g. 1536MiB, 2GiB)")
 	}
 	var size memory.Size
 	if err := size.UnmarshalText([]byte(pos[1])); err != nil || size < 1<<20 {
@@ -111,7 +113,7 @@ func cmdSetMemory(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := interruptible()
 	defer cancel()
-	v, err := c.SetMemory(ctx, pos[0], uint64(size))
+	v, err := c.SetMemory(ctx, pos[0], api.MemoryRequest{Bytes: uint64(size), Force: *force})
 	if err != nil {
 		return f.fail(err)
 	}
