@@ -91,7 +91,10 @@ func TestSimToReal(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the load player: %v\n%s", err, out)
 	}
-	ctx, s, _ := startStack(t, stack.Options{Policy: policyTOML,
+	// Eight slots for a policy of at most four: under TCG a VM can plug
+	// only maxcpus − 1 vCPUs in its life, a limit the simulator does not
+	// model, and the trace scales up twice.
+	ctx, s, _ := startStack(t, stack.Options{Policy: policyTOML, MaxCPUs: 8,
 		Files: map[string]testvm.File{"/usr/bin/httpsvc": {HostPath: svc, Mode: 0o755}}})
 	waitState(ctx, t, s, 60*time.Second, "agent connected, guest idle at 1 vCPU", func(online, plugged int) bool {
 		return online == 1 && plugged == 1 && s.VM != nil

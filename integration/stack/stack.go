@@ -60,7 +60,19 @@ type Options struct {
 	// Dashboard also serves the API on a free loopback TCP port with a
 	// fresh token (see Stack.DashboardURL).
 	Dashboard bool
+	// Memory, when set, is the [vm.memory] table (TOML) and gives the
+	// guest a virtio-mem device of MemoryDeviceMB (default 2048) beside its
+	// 512 MiB of boot memory, and a balloon; the kernel onlines what the
+	// device adds as movable memory, so that it can be unplugged again.
+	Memory         string
+	MemoryDeviceMB int
+	// Config is extra TOML for the actuator configuration's top level
+	// (e.g. host_memory_budget).
+	Config string
 }
+
+// BootMemoryMB is the guest's boot memory.
+const BootMemoryMB = 512
 
 // DefaultPolicy is quick enough for a test under TCG emulation and still
 // the engine's real rules: 1 s samples, 3 of 5 above 80 %, scale down after
@@ -103,9 +115,10 @@ type Stack struct {
 	Config   string
 	opts     Options
 
-	actuator *exec.Cmd
-	actDone  chan error
-	logFile  *os.File
+	actuator    *exec.Cmd
+	actuatorBin string
+	actDone     chan error
+	logFile     *os.File
 
 	qmpMu sync.Mutex
 	qmp   *qmp.Client
@@ -202,7 +215,21 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	for p, f := range opts.Files {
 		files[p] = f
 	}
-	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Files: files})
+	vmCfg := testvm.Config{Name: "hotplug-e2e", Kernel: kernel, CPUs: 1, MaxCPUs: opts.MaxCPUs, MemoryMB: BootMemoryMB}
+	var modules []string
+	if opts.Memory != "" {
+		if opts.MemoryDeviceMB == 0 {
+			opts.MemoryDeviceMB = 2048
+		}
+		modules = []string{"virtio_mem", "virtio_balloon"}
+		vmCfg.MaxMemoryMB = BootMemoryMB + opts.MemoryDeviceMB
+		vmCfg.KernelArgs = "memhp_default_state=online_movable"
+		vmCfg.ExtraArgs = []string{"-object", fmt.Sprintf("memory-backend-ram,id=vmem0,size=%dM,reserve=off", opts.MemoryDeviceMB),
+			"-device", "virtio-mem-pci,id=vm0,memdev=vmem0,block-size=2M,requested-size=0",
+			"-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"}
+		files["/etc/testvm/start.sh"] = testvm.File{Data: []byte("modprobe virtio_mem; modprobe virtio_balloon\n" + opts.Before + "\n" + start), Mode: 0o755}
+	}
+	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Files: files, Modules: modules})
 	if err != nil {
 		return nil, err
 	}
@@ -210,8 +237,8 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	if err := os.MkdirAll(vmDir, 0o755); err != nil {
 		return nil, err
 	}
-	s.VM, err = testvm.Start(ctx, testvm.Config{Name: "hotplug-e2e", Kernel: kernel, Initramfs: img,
-		CPUs: 1, MaxCPUs: opts.MaxCPUs, MemoryMB: 512, Dir: vmDir})
+	vmCfg.Initramfs, vmCfg.Dir = img, vmDir
+	s.VM, err = testvm.Start(ctx, vmCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -231,6 +258,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	cfg := fmt.Sprintf(`event_log = %q
 log_level = "debug"
+%s
 
 [api]
 socket = %q
@@ -249,30 +277,113 @@ path = %q
 
 [vm.policy]
 %s
-`, s.EventLog, filepath.Join(opts.Dir, "api.sock"), apiTCP, s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy)
+%s`, s.EventLog, opts.Config, filepath.Join(opts.Dir, "api.sock"), apiTCP, s.VM.QMPSocket(), opts.VMKeys, s.VM.AgentSocket(), opts.Policy, memoryTable(opts.Memory))
 	if err := os.WriteFile(s.Config, []byte(cfg), 0o644); err != nil {
 		s.VM.Stop()
 		return nil, err
 	}
-	logOut := opts.ActuatorLog
+	s.actuatorBin = actuatorBin
+	if err := s.startActuator(); err != nil {
+		s.VM.Stop()
+		return nil, err
+	}
+	opts.Logf("actuator started (config %s)", s.Config)
+	return s, nil
+}
+
+func memoryTable(body string) string {
+	if body == "" {
+		return ""
+	}
+	return "\n[vm.memory]\n" + body + "\n"
+}
+
+// startActuator runs hotplug-actuator on the stack's configuration,
+// logging to Options.ActuatorLog or, appending, to actuator.log in Dir.
+func (s *Stack) startActuator() error {
+	logOut := s.opts.ActuatorLog
 	if logOut == nil {
-		if s.logFile, err = os.Create(filepath.Join(opts.Dir, "actuator.log")); err != nil {
-			s.VM.Stop()
-			return nil, err
+		if s.logFile == nil {
+			f, err := os.OpenFile(filepath.Join(s.opts.Dir, "actuator.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return err
+			}
+			s.logFile = f
 		}
 		logOut = s.logFile
 	}
-	s.actuator = exec.Command(actuatorBin, "run", "--config", s.Config)
+	s.actuator = exec.Command(s.actuatorBin, "run", "--config", s.Config)
 	s.actuator.Stdout, s.actuator.Stderr = logOut, logOut
 	s.actuator.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.actuator.Start(); err != nil {
-		s.VM.Stop()
-		return nil, fmt.Errorf("starting hotplug-actuator: %w", err)
+		return fmt.Errorf("starting hotplug-actuator: %w", err)
 	}
 	s.actDone = make(chan error, 1)
 	go func() { s.actDone <- s.actuator.Wait() }()
-	opts.Logf("actuator started (config %s)", s.Config)
-	return s, nil
+	return nil
+}
+
+// KillActuator kills the actuator with SIGKILL (no deferred code runs)
+// and waits for it to be gone.
+func (s *Stack) KillActuator() {
+	if s.actuator == nil || s.actuator.Process == nil {
+		return
+	}
+	s.actuator.Process.Signal(syscall.SIGKILL)
+	<-s.actDone
+	s.actuator = nil
+}
+
+// RestartActuator starts the actuator again on the same configuration,
+// event log and guest.
+func (s *Stack) RestartActuator() error { return s.startActuator() }
+
+// QMP runs one command on the test QMP socket (e.g. "stop" and "cont" to
+// freeze the guest).
+func (s *Stack) QMP(ctx context.Context, cmd string, args any) error {
+	s.qmpMu.Lock()
+	defer s.qmpMu.Unlock()
+	if s.qmp == nil {
+		c, err := qmp.Dial(ctx, s.VM.TestQMPSocket(), hclog.NewNullLogger())
+		if err != nil {
+			return err
+		}
+		s.qmp = c
+	}
+	return s.qmp.Execute(ctx, cmd, args, nil)
+}
+
+// QEMUMemory is what QEMU says of the virtio-mem device, over the test QMP
+// socket: the VM's memory (boot plus plugged) and what was requested, in
+// bytes.
+func (s *Stack) QEMUMemory(ctx context.Context) (total, requested uint64, err error) {
+	s.qmpMu.Lock()
+	defer s.qmpMu.Unlock()
+	if s.qmp == nil {
+		c, err := qmp.Dial(ctx, s.VM.TestQMPSocket(), hclog.NewNullLogger())
+		if err != nil {
+			return 0, 0, err
+		}
+		s.qmp = c
+	}
+	var devs []struct {
+		Type string `json:"type"`
+		Data struct {
+			Size      uint64 `json:"size"`
+			Requested uint64 `json:"requested-size"`
+		} `json:"data"`
+	}
+	if err := s.qmp.Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		s.qmp.Close()
+		s.qmp = nil
+		return 0, 0, err
+	}
+	for _, d := range devs {
+		if d.Type == "virtio-mem" {
+			return BootMemoryMB<<20 + d.Data.Size, BootMemoryMB<<20 + d.Data.Requested, nil
+		}
+	}
+	return 0, 0, errors.New("QEMU has no virtio-mem device")
 }
 
 // dashboardAPI picks a free loopback port, writes a fresh token to a
