@@ -61,6 +61,7 @@ type Actuator struct {
 	budget *Budget
 	// memBudget caps the memory of all VMs, bytes (SetMemoryBudget).
 	memBudget *Budget
+	squeeze   squeezer
 	log       hclog.Logger
 }
 
@@ -80,6 +81,9 @@ func New(vms []VMConfig, events *eventlog.Log, hostBudget int, logger hclog.Logg
 	}
 	for _, c := range vms {
 		v, err := newVM(c, events, a.budget, a.memBudget, observers(obs), logger)
+		if v != nil {
+			v.env.hostShort = &a.squeeze.short
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -116,6 +120,9 @@ func (a *Actuator) Budget() (limit, used int) { return a.budget.limit, a.budget.
 // fails does not affect the others.
 func (a *Actuator) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	if a.squeeze.host != nil && a.squeeze.reserve > 0 {
+		wg.Go(func() { a.squeezeLoop(ctx) })
+	}
 	for _, v := range a.vms {
 		wg.Add(1)
 		go func() {

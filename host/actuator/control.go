@@ -23,6 +23,7 @@ type control struct {
 	vcpus  int
 	memory uint64 // bytes, kind "memory"
 	force  bool   // kind "memory": below the guest's safety floor
+	why    string // kind "squeeze": the host-pressure override's reason
 	reply  chan error
 }
 
@@ -123,7 +124,7 @@ func (l *loop) control(ctx context.Context, c control) {
 			return
 		}
 		l.setVCPUs(ctx, c)
-	case "memory":
+	case "memory", "squeeze":
 		if l.act != nil {
 			l.queued = append(l.queued, c)
 			return
@@ -183,7 +184,13 @@ func (l *loop) setVCPUs(ctx context.Context, c control) {
 
 // setMemory starts an operator's memory size, or answers at once.
 func (l *loop) setMemory(ctx context.Context, c control) {
-	a, err := l.mem.setMemory(ctx, c.memory, c.force)
+	var a *action
+	var err error
+	if c.kind == "squeeze" {
+		a, err = l.mem.squeezeTo(ctx, c.memory, c.why)
+	} else {
+		a, err = l.mem.setMemory(ctx, c.memory, c.force)
+	}
 	if a == nil {
 		c.reply <- err
 		return

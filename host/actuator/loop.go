@@ -366,7 +366,7 @@ func (l *loop) next(ctx context.Context) {
 		case len(l.queued) > 0:
 			c := l.queued[0]
 			l.queued = l.queued[1:]
-			if c.kind == "memory" {
+			if c.kind == "memory" || c.kind == "squeeze" {
 				l.setMemory(ctx, c)
 			} else {
 				l.setVCPUs(ctx, c)

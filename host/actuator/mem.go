@@ -96,8 +96,10 @@ func (m *memResource) set(dev hypervisor.Memory) {
 	}
 	m.dev, m.known, m.warned = dev, true, ""
 	v.env.memBudget.Set(v.name, int(dev.Total))
+	floor := m.engine.Floor(time.Now())
 	v.publish(func(s *Status) {
 		s.Memory.Device, s.Memory.Total, s.Memory.Requested, s.Memory.Max = dev.Device, dev.Total, dev.Requested, dev.Max
+		s.Memory.Floor = floor
 	})
 }
 
@@ -111,10 +113,19 @@ func (m *memResource) decide(ctx context.Context, now time.Time) *action {
 		limit = min(limit, uint64(b))
 	}
 	d := m.engine.Decide(now, m.dev.Total, limit)
+	if short := v.env.hostShort != nil && v.env.hostShort.Load(); short && d.Action == memory.Grow && d.Rule != memory.RuleOOM {
+		// The host is short: no grow, but an OOM kill in the guest is
+		// answered.
+		d.Action, d.To, d.Rule = memory.Hold, m.dev.Total, RuleHostPressure
+		d.Reason = "host short of memory, no grow: " + d.Reason
+	}
 	if d.To < m.dev.Min {
 		d.To = m.dev.Min
 	}
-	v.publish(func(s *Status) { s.Memory.Target, s.Memory.LastDecision, s.Memory.LastDecisionAt = d.To, d, now })
+	floor := m.engine.Floor(now)
+	v.publish(func(s *Status) {
+		s.Memory.Target, s.Memory.LastDecision, s.Memory.LastDecisionAt, s.Memory.Floor = d.To, d, now, floor
+	})
 	if d.To == m.dev.Total || l.paused || time.Now().Before(m.retryAfter) {
 		return nil
 	}
@@ -369,6 +380,24 @@ func (m *memResource) setMemory(ctx context.Context, total uint64, force bool) (
 	d := memory.Decision{From: m.dev.Total, To: total, Rule: "operator"}
 	return m.newAction(d, why), nil
 }
+
+// squeezeTo is the host-pressure override's cut to total bytes (never
+// below the policy's floor, which Squeeze was given).
+func (m *memResource) squeezeTo(ctx context.Context, total uint64, why string) (*action, error) {
+	if !m.on() || (!m.known && !m.read(ctx)) {
+		return nil, nil
+	}
+	if floor := m.engine.Floor(time.Now()); total < floor {
+		total = floor
+	}
+	if total >= m.dev.Total {
+		return nil, nil
+	}
+	return m.newAction(memory.Decision{From: m.dev.Total, To: total, Rule: RuleHostPressure}, why), nil
+}
+
+// RuleHostPressure names the host-pressure override's shrinks.
+const RuleHostPressure = "host_pressure"
 
 // safeFloor is the least memory the VM may be shrunk to now, from the
 // guest's latest report; false without one.

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hotplugheaven/hotplug/host/actuator/fakeguest"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/hypervisor"
 	"github.com/hotplugheaven/hotplug/host/memory"
@@ -288,5 +291,98 @@ func TestMemoryOffTouchesNothing(t *testing.T) {
 	}
 	if len(ram.reqs) != 0 || r.l.phase() != idle {
 		t.Fatalf("requests %v, phase %s", ram.reqs, r.l.phase())
+	}
+}
+
+// While the host is short of memory no VM grows, except to answer an OOM
+// kill in its guest.
+func TestMemoryHostShortHoldsGrows(t *testing.T) {
+	ram := newRAMHyp()
+	var short atomic.Bool
+	short.Store(true)
+	r := newRAMRig(t, ram, pressurePolicy(), nil)
+	r.l.vm.env.hostShort = &short
+	r.handle(evSession{s: r.sess})
+	r.memReport(guestTotal(512*mib), 10*mib, nil) // under the headroom
+	if r.l.phase() != idle || len(ram.reqs) != 0 {
+		t.Fatalf("grew while the host is short: phase %s, requests %v", r.l.phase(), ram.reqs)
+	}
+	if d := r.l.vm.Status().Memory.LastDecision; d.Rule != RuleHostPressure || !strings.Contains(d.Reason, "headroom") {
+		t.Fatalf("decision %+v", d)
+	}
+	r.memReport(guestTotal(512*mib), 10*mib, &proto.MemoryStats{OOMKills: 1})
+	r.phase(resizing)
+	short.Store(false)
+}
+
+// The host-pressure override's cut: rule host_pressure, never below the
+// policy's floor.
+func TestMemorySqueezeControl(t *testing.T) {
+	ram := newRAMHyp()
+	ram.dev.Total, ram.dev.Requested = 2048*mib, 2048*mib
+	r := newRAMRig(t, ram, pressurePolicy(), nil)
+	r.handle(evSession{s: r.sess})
+	r.memReport(guestTotal(2048*mib), 1500*mib, nil) // 448 MiB in use: floor 640
+	reply := make(chan error, 1)
+	r.l.control(context.Background(), control{kind: "squeeze", memory: 256 * mib, why: "host short", reply: reply})
+	r.phase(resizing)
+	r.l.expire(context.Background())
+	r.phase(confirming)
+	r.memReport(guestTotal(ram.dev.Total), 100*mib, nil)
+	<-reply
+	ev := r.lastEvent()
+	if ev.Rule != RuleHostPressure || ev.Reason != "host short" || ev.To != 640 || ev.Result != 640 {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+type fakeHostMem struct{ avail, total uint64 }
+
+func (f *fakeHostMem) Available() (uint64, uint64, error) { return f.avail, f.total, nil }
+
+// squeezeOnce over two VMs: the lower priority gives first, each to at
+// most its floor, and the shortfall is covered.
+func TestSqueezeOnceAcrossVMs(t *testing.T) {
+	mk := func(name string, prio int) (VMConfig, *ramHyp) {
+		ram := newRAMHyp()
+		ram.dev.Total, ram.dev.Requested = 2048*mib, 2048*mib
+		p := pressurePolicy()
+		p.Priority = prio
+		return VMConfig{Name: name, Policy: fastPolicy(), Hypervisor: ram, Channel: fakeguest.NewPipeChannel(), CommandTimeout: time.Second, Memory: p}, ram
+	}
+	gold, goldRAM := mk("gold", 2)
+	bulk, bulkRAM := mk("bulk", 1)
+	events, err := eventlog.Open(filepath.Join(t.TempDir(), "events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	a, err := New([]VMConfig{gold, bulk}, events, 0, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := &fakeHostMem{avail: 1 << 30, total: 8 << 30}
+	a.SetHostMemoryReserve(host, 3<<30, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for _, v := range a.VMs() {
+		for v.Status().Memory.Device == "" {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// 2 GiB short. Each VM's floor is its boot memory, 512 MiB (no
+	// report yet): bulk gives 1536 MiB, gold the 512 MiB left.
+	a.squeezeOnce(ctx, host.avail)
+	if bulkRAM.dev.Total != 512*mib || goldRAM.dev.Total != 1536*mib {
+		t.Fatalf("bulk at %d MiB, gold at %d MiB; want 512 and 1536", bulkRAM.dev.Total>>20, goldRAM.dev.Total>>20)
+	}
+	if !a.squeeze.short.Load() {
+		t.Fatal("host not marked short")
+	}
+	a.squeezeOnce(ctx, 4<<30)
+	if a.squeeze.short.Load() {
+		t.Fatal("host still marked short with its reserve back")
 	}
 }

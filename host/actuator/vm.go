@@ -76,6 +76,9 @@ type env struct {
 	events    *eventlog.Log
 	budget    *Budget // vCPUs
 	memBudget *Budget // bytes of memory
+	// hostShort is set while the host is under its memory reserve
+	// (squeeze.go); nil when there is no override.
+	hostShort *atomic.Bool
 	obs       observers
 }
 
@@ -129,8 +132,13 @@ type MemoryStatus struct {
 	Device                string
 	Total, Requested, Max uint64
 	Target                uint64
-	LastDecision          memory.Decision
-	LastDecisionAt        time.Time
+	// Floor is the least the memory policy would shrink the VM to now;
+	// Priority and Block are the policy's, for the host-pressure override.
+	Floor          uint64
+	Priority       int
+	Block          uint64
+	LastDecision   memory.Decision
+	LastDecisionAt time.Time
 	// Degraded says why the last resize fell short; empty when healthy.
 	Degraded string
 }
@@ -231,7 +239,7 @@ func newVM(cfg VMConfig, events *eventlog.Log, budget, memBudget *Budget, obs ob
 			return nil, fmt.Errorf("vm %s: memory policy: %w", cfg.Name, err)
 		}
 	}
-	v.status.st = Status{Name: cfg.Name, Policy: cfg.Policy, Mode: modeName(cfg.Policy), Memory: MemoryStatus{Mode: cfg.Memory.Mode}}
+	v.status.st = Status{Name: cfg.Name, Policy: cfg.Policy, Mode: modeName(cfg.Policy), Memory: MemoryStatus{Mode: cfg.Memory.Mode, Priority: cfg.Memory.Priority, Block: uint64(cfg.Memory.Block)}}
 	var err error
 	if v.loop, err = newLoop(v, cfg.Policy, cfg.Memory); err != nil {
 		return nil, fmt.Errorf("vm %s: policy: %w", cfg.Name, err)

@@ -31,6 +31,10 @@ type Config struct {
 	// HostMemoryBudget caps the memory of all memory-sized VMs together,
 	// e.g. "24GiB"; 0 means no cap.
 	HostMemoryBudget memory.Size `toml:"host_memory_budget"`
+	// HostMemoryReserve turns the host-pressure override on: when the
+	// host's MemAvailable falls under it, memory-sized VMs give memory back
+	// (lowest memory.priority first) and none grows. 0 means off.
+	HostMemoryReserve memory.Size `toml:"host_memory_reserve"`
 	// LogLevel: trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
 	// Defaults apply to every VM's policy before its own policy table.

@@ -41,6 +41,9 @@ const (
 // actuator's configuration. Sizes are bytes.
 type Policy struct {
 	Mode string `toml:"mode" json:"mode"`
+	// Priority orders VMs under host pressure: the lowest gives memory
+	// back first.
+	Priority int `toml:"priority" json:"priority"`
 	// Min and Max bound the VM's memory; Max at most the device's.
 	Min Size `toml:"min" json:"min"`
 	Max Size `toml:"max" json:"max"`

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -128,6 +129,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	act.SetMemoryBudget(uint64(cfg.HostMemoryBudget))
+	if cfg.HostMemoryReserve > 0 {
+		hm, err := actuator.NewProcHostMemory("")
+		if err != nil {
+			fmt.Fprintf(stderr, "hotplug-actuator: host_memory_reserve: %v\n", err)
+			return 1
+		}
+		act.SetHostMemoryReserve(hm, uint64(cfg.HostMemoryReserve), 10*time.Second)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	waitAPI, err := apiL.serve(ctx, act, cfg.EventLog, logger)
@@ -137,7 +146,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	defer waitAPI()
 	logger.Info("starting", "version", version, "config", *path, "vms", len(vms), "event_log", cfg.EventLog,
-		"host_vcpu_budget", cfg.HostVCPUBudget, "host_memory_budget", cfg.HostMemoryBudget)
+		"host_vcpu_budget", cfg.HostVCPUBudget, "host_memory_budget", cfg.HostMemoryBudget, "host_memory_reserve", cfg.HostMemoryReserve)
 	act.Run(ctx)
 	logger.Info("stopped")
 	return 0
