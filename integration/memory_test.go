@@ -3,6 +3,7 @@ package integration_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 
 	"fmt"
 	"os"
@@ -178,6 +179,20 @@ func TestMemoryElasticity(t *testing.T) {
 		}
 	}
 	t.Logf("%d grows (rules %s), %d shrinks; resize step ms: %s", len(grows), rulesOf(grows), len(shrinks), strings.Join(resizeMS, " "))
+	// Reaction: from the start of the report interval that showed the
+	// pressure (its arrival less the 1 s interval) to the grow confirmed
+	// by the guest's MemTotal (the event's end).
+	var reactions []string
+	for _, ev := range grows {
+		var sig struct {
+			ReportAt time.Time `json:"report_at"`
+		}
+		if json.Unmarshal(ev.Signals, &sig) == nil && !sig.ReportAt.IsZero() {
+			end := ev.Time.Add(time.Duration(ev.DurationMS * float64(time.Millisecond)))
+			reactions = append(reactions, fmt.Sprintf("%.2f", end.Sub(sig.ReportAt.Add(-time.Second)).Seconds()))
+		}
+	}
+	t.Logf("reaction, pressure interval start → memory online in the guest (s): %s", strings.Join(reactions, " "))
 	t.Logf("touch rate (pages/s, median per phase): 300M %.0f, ramp %.0f, 1.2G %.0f, 500M %.0f",
 		median(rates, 1, 15), median(rates, 16, 45), median(rates, 46, 70), median(rates, 71, 115))
 

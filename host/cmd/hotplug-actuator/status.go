@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hotplugheaven/hotplug/host/api"
+	"github.com/hotplugheaven/hotplug/host/memory"
 )
 
 // cmdStatus prints a table of every VM.
@@ -41,10 +42,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 
 func printStatus(w io.Writer, list api.VMList) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tMODE\tVCPUS\tUTIL\tRUNQ P95\tAGENT\tSTATE\tLAST DECISION")
+	fmt.Fprintln(tw, "VM\tMODE\tVCPUS\tUTIL\tRUNQ P95\tMEMORY\tAGENT\tSTATE\tLAST DECISION")
 	for _, v := range list.VMs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Mode, vcpus(v), util(v), runq(v),
-			agent(v), state(v), decision(v))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Mode, vcpus(v), util(v), runq(v),
+			mem(v), agent(v), state(v), decision(v))
 	}
 	tw.Flush()
 	if list.Host.VCPUBudget > 0 {
@@ -52,6 +53,20 @@ func printStatus(w io.Writer, list api.VMList) {
 	} else {
 		fmt.Fprintf(w, "host: %d vCPUs in use (no budget)\n", list.Host.VCPUs)
 	}
+}
+
+// mem is the VM's memory and its target, "2GiB→2560MiB"; "-" without a
+// memory device.
+func mem(v api.VM) string {
+	m := v.Memory
+	if m == nil || m.Device == "" {
+		return "-"
+	}
+	out := memory.Size(m.Total).String()
+	if m.Mode != memory.ModeOff && m.Target > 0 && m.Target != m.Total {
+		out += "→" + memory.Size(m.Target).String()
+	}
+	return out
 }
 
 // vcpus is "online/plugged→target".
@@ -159,6 +174,16 @@ func printExplain(w io.Writer, v api.VM, now time.Time) {
 	fmt.Fprintf(w, "state: %s; agent %s\n", state(v), agent(v))
 	if v.Degraded != "" {
 		fmt.Fprintf(w, "last action failed: %s\n", v.Degraded)
+	}
+	if m := v.Memory; m != nil {
+		fmt.Fprintf(w, "memory: %s (%s, at most %s), sizing %s", memory.Size(m.Total), m.Device, memory.Size(m.Max), m.Mode)
+		if m.LastRule != "" {
+			fmt.Fprintf(w, "; last decision %s to %s by rule %s: %s", m.LastAction, memory.Size(m.Target), m.LastRule, m.LastReason)
+		}
+		fmt.Fprintln(w)
+		if m.Degraded != "" {
+			fmt.Fprintf(w, "last memory resize fell short: %s\n", m.Degraded)
+		}
 	}
 	x := v.Explanation
 	if x.Rule == "" {
