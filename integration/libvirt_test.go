@@ -2,9 +2,11 @@ package integration_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -210,4 +212,59 @@ func stepList(ev eventlog.Event, name string) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// TestLibvirtVirtioMem: a libvirt domain with a virtio-mem device (and the
+// NUMA cell libvirt needs for it) is resized through hypervisor.Libvirt —
+// QEMU's device over libvirt's monitor passthrough — and the guest's
+// MemTotal follows.
+func TestLibvirtVirtioMem(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	g, err := stack.StartLibvirtGuest(ctx, stack.LibvirtOptions{Dir: dir, MaxCPUs: 2, MemoryDeviceMB: 1024, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Stop)
+	lv := hypervisor.NewLibvirt(g.Domain, hypervisor.LibvirtOptions{Socket: stack.LibvirtSocket})
+	defer lv.Close()
+	mem, err := lv.Memory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mem.Device != hypervisor.MemVirtioMem || mem.Base != 512<<20 || mem.Max != 1536<<20 || mem.Total != 512<<20 {
+		t.Fatalf("Memory = %+v", mem)
+	}
+	memTotal := func() uint64 {
+		out, st, err := g.Run(ctx, "grep MemTotal: /proc/meminfo")
+		f := strings.Fields(out)
+		if err != nil || st != 0 || len(f) != 3 {
+			t.Fatalf("MemTotal: %q %d %v", out, st, err)
+		}
+		kb, _ := strconv.ParseUint(f[1], 10, 64)
+		return kb << 10
+	}
+	boot := memTotal()
+	start := time.Now()
+	if mem, err = lv.ResizeMemory(ctx, 1024<<20, 30*time.Second); err != nil || mem.Total != 1024<<20 {
+		t.Fatalf("grow through libvirt: %+v, %v", mem, err)
+	}
+	t.Logf("grow 512 → 1024 MiB through libvirt's passthrough: %v", time.Since(start))
+	deadline := time.Now().Add(10 * time.Second)
+	for memTotal()-boot != 512<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("guest MemTotal %+d MiB over boot, QEMU plugged 512", int64(memTotal()-boot)>>20)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if mem, err = lv.ResizeMemory(ctx, 512<<20, 30*time.Second); err != nil || mem.Total != 512<<20 {
+		t.Fatalf("shrink through libvirt: %+v, %v", mem, err)
+	}
+	// View-only: no passthrough, so no memory resizing, said so.
+	vo := hypervisor.NewLibvirt(g.Domain, hypervisor.LibvirtOptions{Socket: stack.LibvirtSocket, LibvirtViewOnly: true})
+	defer vo.Close()
+	if _, err := vo.Memory(ctx); !errors.Is(err, hypervisor.ErrNoMemoryDevice) || !strings.Contains(err.Error(), "libvirt_view_only") {
+		t.Fatalf("view-only Memory: %v", err)
+	}
 }

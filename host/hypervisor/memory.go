@@ -288,3 +288,55 @@ func (q *QEMU) ResizeMemory(ctx context.Context, total uint64, timeout time.Dura
 	}
 	return mem, nil
 }
+
+var _ MemoryResizer = (*Libvirt)(nil)
+
+// errViewOnly: memory is resized through the monitor passthrough, which
+// libvirt_view_only turns off.
+var errViewOnly = fmt.Errorf("%w: libvirt_view_only is set, and memory is resized through QEMU's monitor (libvirt's passthrough)", ErrNoMemoryDevice)
+
+// Memory implements MemoryResizer for a libvirt domain: QEMU's own memory
+// devices, through libvirt's monitor passthrough, as the vCPUs are. (The
+// domain's <memory model='virtio-mem'> in libvirt's XML then shows the
+// size it was defined with; virsh dommemstat and QEMU are the truth.)
+func (lv *Libvirt) Memory(ctx context.Context) (Memory, error) {
+	if lv.opts.LibvirtViewOnly {
+		return Memory{}, errViewOnly
+	}
+	var mem Memory
+	err := lv.do(ctx, "reading memory", func(c *libvirtConn) error {
+		var err error
+		mem, err = readMemory(ctx, lvMonitor{c})
+		return err
+	})
+	return mem, err
+}
+
+// RequestMemory implements MemoryResizer.
+func (lv *Libvirt) RequestMemory(ctx context.Context, total uint64) (Memory, error) {
+	if lv.opts.LibvirtViewOnly {
+		return Memory{}, errViewOnly
+	}
+	var mem Memory
+	err := lv.do(ctx, "resizing memory", func(c *libvirtConn) error {
+		var err error
+		mem, err = request(ctx, lvMonitor{c}, total)
+		return err
+	})
+	return mem, err
+}
+
+// ResizeMemory implements MemoryResizer. It polls; libvirt does not pass
+// QEMU's MEMORY_DEVICE_SIZE_CHANGE on to monitor clients.
+func (lv *Libvirt) ResizeMemory(ctx context.Context, total uint64, timeout time.Duration) (Memory, error) {
+	if lv.opts.LibvirtViewOnly {
+		return Memory{}, errViewOnly
+	}
+	var mem Memory
+	err := lv.do(ctx, "resizing memory", func(c *libvirtConn) error {
+		var err error
+		mem, err = resizeMemory(ctx, lvMonitor{c}, total, timeout, nil)
+		return err
+	})
+	return mem, err
+}

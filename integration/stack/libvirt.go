@@ -45,6 +45,10 @@ type LibvirtOptions struct {
 	AgentArgs string
 	// Logf reports progress (default: discard).
 	Logf func(format string, args ...any)
+	// MemoryDeviceMB, when set, gives the domain a virtio-mem device of
+	// that size beside its 512 MiB (libvirt needs a NUMA cell for it), and
+	// the guest onlines what it adds as movable memory.
+	MemoryDeviceMB int
 }
 
 // LibvirtGuest is a transient libvirt domain (type qemu, TCG) booting the
@@ -106,7 +110,12 @@ func StartLibvirtGuest(ctx context.Context, opts LibvirtOptions) (*LibvirtGuest,
 		return nil, err
 	}
 	start := fmt.Sprintf("exec /usr/bin/hotplug-agent --transport virtio-serial --interval 1s --log-level debug %s 2>&1\n", opts.AgentArgs)
-	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Files: map[string]testvm.File{
+	var modules []string
+	if opts.MemoryDeviceMB > 0 {
+		modules = []string{"virtio_mem"}
+		start = "modprobe virtio_mem\n" + start
+	}
+	img, err := testvm.BuildInitramfs(ctx, testvm.InitramfsOptions{Kernel: kernel, Modules: modules, Files: map[string]testvm.File{
 		"/usr/bin/hotplug-agent": {HostPath: agentBin, Mode: 0o755},
 		"/etc/testvm/start.sh":   {Data: []byte(start), Mode: 0o755},
 	}})
@@ -125,6 +134,9 @@ func StartLibvirtGuest(ctx context.Context, opts LibvirtOptions) (*LibvirtGuest,
 	rand.Read(b[:])
 	g.Domain = "hp-e2e-" + hex.EncodeToString(b[:])
 	domXML := libvirtGuestXML(g.Domain, opts.MaxCPUs, emulator, kernel.Vmlinuz, img, g.ConsoleLog(), g.AgentSocket(), g.controlSocket())
+	if opts.MemoryDeviceMB > 0 {
+		domXML = withVirtioMem(domXML, opts.MaxCPUs, opts.MemoryDeviceMB)
+	}
 	if err := os.WriteFile(filepath.Join(opts.Dir, "domain.xml"), []byte(domXML), 0o644); err != nil {
 		return nil, err
 	}
@@ -175,6 +187,20 @@ func libvirtGuestXML(name string, maxCPUs int, emulator, kernel, initrd, console
   </devices>
   <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
 </domain>`, name, maxCPUs, kernel, initrd, name, emulator, console, agentSock, testvm.AgentPortName, controlSock, testvm.ControlPortName)
+}
+
+// withVirtioMem adds to a test domain what libvirt needs for a virtio-mem
+// device of mb MiB: maxMemory, a NUMA cell holding the boot memory, the
+// device on that node, and the kernel argument that onlines its memory as
+// movable.
+func withVirtioMem(domXML string, maxCPUs, mb int) string {
+	domXML = strings.Replace(domXML, "  <memory unit='MiB'>512</memory>\n",
+		fmt.Sprintf("  <maxMemory slots='1' unit='MiB'>%d</maxMemory>\n  <memory unit='MiB'>512</memory>\n", 512+mb), 1)
+	domXML = strings.Replace(domXML, "  <features>",
+		fmt.Sprintf("  <cpu><numa><cell id='0' cpus='0-%d' memory='512' unit='MiB'/></numa></cpu>\n  <features>", maxCPUs-1), 1)
+	domXML = strings.Replace(domXML, "testvm.name=", "memhp_default_state=online_movable testvm.name=", 1)
+	return strings.Replace(domXML, "    <memballoon model='none'/>",
+		fmt.Sprintf("    <memory model='virtio-mem'><target><size unit='MiB'>%d</size><node>0</node><block unit='KiB'>2048</block><requested unit='MiB'>0</requested></target></memory>\n    <memballoon model='none'/>", mb), 1)
 }
 
 // AgentSocket is the host end of the guest's org.hotplugheaven.0 channel;
