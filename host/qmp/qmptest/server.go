@@ -122,6 +122,8 @@ type Config struct {
 	// it serves one client per -qmp socket, and the next one connects but
 	// gets no greeting until the first hangs up. That is the default here.
 	ConcurrentClients bool
+	// VirtioMem, when set, gives the VM a virtio-mem device (memory.go).
+	VirtioMem *VirtioMem
 	// Logger, nil to discard.
 	Logger hclog.Logger
 }
@@ -142,6 +144,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	vm       *vm
+	mem      *memState // nil: no virtio-mem device
 	conns    map[*conn]struct{}
 	requests []Request
 	failNext map[string][]qmpError
@@ -190,6 +193,7 @@ func NewServer(path string, cfg *Config) (*Server, error) {
 		ln:       ln,
 		log:      log.Named("qmptest"),
 		vm:       v,
+		mem:      newMemState(cfg.VirtioMem),
 		conns:    make(map[*conn]struct{}),
 		failNext: make(map[string][]qmpError),
 		timers:   make(map[*time.Timer]struct{}),

@@ -318,6 +318,9 @@ func onlyArgs(args map[string]json.RawMessage, names ...string) *qmpError {
 // server to reply {} and then die.
 func (s *Server) dispatchLocked(cmd string, args map[string]json.RawMessage) (any, *qmpError) {
 	v := s.vm
+	if ret, e, ok := s.memoryCommandLocked(cmd, args); ok {
+		return ret, e
+	}
 	switch cmd {
 	case "qmp_capabilities":
 		return nil, &qmpError{"CommandNotFound", "Capabilities negotiation is already complete, command ignored"}
@@ -684,6 +687,9 @@ func (s *Server) qomGetLocked(args map[string]json.RawMessage) (any, *qmpError) 
 	if e := onlyArgs(args, "path", "property"); e != nil {
 		return nil, e
 	}
+	if ret, ok := s.memQOMGetLocked(path, prop); ok {
+		return ret, nil
+	}
 	typ := v.qomType(path)
 	switch {
 	case typ == "":
@@ -717,6 +723,12 @@ func (s *Server) qomSetLocked(args map[string]json.RawMessage) (any, *qmpError) 
 	raw, ok := args["value"]
 	if !ok {
 		return nil, genericError("Parameter 'value' is missing")
+	}
+	if ret, e, ok := s.memQOMSetLocked(path, prop, raw); ok {
+		return ret, e
+	}
+	if v.qomType(path) == "" {
+		return nil, deviceNotFound(path)
 	}
 	if path != v.pmPath() || prop != "cpu-hotplug-legacy" {
 		return nil, genericError("qmptest: qom-set is only modelled for %s cpu-hotplug-legacy", v.pmPath())
