@@ -232,6 +232,12 @@ type Point struct {
 	// its SLA target, when the guest reports applications.
 	RespP95 float64 `json:"response_p95_seconds,omitempty"`
 	SLA     float64 `json:"sla_seconds,omitempty"`
+	// Memory is the VM's memory as the hypervisor reports it, and
+	// GuestTotal and GuestUsed the guest's MemTotal and what it does not
+	// have available, for VMs with a memory device.
+	Memory     uint64 `json:"memory_bytes,omitempty"`
+	GuestTotal uint64 `json:"guest_mem_total_bytes,omitempty"`
+	GuestUsed  uint64 `json:"guest_mem_used_bytes,omitempty"`
 }
 
 // Status is a VM as the actuator sees it: the top-level fields of a VM

@@ -19,6 +19,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/api"
 	"github.com/hotplugheaven/hotplug/host/apiserver/apitest"
 	"github.com/hotplugheaven/hotplug/host/engine"
+	"github.com/hotplugheaven/hotplug/host/memory"
 )
 
 // chartState is what the page's chart of a VM holds, read from
@@ -360,4 +361,72 @@ func openBrowser(t *testing.T, chrome, url, secret string) context.Context {
 func serveTCP(t *testing.T, r *apitest.Rig, token string) string {
 	t.Helper()
 	return r.ServeTCP(t, token, nil) + "/"
+}
+
+// memChartState is what the page holds of a VM's memory chart.
+type memChartState struct {
+	VM      []float64 `json:"vm"`
+	Drawn   int       `json:"drawn"`
+	Markers []struct {
+		Kind  string `json:"kind"`
+		Title string `json:"title"`
+	} `json:"markers"`
+	Sub string `json:"sub"`
+}
+
+// TestDashboardMemoryPanel: a VM with a memory device gets a memory chart
+// under its CPU chart — the VM's memory as a step line, the guest's
+// MemTotal and use — and each memory resize is marked on it, with its
+// reason in MiB; the CPU chart keeps only vCPU events.
+func TestDashboardMemoryPanel(t *testing.T) {
+	chrome, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: this test needs a real browser (Debian: apt-get install --no-install-recommends chromium)")
+	}
+	mp := memory.DefaultPolicy()
+	mp.Mode, mp.Min, mp.Max = memory.ModePressure, memory.Size(128<<20), memory.Size(1152<<20)
+	r := apitest.Start(t, apitest.Spec{Name: "mem", Demand: 0.2, Interval: 200 * time.Millisecond, Memory: &mp})
+	const token = "dashboard-test-token-0123456789"
+	url := serveTCP(t, r, token)
+	ctx := openBrowser(t, chrome, url, token)
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(url+"#token="+token),
+		chromedp.WaitVisible(chromedp.CSS(`#vms tr[data-vm="mem"] td.name`)),
+	); err != nil {
+		t.Fatalf("loading the dashboard: %v", err)
+	}
+	// The guest runs short of memory: MemAvailable under the headroom.
+	r.VMs["mem"].Guest.SetMemoryUsed(1<<30 - 10<<20)
+	const js = `(() => {
+		const c = window.hotplug && window.hotplug.charts.get('mem');
+		if (!c || !c.mem) return false;
+		const s = {vm: c.mem.data[1].filter(v => v != null), drawn: c.mem.u.data[0].length,
+			markers: [...c.mem.el.querySelectorAll('.marker')].map(m => ({kind: m.dataset.kind, title: m.title})),
+			sub: c.el.querySelector('h2 small').textContent};
+		return (s.markers.some(m => m.kind === 'memory_grow') && s.vm.length > 2 && s.vm[s.vm.length-1] > s.vm[0] && s.drawn === c.mem.data[0].length) ? s : false;
+	})()`
+	st, err := chromedp.Run(ctx, chromedp.Poll[memChartState](js, chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second)))
+	if err != nil {
+		t.Fatalf("memory chart: %v", err)
+	}
+	var grow string
+	for _, m := range st.Markers {
+		if m.Kind == "memory_grow" {
+			grow = m.Title
+		}
+	}
+	if !strings.Contains(grow, "MiB") || !strings.Contains(grow, "headroom") || !strings.Contains(st.Sub, "memory") {
+		t.Fatalf("memory marker %q, card %q", grow, st.Sub)
+	}
+	t.Logf("VM memory on the chart: %.0f → %.0f MiB; marker: %s", st.VM[0], st.VM[len(st.VM)-1], strings.SplitN(grow, "\n", 2)[0])
+	// The CPU chart has no memory events.
+	cpuMarkers, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...window.hotplug.charts.get('mem').u.over.querySelectorAll('.marker')].map(m => m.dataset.kind)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range cpuMarkers {
+		if strings.HasPrefix(k, "memory_") {
+			t.Fatalf("memory event on the CPU chart: %v", cpuMarkers)
+		}
+	}
 }

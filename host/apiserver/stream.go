@@ -315,10 +315,21 @@ func f64(f float32) float64 {
 	return v
 }
 
+// memPoint is one report's memory figures, MiB: kept only for VMs with a
+// memory device, so the others pay nothing for them.
+type memPoint struct{ vm, guestTotal, guestUsed uint32 }
+
+func memPointOf(st actuator.Status) memPoint {
+	g := st.Signals
+	mib := func(b uint64) uint32 { return uint32(min(b>>20, math.MaxUint32)) }
+	return memPoint{vm: mib(st.Memory.Total), guestTotal: mib(g.MemTotal), guestUsed: mib(g.MemTotal - min(g.MemAvailable, g.MemTotal))}
+}
+
 // ring is a fixed-size history of points.
 type ring struct {
 	at   [historyLen]int64 // unix ns
 	pts  [historyLen]point
+	mem  *[historyLen]memPoint // nil until the VM has a memory device
 	next int
 	n    int
 }
@@ -333,6 +344,12 @@ func (h *Hub) record(vm string, st actuator.Status) {
 	}
 	h.policy[vm] = st.Policy
 	r.at[r.next], r.pts[r.next] = st.Signals.At.UnixNano(), pointOf(st)
+	if st.Memory.Device != "" && r.mem == nil {
+		r.mem = new([historyLen]memPoint)
+	}
+	if r.mem != nil {
+		r.mem[r.next] = memPointOf(st)
+	}
 	r.next = (r.next + 1) % historyLen
 	r.n = min(r.n+1, historyLen)
 }
@@ -348,7 +365,12 @@ func (h *Hub) History(vm string) []api.Point {
 	out := make([]api.Point, 0, r.n)
 	for i := range r.n {
 		j := (r.next - r.n + i + historyLen) % historyLen
-		out = append(out, r.pts[j].api(r.at[j]))
+		p := r.pts[j].api(r.at[j])
+		if r.mem != nil {
+			m := r.mem[j]
+			p.Memory, p.GuestTotal, p.GuestUsed = uint64(m.vm)<<20, uint64(m.guestTotal)<<20, uint64(m.guestUsed)<<20
+		}
+		out = append(out, p)
 	}
 	return out
 }

@@ -27,6 +27,7 @@ type Guest struct {
 	qmp           Machine
 	online        proto.CPUSet
 	demand        float64
+	memUsed       uint64
 	refuseOnline  bool
 	refuseOffline bool
 	commands      []proto.Command
@@ -50,6 +51,25 @@ type Machine interface {
 }
 
 var _ Machine = (*qmptest.Server)(nil)
+
+// MemoryMachine is a Machine with a memory device: the guest's MemTotal
+// grows and shrinks with what it has plugged.
+type MemoryMachine interface {
+	PluggedMemory() uint64
+}
+
+var _ MemoryMachine = (*qmptest.Server)(nil)
+
+// guestMemory is the guest's MemTotal before any memory device adds to it.
+const guestMemory = 1 << 30
+
+// SetMemoryUsed makes the guest report used bytes in use (MemAvailable is
+// MemTotal less them); 0, the default, is half of MemTotal.
+func (g *Guest) SetMemoryUsed(used uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.memUsed = used
+}
 
 // New returns a guest whose boot CPUs (those plugged in qmp now) are online.
 func New(qmp Machine) *Guest {
@@ -229,15 +249,23 @@ func (g *Guest) Session(ctx context.Context, conn net.Conn, interval time.Durati
 func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
 	present, online := g.Sets()
 	g.mu.Lock()
-	demand, app, noWall := g.demand, g.app, g.noWall
+	demand, app, noWall, used := g.demand, g.app, g.noWall, g.memUsed
 	g.mu.Unlock()
+	total := uint64(guestMemory)
+	if m, ok := g.qmp.(MemoryMachine); ok {
+		total += m.PluggedMemory()
+	}
+	if used == 0 {
+		used = total / 2
+	}
+	avail := total - min(used, total)
 	now := time.Now().UnixNano()
 	wall := now
 	if noWall {
 		wall = 0
 	}
 	r := &proto.Report{Seq: seq, MonotonicNanos: now, WallUnixNanos: wall, IntervalNanos: int64(interval),
-		Online: online, Present: present, MemTotalBytes: 1 << 30, MemAvailableBytes: 1 << 29, Load1: demand}
+		Online: online, Present: present, MemTotalBytes: total, MemAvailableBytes: avail, Load1: demand}
 	n := float64(max(online.Len(), 1))
 	busy := min(demand, n)
 	for _, c := range online.Slice() {

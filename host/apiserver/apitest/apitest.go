@@ -27,6 +27,7 @@ import (
 	"github.com/hotplugheaven/hotplug/host/engine"
 	"github.com/hotplugheaven/hotplug/host/eventlog"
 	"github.com/hotplugheaven/hotplug/host/hypervisor"
+	"github.com/hotplugheaven/hotplug/host/memory"
 	"github.com/hotplugheaven/hotplug/host/qmp/qmptest"
 )
 
@@ -49,6 +50,9 @@ type Spec struct {
 	Channel channel.Channel
 	// CommandTimeout bounds the wait for the agent's Ack (default 5 s).
 	CommandTimeout time.Duration
+	// Memory, when set, is the VM's memory policy, and its QEMU has a
+	// virtio-mem device of 1 GiB whose guest plugs what is asked.
+	Memory *memory.Policy
 }
 
 // Rig is an actuator with fake VMs and the API served on a unix socket.
@@ -118,7 +122,11 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 		if s.CommandTimeout == 0 {
 			s.CommandTimeout = 5 * time.Second
 		}
-		srv := qmptest.Start(t, &qmptest.Config{MaxCPUs: s.Max, BootCPUs: s.Boot, Accel: "kvm"})
+		qc := &qmptest.Config{MaxCPUs: s.Max, BootCPUs: s.Boot, Accel: "kvm"}
+		if s.Memory != nil {
+			qc.VirtioMem = &qmptest.VirtioMem{Max: 1 << 30, Guest: true}
+		}
+		srv := qmptest.Start(t, qc)
 		var ch channel.Channel = s.Channel
 		g := fakeguest.New(srv)
 		if ch == nil {
@@ -134,9 +142,13 @@ func Start(t testing.TB, specs ...Spec) *Rig {
 		if s.Policy != nil {
 			s.Policy(&p)
 		}
-		cfgs = append(cfgs, actuator.VMConfig{Name: s.Name, Policy: p, Channel: ch, CommandTimeout: s.CommandTimeout,
+		vc := actuator.VMConfig{Name: s.Name, Policy: p, Channel: ch, CommandTimeout: s.CommandTimeout,
 			RecheckInterval: 300 * time.Millisecond,
-			Hypervisor:      hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{UnplugTimeout: 5 * time.Second, Logger: logger})})
+			Hypervisor:      hypervisor.NewQEMU(srv.Path(), hypervisor.QEMUOptions{UnplugTimeout: 5 * time.Second, Logger: logger})}
+		if s.Memory != nil {
+			vc.Memory = *s.Memory
+		}
+		cfgs = append(cfgs, vc)
 		r.VMs[s.Name] = &VM{Name: s.Name, QMP: srv, Guest: g}
 	}
 	if r.Act, err = actuator.New(cfgs, r.events, 0, logger, r.Hub, r.Metrics); err != nil {

@@ -22,7 +22,10 @@
   const state = {
     token: sessionStorage.getItem('hotplug-token') || '',
     vms: new Map(),     // name → VM view (GET /v1/vms/{id})
-    charts: new Map(),  // name → {u, data, events, apps, el}
+    charts: new Map(),  // name → {u, data, events, apps, el, mem}
+    // mem, per chart, is the VM's memory chart once it has a memory
+    // device: {u, data, events, el}; series 0 time, 1 VM memory (MiB,
+    // the hypervisor's), 2 guest MemTotal, 3 guest used.
     live: false,
     missed: 0,
   };
@@ -198,7 +201,7 @@
       hooks: { draw: [(u) => drawMarkers(name, u)] },
     };
     const u = new uPlot(opts, data, host);
-    const chart = { u, data, events: c ? c.events : [], apps, el: section };
+    const chart = { u, data, events: c ? c.events : [], apps, el: section, mem: c ? c.mem : undefined };
     state.charts.set(name, chart);
     return chart;
   }
@@ -217,6 +220,7 @@
     const d = c.data;
     const last = d[0].length ? d[0][d[0].length - 1] : -Infinity;
     if (t <= last) return; // already have it (history and stream overlap)
+    addMemPoint(name, t, p);
     const vals = [t, 100 * p.utilisation, p.runq_p95_seconds ? 1000 * p.runq_p95_seconds : null, p.online_vcpus];
     if (c.apps) vals.push(p.response_p95_seconds ? 1000 * p.response_p95_seconds : null, p.sla_seconds ? 1000 * p.sla_seconds : null);
     vals.forEach((v, i) => d[i].push(v));
@@ -224,19 +228,62 @@
     c.dirty = true;
   }
 
+  const isMemory = (ev) => ev.kind.startsWith('memory_');
+
   function addEvent(ev) {
     if (ev.outcome === 'started') return; // an action's first line: its result follows
     const c = chartFor(ev.vm, false);
-    if (c.events.some((e) => e.seq === ev.seq)) return;
-    c.events.push(ev);
+    const into = isMemory(ev) ? memChartFor(ev.vm) : c;
+    if (into.events.some((e) => e.seq === ev.seq)) return;
+    into.events.push(ev);
     const cutoff = Date.now() - EVENT_WINDOW_MS;
-    c.events = c.events.filter((e) => Date.parse(e.time) >= cutoff);
-    c.dirty = true;
+    into.events = into.events.filter((e) => Date.parse(e.time) >= cutoff);
+    into.dirty = true;
   }
 
-  function eventText(ev) {
+  // memChartFor returns the VM's memory chart, made on first use.
+  function memChartFor(name) {
+    const c = chartFor(name, false);
+    if (c.mem) return c.mem;
+    const host = el('div', { class: 'chart memchart' });
+    $('.chart', c.el).after(host);
+    const mibs = (u, v) => (v == null ? '—' : v.toFixed(0) + ' MiB');
+    const series = [
+      {},
+      { label: 'VM memory', scale: 'mib', stroke: '#111827', width: 2, paths: uPlot.paths.stepped({ align: 1 }), value: mibs },
+      { label: 'guest MemTotal', scale: 'mib', stroke: '#0891b2', width: 1, dash: [6, 4], value: mibs },
+      { label: 'guest used', scale: 'mib', stroke: '#16a34a', width: 1.5, value: mibs },
+    ];
+    const m = { data: series.map(() => []), events: [], el: host };
+    const opts = {
+      width: Math.max(320, host.clientWidth || c.el.clientWidth - 24),
+      height: 160,
+      series,
+      scales: { x: { time: true }, mib: { range: (u, lo, hi) => [0, Math.max(256, Math.ceil((hi || 0) * 1.1 / 256) * 256)] } },
+      axes: [{}, { scale: 'mib', label: 'memory MiB', size: 60 }],
+      legend: { live: true },
+      hooks: { draw: [(u) => drawMarkersOn(m, u, (ev) => ev.kind === 'memory_grow' || ev.to > ev.from, 'MiB')] },
+    };
+    m.u = new uPlot(opts, m.data, host);
+    c.mem = m;
+    return m;
+  }
+
+  function addMemPoint(name, t, p) {
+    if (!(p.memory_bytes > 0) && !state.charts.get(name)?.mem) return;
+    const m = memChartFor(name);
+    const d = m.data;
+    const last = d[0].length ? d[0][d[0].length - 1] : -Infinity;
+    if (t <= last) return;
+    const mib = (b) => (b > 0 ? b / 1048576 : null);
+    [t, mib(p.memory_bytes), mib(p.guest_mem_total_bytes), mib(p.guest_mem_used_bytes)].forEach((v, i) => d[i].push(v));
+    if (d[0].length > MAX_POINTS) d.forEach((s) => s.splice(0, s.length - MAX_POINTS));
+    m.dirty = true;
+  }
+
+  function eventText(ev, unit = isMemory(ev) ? 'MiB' : 'vCPUs') {
     const steps = (ev.steps || []).map((s) => `${s.name} ${s.duration_ms.toFixed(0)} ms${s.ok ? '' : ' FAILED: ' + s.error}`);
-    return `${new Date(ev.time).toLocaleTimeString()} ${ev.kind} ${ev.from} → ${ev.to} vCPUs (now ${ev.result}, ${ev.outcome}, rule ${ev.rule || '—'})\n` +
+    return `${new Date(ev.time).toLocaleTimeString()} ${ev.kind} ${ev.from} → ${ev.to} ${unit} (now ${ev.result}, ${ev.outcome}, rule ${ev.rule || '—'})\n` +
       `${ev.reason || ''}${steps.length ? '\nsteps: ' + steps.join(', ') : ''}`;
   }
 
@@ -244,15 +291,19 @@
   // puts a hoverable marker (its title the reason) above the plot.
   function drawMarkers(name, u) {
     const c = state.charts.get(name);
+    if (c) drawMarkersOn(c, u, (ev) => ev.kind === 'scale_up' || ev.to > ev.from);
+    else for (const m of u.over.querySelectorAll('.marker')) m.remove();
+  }
+
+  function drawMarkersOn(c, u, isUp) {
     const over = u.over;
     for (const m of over.querySelectorAll('.marker')) m.remove();
-    if (!c) return;
     const ctx = u.ctx;
     const [xmin, xmax] = [u.scales.x.min, u.scales.x.max];
     for (const ev of c.events) {
       const t = Date.parse(ev.time) / 1000;
       if (!(t >= xmin && t <= xmax)) continue;
-      const up = ev.kind === 'scale_up' || ev.to > ev.from;
+      const up = isUp(ev);
       const failed = ev.outcome !== 'ok';
       const color = failed ? '#c01c28' : up ? '#12805c' : '#c4570e';
       const x = u.valToPos(t, 'x', true);
@@ -290,6 +341,7 @@
     const c = chartFor(v.name, (v.signals && v.signals.apps || []).length > 0);
     const sub = $('h2 small', c.el);
     sub.textContent = `${v.mode} · ${v.online_vcpus} online / ${v.current_vcpus} plugged, target ${v.target_vcpus || v.current_vcpus}` +
+      (v.memory && v.memory.device ? ` · memory ${Math.round(v.memory.total_bytes / 1048576)} MiB (${v.memory.device}, ${v.memory.mode})` : '') +
       (v.paused ? ' · paused' : '');
     $('.explain', c.el).textContent = (v.explanation && v.explanation.text) || '';
   }
@@ -298,6 +350,7 @@
   function frame() {
     for (const c of state.charts.values()) {
       if (c.dirty) { c.dirty = false; c.u.setData(c.data); }
+      if (c.mem && c.mem.dirty) { c.mem.dirty = false; c.mem.u.setData(c.mem.data); }
     }
     requestAnimationFrame(frame);
   }
@@ -305,6 +358,7 @@
   window.addEventListener('resize', () => {
     for (const c of state.charts.values()) {
       c.u.setSize({ width: Math.max(320, $('.chart', c.el).clientWidth), height: 220 });
+      if (c.mem) c.mem.u.setSize({ width: Math.max(320, c.mem.el.clientWidth), height: 160 });
     }
   });
 
@@ -349,6 +403,9 @@
           online_vcpus: data.online_vcpus, current_vcpus: data.current_vcpus,
           response_p95_seconds: data.signals.apps && data.signals.apps[0] ? data.signals.apps[0].response_p95_seconds : 0,
           sla_seconds: data.signals.apps && data.signals.apps[0] ? (data.signals.apps[0].sla_target_seconds || data.signals.apps[0].sla_mean_seconds || 0) : 0,
+          memory_bytes: data.memory && data.memory.device ? data.memory.total_bytes : 0,
+          guest_mem_total_bytes: data.signals.mem_total_bytes || 0,
+          guest_mem_used_bytes: data.signals.mem_total_bytes ? data.signals.mem_total_bytes - (data.signals.mem_available_bytes || 0) : 0,
         });
         break;
       case 'decision': {

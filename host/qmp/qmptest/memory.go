@@ -174,3 +174,14 @@ func parseUint64(lit string) (uint64, error) {
 	}
 	return strconv.ParseUint(lit, 10, 64)
 }
+
+// PluggedMemory is what the virtio-mem device has plugged now, bytes (0
+// without one), for fake guests that report MemTotal.
+func (s *Server) PluggedMemory() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mem == nil {
+		return 0
+	}
+	return s.mem.size
+}
