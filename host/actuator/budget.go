@@ -58,6 +58,13 @@ func (b *Budget) ReserveN(vm string, current, n int) bool {
 	return true
 }
 
+// Limit is the cap (0: none).
+func (b *Budget) Limit() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.limit
+}
+
 // SetLimit changes the cap (0: none).
 func (b *Budget) SetLimit(limit int) {
 	b.mu.Lock()

@@ -386,3 +386,23 @@ func TestSqueezeOnceAcrossVMs(t *testing.T) {
 		t.Fatal("host still marked short with its reserve back")
 	}
 }
+
+// A baseline mode sees the host through the memory budget: the MoM-like
+// rule shrinks a VM when the budget is nearly used, whatever its guest says.
+func TestMemoryBaselineSeesTheBudget(t *testing.T) {
+	ram := newRAMHyp()
+	ram.dev.Total, ram.dev.Requested = 2048*mib, 2048*mib
+	p := pressurePolicy()
+	p.Mode = memory.ModeMoM
+	r := newRAMRig(t, ram, p, func(r *loopRig) { r.memBudget.SetLimit(int(2176 * mib)) }) // 94 % used by this VM
+	r.handle(evSession{s: r.sess})
+	r.memReport(guestTotal(2048*mib), 1000*mib, nil)
+	r.phase(resizing)
+	r.l.expire(context.Background())
+	r.phase(confirming)
+	r.memReport(guestTotal(ram.dev.Total), 900*mib, nil)
+	ev := r.lastEvent()
+	if ev.Kind != eventlog.KindMemoryShrink || ev.Rule != memory.RuleHostFree || ev.To != 1920 {
+		t.Fatalf("event %+v", ev)
+	}
+}

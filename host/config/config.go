@@ -310,6 +310,9 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("%s.%w", p, e))
 			}
 		}
+		if (vm.Memory.Mode == memory.ModeProxmox || vm.Memory.Mode == memory.ModeMoM) && c.HostMemoryBudget == 0 {
+			field(p+".memory.mode", "%q looks at the host's memory: it needs host_memory_budget", vm.Memory.Mode)
+		}
 		if vm.Memory.Mode != memory.ModeOff && vm.Hypervisor == "virtualbox" {
 			field(p+".memory.mode", "VirtualBox memory is not resized yet (balloon control is unverified here): use \"off\"")
 		}

@@ -35,6 +35,11 @@ import (
 const (
 	ModeOff      = "off"      // memory is left as it is
 	ModePressure = "pressure" // sized from the guest's pressure
+	// Baselines of the field, from the host's side only, for comparison
+	// (baselines.go): Proxmox VE's auto-ballooning and oVirt MoM's
+	// balloon rule. They need the host's memory (SetHost).
+	ModeProxmox = "proxmox"
+	ModeMoM     = "mom"
 )
 
 // Policy is one VM's memory policy: the [vm.memory] table of the
@@ -91,9 +96,9 @@ func (p Policy) Validate() error {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
 	}
 	switch p.Mode {
-	case ModeOff, ModePressure:
+	case ModeOff, ModePressure, ModeProxmox, ModeMoM:
 	default:
-		bad("memory.mode", "must be %q or %q, got %q", ModeOff, ModePressure, p.Mode)
+		bad("memory.mode", "must be %q, %q, %q or %q, got %q", ModeOff, ModePressure, ModeProxmox, ModeMoM, p.Mode)
 	}
 	if p.Block == 0 || p.Block&(p.Block-1) != 0 || p.Block < 1<<20 || p.Block > 1<<30 {
 		bad("memory.block", "must be a power of two from 1 MiB to 1 GiB, got %v", p.Block)
@@ -195,7 +200,11 @@ type Decision struct {
 type Engine struct {
 	p    Policy
 	boot uint64
-	last *Sample
+	// host is the host's memory as last set, lastStep the baselines' last
+	// move.
+	host     Host
+	lastStep time.Time
+	last     *Sample
 	// lastPressure is when a grow rule last fired (or the engine began).
 	lastPressure, lastSwapIn, lastOOM time.Time
 	oomFloor                          uint64
@@ -236,6 +245,9 @@ func (e *Engine) Decide(now time.Time, current, hostLimit uint64) Decision {
 		ceiling = min(ceiling, hostLimit)
 	}
 	ceiling = roundDown(ceiling, uint64(p.Block))
+	if p.Mode == ModeProxmox || p.Mode == ModeMoM {
+		return e.baseline(now, d, ceiling)
+	}
 	s := e.last
 	if s == nil || s.Interval <= 0 || s.Total == 0 {
 		d.Rule, d.Reason = RuleWarmup, "no memory report yet"
