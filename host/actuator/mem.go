@@ -74,6 +74,12 @@ func (m *memResource) read(ctx context.Context) bool {
 	defer cancel()
 	dev, err := m.hyp.Memory(cctx)
 	if err != nil {
+		if m.policy.Mode == memory.ModeOff {
+			// Not sizing memory: a VM without a device is no news.
+			m.l.vm.log.Debug("no memory device read", "error", err)
+			m.known = false
+			return false
+		}
 		if msg := err.Error(); msg != m.warned {
 			m.warned = msg
 			m.l.vm.log.Warn("memory is not sized: cannot read the VM's memory device", "error", err,
@@ -313,13 +319,17 @@ func (m *memResource) done(a *action) {
 // log says what was found, once per unfinished memory action of the
 // previous actuator.
 func (m *memResource) recoverAtStart(ctx context.Context) {
-	if m.hyp == nil || (m.policy.Mode == memory.ModeOff && len(m.unfinished) == 0) || !m.read(ctx) {
+	// The device is read even with sizing off, so that status, metrics
+	// and set-memory know it.
+	if m.hyp == nil || !m.read(ctx) {
 		return
 	}
 	l := m.l
 	found := m.dev
 	fixed := ""
-	if found.Requested != found.Total {
+	if found.Requested != found.Total && (m.policy.Mode != memory.ModeOff || len(m.unfinished) > 0) {
+		// (With sizing off and nothing of ours unfinished, a request in
+		// flight is someone else's.)
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		dev, err := m.hyp.RequestMemory(cctx, found.Total)
 		cancel()

@@ -286,6 +286,9 @@ func (v *VM) diagnostics() string {
 	return b.String()
 }
 
+// PID is QEMU's process id.
+func (v *VM) PID() int { return v.cmd.Process.Pid }
+
 // QMPSocket is the QMP socket for the code under test (the actuator).
 func (v *VM) QMPSocket() string { return filepath.Join(v.sockDir, "qmp.sock") }
 
