@@ -40,7 +40,7 @@ vet:
 
 # The race detector needs cgo; the shipped binaries do not.
 test: deps vet
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 50m ./...
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 unit: vet

@@ -58,7 +58,7 @@ type memArmResult struct {
 func TestEvaluateMemory(t *testing.T) {
 	// make test: a tiny instance; HOTPLUG_MEMEVAL=short: the issue's
 	// shape at half length, once; full: the phases, 3 times.
-	phases, reps := "300M/0/5,1200M/10/10,500M/0/15,300M/0/5", 1
+	phases, reps := "300M/0/3,1000M/8/6,400M/0/10", 1
 	switch os.Getenv("HOTPLUG_MEMEVAL") {
 	case "short":
 		phases = "300M/0/10,1200M/15/15,500M/0/20,1500M/15/15,300M/0/20"
