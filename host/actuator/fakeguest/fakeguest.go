@@ -249,10 +249,10 @@ func (g *Guest) Session(ctx context.Context, conn net.Conn, interval time.Durati
 func (g *Guest) report(seq uint64, interval time.Duration) *proto.Report {
 	present, online := g.Sets()
 	g.mu.Lock()
-	demand, app, noWall, used := g.demand, g.app, g.noWall, g.memUsed
+	demand, app, noWall, used, machine := g.demand, g.app, g.noWall, g.memUsed, g.qmp
 	g.mu.Unlock()
 	total := uint64(guestMemory)
-	if m, ok := g.qmp.(MemoryMachine); ok {
+	if m, ok := machine.(MemoryMachine); ok {
 		total += m.PluggedMemory()
 	}
 	if used == 0 {
