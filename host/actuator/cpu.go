@@ -22,8 +22,7 @@ import (
 type cpuResource struct {
 	l          *loop
 	engine     *engine.Engine
-	retryAfter time.Time // backoff after a failed action
-	failures   int
+	backoff    backoff // after a failed action
 	blackboxOn bool
 	meter      *hostMeter
 }
@@ -50,7 +49,7 @@ func (c *cpuResource) decide(ctx context.Context, now time.Time) *action {
 	acc := c.engine.Accuracy()
 	v.publish(func(s *Status) { s.LastDecision, s.LastDecisionAt, s.Target, s.Accuracy = d, now, d.To, acc })
 	v.env.obs.decision(v.name, d, now)
-	if d.Action == engine.Hold || l.paused || time.Now().Before(c.retryAfter) {
+	if d.Action == engine.Hold || l.paused || c.backoff.waiting(time.Now()) {
 		return nil
 	}
 	return c.newAction(d)
@@ -96,7 +95,6 @@ func (c *cpuResource) done(a *action) {
 	switch {
 	case err == nil:
 		a.rec.ev.Outcome = eventlog.OutcomeOK
-		c.failures, c.retryAfter = 0, time.Time{}
 	case l.hv.current != a.from:
 		a.rec.ev.Outcome = eventlog.OutcomePartial
 	case errors.Is(err, errRolledBack):
@@ -104,10 +102,7 @@ func (c *cpuResource) done(a *action) {
 	default:
 		a.rec.ev.Outcome = eventlog.OutcomeFailed
 	}
-	if err != nil {
-		c.failures++
-		wait := min(time.Duration(1<<min(c.failures, 6))*v.policyInterval(), 10*time.Minute)
-		c.retryAfter = time.Now().Add(wait)
+	if wait := c.backoff.record(err, v.policyInterval()); err != nil {
 		v.log.Warn("scaling action failed; backing off", "error", err, "retry_in", wait)
 		v.publish(func(s *Status) { s.Degraded = err.Error() })
 	} else {

@@ -23,15 +23,14 @@ import (
 // asked for what it reached: nothing is left outstanding, and the event
 // says how far it got (partial).
 type memResource struct {
-	l          *loop
-	policy     memory.Policy
-	engine     *memory.Engine
-	hyp        hypervisor.MemoryResizer // nil: the backend cannot resize memory
-	dev        hypervisor.Memory        // as the hypervisor last said
-	known      bool
-	warned     string // the last "cannot size memory" reason logged
-	retryAfter time.Time
-	failures   int
+	l       *loop
+	policy  memory.Policy
+	engine  *memory.Engine
+	hyp     hypervisor.MemoryResizer // nil: the backend cannot resize memory
+	dev     hypervisor.Memory        // as the hypervisor last said
+	known   bool
+	warned  string  // the last "cannot size memory" reason logged
+	backoff backoff // after a resize that fell short
 	// unfinished are memory actions a previous actuator did not finish.
 	unfinished []eventlog.Event
 }
@@ -135,7 +134,7 @@ func (m *memResource) decide(ctx context.Context, now time.Time) *action {
 	v.publish(func(s *Status) {
 		s.Memory.Target, s.Memory.LastDecision, s.Memory.LastDecisionAt, s.Memory.Floor = d.To, d, now, floor
 	})
-	if d.To == m.dev.Total || l.paused || time.Now().Before(m.retryAfter) {
+	if d.To == m.dev.Total || l.paused || m.backoff.waiting(time.Now()) {
 		return nil
 	}
 	return m.newAction(d, "")
@@ -294,16 +293,12 @@ func (m *memResource) done(a *action) {
 	switch {
 	case err == nil:
 		a.rec.ev.Outcome = eventlog.OutcomeOK
-		m.failures, m.retryAfter = 0, time.Time{}
 	case m.dev.Total != ma.from:
 		a.rec.ev.Outcome = eventlog.OutcomePartial
 	default:
 		a.rec.ev.Outcome = eventlog.OutcomeFailed
 	}
-	if err != nil {
-		m.failures++
-		wait := min(time.Duration(1<<min(m.failures, 6))*v.policyInterval(), 10*time.Minute)
-		m.retryAfter = time.Now().Add(wait)
+	if wait := m.backoff.record(err, v.policyInterval()); err != nil {
 		v.log.Warn("memory resize fell short; backing off", "error", err, "retry_in", wait)
 		v.publish(func(s *Status) { s.Memory.Degraded = err.Error() })
 	} else {

@@ -248,7 +248,7 @@ func TestMemoryGrowthStaysInsideMaxAndBudget(t *testing.T) {
 				r.l.expire(context.Background())
 			}
 		}
-		r.l.mem.retryAfter = time.Time{}
+		r.l.mem.backoff = backoff{}
 	}
 	if ram.dev.Total != 1280*mib { // 1536 − the other VM's 256
 		t.Fatalf("grew to %d MiB, budget leaves 1280", ram.dev.Total>>20)

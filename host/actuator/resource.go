@@ -106,3 +106,26 @@ func ackErr(ack *proto.Ack, err error) error {
 	}
 	return fmt.Errorf("agent: %s", msg)
 }
+
+// backoff spaces a resource's actions after failures: 2, 4, … 64 policy
+// intervals, at most 10 minutes; a success clears it.
+type backoff struct {
+	failures int
+	until    time.Time
+}
+
+// waiting reports whether the backoff still holds actions off at now.
+func (b *backoff) waiting(now time.Time) bool { return now.Before(b.until) }
+
+// record takes an action's outcome and returns the wait it set (0 after a
+// success).
+func (b *backoff) record(err error, interval time.Duration) time.Duration {
+	if err == nil {
+		*b = backoff{}
+		return 0
+	}
+	b.failures++
+	wait := min(time.Duration(1<<min(b.failures, 6))*interval, 10*time.Minute)
+	b.until = time.Now().Add(wait)
+	return wait
+}
