@@ -41,7 +41,7 @@ interval = "1s"
 `
 
 // buildStatic builds a package of the repository into dir.
-func buildStatic(ctx context.Context, t *testing.T, dir, name, pkg string) string {
+func buildStatic(ctx context.Context, t testing.TB, dir, name, pkg string) string {
 	t.Helper()
 	root, err := stack.RepoRoot()
 	if err != nil {

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hotplugheaven/hotplug/host/hypervisor"
-	"github.com/hotplugheaven/hotplug/integration/stack"
 	"github.com/hotplugheaven/hotplug/integration/testvm"
 	"github.com/hotplugheaven/hotplug/proto"
 )
@@ -46,27 +43,12 @@ type runqGuest struct {
 func runqBoot(ctx context.Context, tb testing.TB, name string, qemuArgs ...string) *runqGuest {
 	tb.Helper()
 	dir := tb.TempDir()
-	root, err := stack.RepoRoot()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
 	bins := map[string]string{"runqcheck": "./integration/testdata/runqcheck", "hotplug-agent": "./guest/cmd/hotplug-agent"}
 	files := map[string]testvm.File{
 		"/etc/agent.toml": {Data: []byte("runq_source = \"auto\"\n"), Mode: 0o644},
 	}
 	for bin, pkg := range bins {
-		out := filepath.Join(dir, bin)
-		cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", out, pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			tb.Fatalf("building %s: %v\n%s", pkg, err, b)
-		}
-		files["/usr/bin/"+bin] = testvm.File{HostPath: out, Mode: 0o755}
+		files["/usr/bin/"+bin] = testvm.File{HostPath: buildStatic(ctx, tb, dir, bin, pkg), Mode: 0o755}
 	}
 	kernel, err := testvm.EnsureKernel(ctx, "")
 	if err != nil {
