@@ -117,8 +117,8 @@ func (m *memResource) decide(ctx context.Context, now time.Time) *action {
 	if b := v.env.memBudget.Allowed(v.name, int(m.dev.Total)); b > 0 {
 		limit = min(limit, uint64(b))
 	}
-	if b := v.env.memBudget; b.Limit() > 0 {
-		m.engine.SetHost(memory.Host{Total: uint64(b.Limit()), Used: uint64(b.Total())}) // the baselines' view
+	if b := v.env.memBudget.Limit(); b > 0 {
+		m.engine.SetHost(memory.Host{Total: uint64(b), Used: uint64(v.env.memBudget.Total())}) // the baselines' view
 	}
 	d := m.engine.Decide(now, m.dev.Total, limit)
 	if short := v.env.hostShort != nil && v.env.hostShort.Load(); short && d.Action == memory.Grow && d.Rule != memory.RuleOOM {

@@ -235,6 +235,11 @@ func (q *QEMU) Memory(ctx context.Context) (Memory, error) {
 
 // RequestMemory implements MemoryResizer.
 func (q *QEMU) RequestMemory(ctx context.Context, total uint64) (Memory, error) {
+	return q.resizing(ctx, func(c *qmp.Client) (Memory, error) { return request(ctx, qemuMonitor{q, c}, total) })
+}
+
+// resizing runs f on a live connection, one resize at a time.
+func (q *QEMU) resizing(ctx context.Context, f func(c *qmp.Client) (Memory, error)) (Memory, error) {
 	if err := acquire(ctx, q.memSem); err != nil {
 		return Memory{}, fmt.Errorf("hypervisor: QEMU %s: waiting for another resize: %w", q.socket, err)
 	}
@@ -243,7 +248,7 @@ func (q *QEMU) RequestMemory(ctx context.Context, total uint64) (Memory, error) 
 	if err != nil {
 		return Memory{}, err
 	}
-	mem, err := request(ctx, qemuMonitor{q, c}, total)
+	mem, err := f(c)
 	if err != nil {
 		return mem, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
 	}
@@ -270,23 +275,13 @@ func request(ctx context.Context, m qmp.Executor, total uint64) (Memory, error) 
 // virtio-mem device (or balloon), then query-memory-devices until the
 // device reports it, woken early by MEMORY_DEVICE_SIZE_CHANGE.
 func (q *QEMU) ResizeMemory(ctx context.Context, total uint64, timeout time.Duration) (Memory, error) {
-	if err := acquire(ctx, q.memSem); err != nil {
-		return Memory{}, fmt.Errorf("hypervisor: QEMU %s: waiting for another resize: %w", q.socket, err)
-	}
-	defer func() { <-q.memSem }()
-	c, err := q.conn(ctx)
-	if err != nil {
-		return Memory{}, err
-	}
-	sub := c.Subscribe(func(e qmp.Event) bool {
-		return e.Name == "MEMORY_DEVICE_SIZE_CHANGE" || e.Name == "BALLOON_CHANGE"
-	}, 4)
-	defer sub.Close()
-	mem, err := resizeMemory(ctx, qemuMonitor{q, c}, total, timeout, sub.C())
-	if err != nil {
-		return mem, fmt.Errorf("hypervisor: QEMU %s: %w", q.socket, err)
-	}
-	return mem, nil
+	return q.resizing(ctx, func(c *qmp.Client) (Memory, error) {
+		sub := c.Subscribe(func(e qmp.Event) bool {
+			return e.Name == "MEMORY_DEVICE_SIZE_CHANGE" || e.Name == "BALLOON_CHANGE"
+		}, 4)
+		defer sub.Close()
+		return resizeMemory(ctx, qemuMonitor{q, c}, total, timeout, sub.C())
+	})
 }
 
 var _ MemoryResizer = (*Libvirt)(nil)
@@ -300,42 +295,31 @@ var errViewOnly = fmt.Errorf("%w: libvirt_view_only is set, and memory is resize
 // domain's <memory model='virtio-mem'> in libvirt's XML then shows the
 // size it was defined with; virsh dommemstat and QEMU are the truth.)
 func (lv *Libvirt) Memory(ctx context.Context) (Memory, error) {
-	if lv.opts.LibvirtViewOnly {
-		return Memory{}, errViewOnly
-	}
-	var mem Memory
-	err := lv.do(ctx, "reading memory", func(c *libvirtConn) error {
-		var err error
-		mem, err = readMemory(ctx, lvMonitor{c})
-		return err
-	})
-	return mem, err
+	return lv.memory(ctx, "reading memory", func(m qmp.Executor) (Memory, error) { return readMemory(ctx, m) })
 }
 
 // RequestMemory implements MemoryResizer.
 func (lv *Libvirt) RequestMemory(ctx context.Context, total uint64) (Memory, error) {
-	if lv.opts.LibvirtViewOnly {
-		return Memory{}, errViewOnly
-	}
-	var mem Memory
-	err := lv.do(ctx, "resizing memory", func(c *libvirtConn) error {
-		var err error
-		mem, err = request(ctx, lvMonitor{c}, total)
-		return err
-	})
-	return mem, err
+	return lv.memory(ctx, "resizing memory", func(m qmp.Executor) (Memory, error) { return request(ctx, m, total) })
 }
 
 // ResizeMemory implements MemoryResizer. It polls; libvirt does not pass
 // QEMU's MEMORY_DEVICE_SIZE_CHANGE on to monitor clients.
 func (lv *Libvirt) ResizeMemory(ctx context.Context, total uint64, timeout time.Duration) (Memory, error) {
+	return lv.memory(ctx, "resizing memory", func(m qmp.Executor) (Memory, error) {
+		return resizeMemory(ctx, m, total, timeout, nil)
+	})
+}
+
+// memory runs f over the monitor passthrough, unless view-only.
+func (lv *Libvirt) memory(ctx context.Context, what string, f func(qmp.Executor) (Memory, error)) (Memory, error) {
 	if lv.opts.LibvirtViewOnly {
 		return Memory{}, errViewOnly
 	}
 	var mem Memory
-	err := lv.do(ctx, "resizing memory", func(c *libvirtConn) error {
+	err := lv.do(ctx, what, func(c *libvirtConn) error {
 		var err error
-		mem, err = resizeMemory(ctx, lvMonitor{c}, total, timeout, nil)
+		mem, err = f(lvMonitor{c})
 		return err
 	})
 	return mem, err
